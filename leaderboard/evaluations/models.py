@@ -1,0 +1,69 @@
+"""Evaluation runs and their per-task scores. The database, not the broker, holds every run's
+state (decision 1); workers report progress and results through trusted web-side tasks."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from leaderboard.submissions.models import Submission
+
+
+class RunState(models.TextChoices):
+    QUEUED = "queued", "queued"
+    RUNNING = "running", "running"
+    FINISHED = "finished", "finished"
+    FAILED = "failed", "failed"
+
+
+class EvaluationRun(models.Model):
+    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="runs")
+    suite_name = models.CharField(max_length=64)
+    suite_version = models.CharField(max_length=32)
+    state = models.CharField(
+        max_length=10, choices=RunState.choices, default=RunState.QUEUED, db_index=True
+    )
+    queue = models.CharField(max_length=64, blank=True)
+    attempt = models.PositiveIntegerField(default=1)
+    requeued_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Progress: loglikelihood requests scored so far out of the total.
+    progress_done = models.PositiveBigIntegerField(default=0)
+    progress_total = models.PositiveBigIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True)
+    failure_reason = models.CharField(max_length=300, blank=True)
+    log_tail = models.TextField(blank=True)
+    payload = models.JSONField(null=True, blank=True)
+    artifact_path = models.CharField(max_length=500, blank=True)
+    artifact_sha256 = models.CharField(max_length=64, blank=True)
+    is_synthetic = models.BooleanField(default=False, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["suite_name", "suite_version", "state"])]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} of {self.submission} on {self.suite_name}@{self.suite_version}"
+
+
+class TaskScore(models.Model):
+    run = models.ForeignKey(EvaluationRun, on_delete=models.CASCADE, related_name="scores")
+    task = models.CharField(max_length=100, help_text="the suite's task key, e.g. arc_challenge")
+    metric = models.CharField(max_length=32, help_text="acc or acc_norm")
+    value = models.FloatField(help_text="0..1")
+    stderr = models.FloatField(null=True, blank=True)
+    n_samples = models.PositiveIntegerField()
+    num_fewshot = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "task"], name="unique_task_score")]
+        ordering = ["task"]
+
+    def __str__(self) -> str:
+        return f"{self.task} {self.metric}={self.value:.4f}"

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from leaderboard.integrity import views
+
+app_name = "integrity"
+
+urlpatterns = [
+    path("queue/", views.queue, name="queue"),
+]

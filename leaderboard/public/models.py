@@ -1,0 +1,1 @@
+"""The public views own no data: they read the catalog, submissions, runs and flags."""

