@@ -10,7 +10,3 @@ def new(request: HttpRequest) -> HttpResponse:
 
 def mine(request: HttpRequest) -> HttpResponse:
     return render(request, "public/placeholder.html", {"title": "My submissions"})
-
-
-def detail(request: HttpRequest, pk: int) -> HttpResponse:
-    return render(request, "public/placeholder.html", {"title": "Submission"})
