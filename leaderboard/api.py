@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
-from ninja.errors import AuthenticationError, ValidationError
+from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from leaderboard.accounts.auth import api_auth
 
@@ -30,7 +30,9 @@ def error_response(
 def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     errors = []
     for item in exc.errors:
-        loc = [str(part) for part in item.get("loc", []) if part not in ("body", "payload", "query")]
+        loc = [
+            str(part) for part in item.get("loc", []) if part not in ("body", "payload", "query")
+        ]
         errors.append(
             {
                 "code": "invalid_" + (item.get("type") or "value").split(".")[0],
@@ -55,6 +57,22 @@ def _auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
         ],
         401,
     )
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    # ninja raises HttpError(400, "Cannot parse request body") for malformed JSON; without this
+    # it would answer {"detail": ...} instead of the one error shape.
+    if exc.status_code == 400 and str(exc).startswith("Cannot parse request body"):
+        error = {
+            "code": "malformed_json",
+            "field": "body",
+            "message": "The request body is not valid JSON: send one JSON object, with "
+            "'Content-Type: application/json'.",
+        }
+    else:
+        error = {"code": f"http_{exc.status_code}", "field": "", "message": str(exc)}
+    return error_response(request, [error], exc.status_code)
 
 
 def _register_routers() -> None:

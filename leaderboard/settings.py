@@ -122,6 +122,13 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
+# Integrity: the Plotly bundle is served from the installed `plotly` package (no CDN, no copy
+# in the repository) as {% static 'plotly/plotly.min.js' %}; see docs/integrity.md.
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "leaderboard.integrity.staticfiles.PlotlyFinder",
+]
 
 LOGGING = {
     "version": 1,
@@ -192,3 +199,7 @@ SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("TRELLIS_BEHIND_TLS_PROXY", False) else None
 )
 TRELLIS_SCORE_Z_OUTLIER = env_float("TRELLIS_SCORE_Z_OUTLIER", 2.5)
+
+# --- Model sources (catalog/sources): the Hub's address and how long one Hub call may take -----
+HF_ENDPOINT = env_str("HF_ENDPOINT", "")  # empty: huggingface_hub's default (https://huggingface.co)
+TRELLIS_HUB_TIMEOUT = env_float("TRELLIS_HUB_TIMEOUT", 20.0)

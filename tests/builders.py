@@ -54,7 +54,9 @@ def default_card(repo_id: str, **overrides: Any) -> dict[str, Any]:
                     {
                         "task": {"type": "text-generation", "name": "Text Generation"},
                         "dataset": {"name": "AI2 Reasoning Challenge (25-Shot)", "type": "ai2_arc"},
-                        "metrics": [{"type": "acc_norm", "value": 41.3, "name": "normalized accuracy"}],
+                        "metrics": [
+                            {"type": "acc_norm", "value": 41.3, "name": "normalized accuracy"}
+                        ],
                     }
                 ],
             }
@@ -68,7 +70,9 @@ def write_safetensors(path: Path, hidden: int = 8, layers: int = 2, vocab: int =
     """A small llama-shaped safetensors file; returns its parameter count."""
     tensors = {"model.embed_tokens.weight": np.zeros((vocab, hidden), dtype=np.float32)}
     for i in range(layers):
-        tensors[f"model.layers.{i}.self_attn.q_proj.weight"] = np.zeros((hidden, hidden), np.float32)
+        tensors[f"model.layers.{i}.self_attn.q_proj.weight"] = np.zeros(
+            (hidden, hidden), np.float32
+        )
         tensors[f"model.layers.{i}.mlp.up_proj.weight"] = np.zeros((hidden * 2, hidden), np.float32)
     save_file(tensors, str(path))
     return sum(int(np.prod(t.shape)) for t in tensors.values())
@@ -78,7 +82,7 @@ def make_model_repo(
     root: Path,
     repo_id: str,
     *,
-    card: dict[str, Any] | None | str = "default",
+    card: dict[str, Any] | str | None = "default",
     body: str | None = None,
     weights: str = "safetensors",
     config: dict[str, Any] | None = None,
@@ -128,6 +132,8 @@ def make_model_repo(
 def make_dataset_repo(root: Path, repo_id: str, license: str = "cc-by-4.0") -> Path:
     path = root / "datasets" / repo_id
     path.mkdir(parents=True, exist_ok=True)
-    (path / "README.md").write_text(card_text({"license": license, "task_categories": ["text-generation"]}, "# data\n"))
+    (path / "README.md").write_text(
+        card_text({"license": license, "task_categories": ["text-generation"]}, "# data\n")
+    )
     (path / "data.jsonl").write_text('{"text": "hello"}\n')
     return path

@@ -8,13 +8,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-from django.contrib.auth.models import Group  # noqa: E402
-from django.test import Client  # noqa: E402
+import pytest
+from django.contrib.auth.models import Group
+from django.test import Client
 
-from leaderboard.accounts.models import MAINTAINERS_GROUP  # noqa: E402
+from leaderboard.accounts.models import MAINTAINERS_GROUP
 
 REQUIRE_SERVICES = os.environ.get("TRELLIS_REQUIRE_SERVICES") == "1"
 
@@ -34,7 +34,7 @@ def redis_url() -> str:
     url = os.environ.get("TRELLIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
     try:
         redis.Redis.from_url(url, socket_connect_timeout=2).ping()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         service_unavailable("Redis", exc)
     return url
 

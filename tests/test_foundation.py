@@ -87,7 +87,11 @@ def test_profile_creates_and_revokes_tokens(submitter_client, submitter):
 def test_signup_logs_in(client):
     response = client.post(
         "/accounts/signup/",
-        {"username": "dora", "password1": "a-long-pass-phrase-42", "password2": "a-long-pass-phrase-42"},
+        {
+            "username": "dora",
+            "password1": "a-long-pass-phrase-42",
+            "password2": "a-long-pass-phrase-42",
+        },
     )
     assert response.status_code == 302
     assert client.get("/accounts/profile/").status_code == 200
@@ -99,9 +103,13 @@ def test_no_torch_in_web_process():
     import sys
 
     code = (
-        "import django, os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE','leaderboard.settings');"
+        "import django, os, sys;"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'leaderboard.settings');"
         "django.setup(); import leaderboard.urls;"
-        "bad=[m for m in ('torch','lm_eval','transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+        "bad = [m for m in ('torch', 'lm_eval', 'transformers') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy()
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -17,7 +17,9 @@ def user_from_bearer(request: HttpRequest) -> Any | None:
     if not header.startswith("Bearer "):
         return None
     raw = header.removeprefix("Bearer ").strip()
-    token = ApiToken.objects.active().select_related("user").filter(key_hash=hash_token(raw)).first()
+    token = (
+        ApiToken.objects.active().select_related("user").filter(key_hash=hash_token(raw)).first()
+    )
     if token is None or not token.user.is_active:
         return None
     ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
@@ -36,9 +38,9 @@ def api_auth(request: HttpRequest) -> Any | None:
         request.user = user
         return user
     session_user = getattr(request, "user", AnonymousUser())
-    if session_user.is_authenticated:
-        if request.method in ("GET", "HEAD", "OPTIONS") or _csrf_ok(request):
-            return session_user
+    safe_method = request.method in ("GET", "HEAD", "OPTIONS")
+    if session_user.is_authenticated and (safe_method or _csrf_ok(request)):
+        return session_user
     return None
 
 

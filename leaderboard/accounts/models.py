@@ -36,7 +36,9 @@ class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
 class ApiToken(models.Model):
     """A bearer token; only its sha256 is stored, the raw value is shown once."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
     name = models.CharField(max_length=100, default="default")
     key_hash = models.CharField(max_length=64, unique=True)
     key_prefix = models.CharField(max_length=12)
@@ -55,5 +57,7 @@ class ApiToken(models.Model):
     @classmethod
     def issue(cls, user, name: str = "default") -> tuple[ApiToken, str]:
         raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        token = cls.objects.create(user=user, name=name, key_hash=hash_token(raw), key_prefix=raw[:10])
+        token = cls.objects.create(
+            user=user, name=name, key_hash=hash_token(raw), key_prefix=raw[:10]
+        )
         return token, raw

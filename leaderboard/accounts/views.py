@@ -15,7 +15,7 @@ from leaderboard.accounts.models import ApiToken
 
 
 def signup(request: HttpRequest) -> HttpResponse:
-    form = UserCreationForm(request.POST or None)
+    form: UserCreationForm = UserCreationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
         login(request, user)
@@ -26,7 +26,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def profile(request: HttpRequest) -> HttpResponse:
-    tokens = request.user.api_tokens.all()  # type: ignore[union-attr]
+    tokens = ApiToken.objects.filter(user_id=request.user.pk)
     return render(request, "accounts/profile.html", {"tokens": tokens})
 
 
@@ -35,7 +35,7 @@ def profile(request: HttpRequest) -> HttpResponse:
 def create_token(request: HttpRequest) -> HttpResponse:
     name = (request.POST.get("name") or "default").strip()[:100] or "default"
     _, raw = ApiToken.issue(request.user, name=name)
-    tokens = request.user.api_tokens.all()  # type: ignore[union-attr]
+    tokens = ApiToken.objects.filter(user_id=request.user.pk)
     return render(request, "accounts/profile.html", {"tokens": tokens, "new_token": raw})
 
 

@@ -39,7 +39,9 @@ class DeclaredIn(models.TextChoices):
 class Repository(models.Model):
     """A node of the lineage graph: a model or dataset repository on the model source."""
 
-    kind = models.CharField(max_length=8, choices=RepositoryKind.choices, default=RepositoryKind.MODEL)
+    kind = models.CharField(
+        max_length=8, choices=RepositoryKind.choices, default=RepositoryKind.MODEL
+    )
     repo_id = models.CharField(max_length=200, help_text="<org>/<name> on the model source")
     # What the source said when the node was last resolved (its card, license, revision).
     resolved_revision = models.CharField(max_length=64, blank=True)
@@ -85,13 +87,17 @@ class LineageEdge(models.Model):
     child = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="parent_edges")
     parent = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="child_edges")
     relation = models.CharField(max_length=16, choices=Relation.choices)
-    declared_in = models.CharField(max_length=16, choices=DeclaredIn.choices, default=DeclaredIn.CARD)
+    declared_in = models.CharField(
+        max_length=16, choices=DeclaredIn.choices, default=DeclaredIn.CARD
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["child", "parent"], name="unique_lineage_edge"),
-            models.CheckConstraint(condition=~models.Q(child=models.F("parent")), name="no_self_edge"),
+            models.CheckConstraint(
+                condition=~models.Q(child=models.F("parent")), name="no_self_edge"
+            ),
         ]
         indexes = [models.Index(fields=["parent", "child"])]
 

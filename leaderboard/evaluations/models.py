@@ -30,6 +30,9 @@ class EvaluationRun(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
+    # When the evaluation message was last published; NULL while a publish has not succeeded,
+    # which the reconciler treats as "send now".
+    sent_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -37,12 +40,16 @@ class EvaluationRun(models.Model):
     progress_done = models.PositiveBigIntegerField(default=0)
     progress_total = models.PositiveBigIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True)
+    # A stable code (out_of_memory, model_load, worker_lost, ...) and the reason in words.
+    failure_code = models.CharField(max_length=40, blank=True)
     failure_reason = models.CharField(max_length=300, blank=True)
     log_tail = models.TextField(blank=True)
     payload = models.JSONField(null=True, blank=True)
     artifact_path = models.CharField(max_length=500, blank=True)
     artifact_sha256 = models.CharField(max_length=64, blank=True)
     is_synthetic = models.BooleanField(default=False, db_index=True)
+    # A submitter may re-queue their failed run once; maintainers any number of times.
+    submitter_requeues = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]

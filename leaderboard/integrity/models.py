@@ -1,2 +1,163 @@
-"""Integrity: reports and flags on models and datasets, and the moderation audit log.
-(Owned by the integrity issue; the derived status lives on catalog.Repository.)"""
+"""Integrity records: reports on models and datasets (a confirmed report is the flag), the
+co-reporters who joined a report, and the public moderation audit log.
+
+The derived lineage status lives on catalog.Repository and is written only by
+leaderboard.integrity.services (through leaderboard.integrity.status).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+
+from leaderboard.catalog.models import Repository
+
+
+class ReportKind(models.TextChoices):
+    CONTAMINATION = "contamination", "test-set contamination"
+    LINEAGE = "lineage", "undisclosed or false lineage"
+    LICENSE = "license", "license problem"
+    OTHER = "other", "other"
+
+
+class ReportStatus(models.TextChoices):
+    OPEN = "open", "open"
+    CONFIRMED = "confirmed", "confirmed"
+    DISMISSED = "dismissed", "dismissed"
+    LIFTED = "lifted", "lifted"
+
+
+class Report(models.Model):
+    """An allegation against one node. Confirmed, it is the flag; lifted, the flag is gone but
+    the record (and its audit trail) stays."""
+
+    target = models.ForeignKey(Repository, on_delete=models.PROTECT, related_name="reports")
+    kind = models.CharField(max_length=16, choices=ReportKind.choices)
+    evidence = models.TextField()
+    links = models.JSONField(default=list, blank=True)
+    # Null for automatic signals filed by the system, and if the account is deleted later.
+    reporter = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="integrity_reports",
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    status = models.CharField(
+        max_length=10, choices=ReportStatus.choices, default=ReportStatus.OPEN, db_index=True
+    )
+    # The last decision; `confirmed_at` survives a lift so the history can say when it held.
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    resolution_note = models.TextField(blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # "A second open report of the same kind on the same target joins the first":
+            # enforced here too, so two concurrent filings cannot both open one.
+            models.UniqueConstraint(
+                fields=["target", "kind"],
+                condition=models.Q(status="open"),
+                name="one_open_report_per_target_and_kind",
+            ),
+        ]
+        indexes = [models.Index(fields=["target", "status"])]
+
+    def __str__(self) -> str:
+        return f"report {self.pk}: {self.kind} on {self.target} ({self.status})"
+
+    @property
+    def is_flag(self) -> bool:
+        return self.status == ReportStatus.CONFIRMED
+
+    def to_dict(self) -> dict[str, Any]:
+        """The one serialisation used by the API and the pages' JSON."""
+        return {
+            "id": self.pk,
+            "target": {"type": self.target.kind, "repo_id": self.target.repo_id},
+            "kind": self.kind,
+            "evidence": self.evidence,
+            "links": list(self.links),
+            "reporter": self.reporter.get_username() if self.reporter else None,
+            "supporters": [s.user.get_username() for s in self.supports.all() if s.user],
+            "status": self.status,
+            "created_at": self.created_at.isoformat(),
+            "confirmed_at": self.confirmed_at.isoformat() if self.confirmed_at else None,
+            "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None,
+            "resolved_by": self.resolved_by.get_username() if self.resolved_by else None,
+            "resolution_note": self.resolution_note,
+        }
+
+
+class ReportSupport(models.Model):
+    """Another user's report of the same kind on the same target, joined to the open one."""
+
+    report = models.ForeignKey(Report, on_delete=models.CASCADE, related_name="supports")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        on_delete=models.SET_NULL,
+        related_name="integrity_supports",
+    )
+    evidence = models.TextField()
+    links = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["report", "user"], name="one_support_per_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} joins report {self.report_id}"
+
+
+class AuditAction(models.TextChoices):
+    FILED = "filed", "filed a report"
+    JOINED = "joined", "joined a report"
+    CONFIRMED = "confirmed", "confirmed a flag"
+    DISMISSED = "dismissed", "dismissed a report"
+    LIFTED = "lifted", "lifted a flag"
+
+
+class AuditEntry(models.Model):
+    """One integrity event on a node, shown publicly on that node's page. Append-only."""
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="integrity_audit_entries",
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    action = models.CharField(max_length=12, choices=AuditAction.choices)
+    target = models.ForeignKey(Repository, on_delete=models.PROTECT, related_name="audit_entries")
+    report = models.ForeignKey(
+        Report, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_entries"
+    )
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d} {self.actor}: {self.action} on {self.target}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.created_at.isoformat(),
+            "actor": self.actor.get_username() if self.actor else None,
+            "action": self.action,
+            "report": self.report_id,
+            "note": self.note,
+        }

@@ -1,5 +1,50 @@
-"""API routes of this app (mounted under /api/v1/ by leaderboard.api)."""
+"""API routes of this app (mounted under /api/v1/ by leaderboard.api): submitting a model."""
 
-from ninja import Router
+from __future__ import annotations
 
-router = Router()
+from typing import Any
+
+from django.http import HttpRequest
+from ninja import Field, Router, Schema
+
+from leaderboard.accounts.auth import api_auth
+from leaderboard.submissions.serializers import SubmissionOut, submission_to_dict
+from leaderboard.submissions.services import SubmissionRefused, SubmissionRequest, submit
+
+router = Router(tags=["submissions"])
+
+
+class SubmissionIn(Schema):
+    repo_id: str = Field(description="the model repository, org/name")
+    precision: str = Field(description="float16, bfloat16 or float32")
+    model_type: str = Field(
+        description="pretrained, continued-pretraining, fine-tuned, chat, merge, adapter, quantized"
+    )
+    revision: str = Field("main", description="branch, tag or commit sha; pinned to a sha")
+    weight_type: str = Field("original", description="original, adapter or delta")
+
+
+class ErrorOut(Schema):
+    code: str
+    field: str
+    message: str
+
+
+class ErrorsOut(Schema):
+    errors: list[ErrorOut]
+
+
+@router.post(
+    "/submissions",
+    auth=api_auth,
+    response={201: SubmissionOut, 400: ErrorsOut, 401: ErrorsOut},
+    summary="Submit a model for evaluation",
+    description="Runs the same metadata checks as the submission form. On refusal every problem "
+    "is listed at once, each with a stable code (see docs/submission.md).",
+)
+def create_submission(request: HttpRequest, payload: SubmissionIn) -> tuple[int, Any]:
+    try:
+        submission = submit(SubmissionRequest(**payload.dict()), request.auth)  # type: ignore[attr-defined]
+    except SubmissionRefused as refused:
+        return 400, {"errors": [item.as_dict() for item in refused.problems]}
+    return 201, submission_to_dict(submission)

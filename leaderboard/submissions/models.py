@@ -42,7 +42,9 @@ class Submission(models.Model):
     requested_revision = models.CharField(max_length=255, help_text="what the submitter typed")
     revision = models.CharField(max_length=64, help_text="the pinned commit sha")
     precision = models.CharField(max_length=10, choices=Precision.choices)
-    weight_type = models.CharField(max_length=10, choices=WeightType.choices, default=WeightType.ORIGINAL)
+    weight_type = models.CharField(
+        max_length=10, choices=WeightType.choices, default=WeightType.ORIGINAL
+    )
     model_type = models.CharField(max_length=24, choices=ModelType.choices)
     parameter_count = models.BigIntegerField()
     architecture = models.CharField(max_length=100, blank=True)
@@ -56,7 +58,10 @@ class Submission(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     # Mirrors the latest evaluation run's state, for lists that must not join runs.
     state = models.CharField(
-        max_length=10, choices=SubmissionState.choices, default=SubmissionState.QUEUED, db_index=True
+        max_length=10,
+        choices=SubmissionState.choices,
+        default=SubmissionState.QUEUED,
+        db_index=True,
     )
     is_synthetic = models.BooleanField(default=False, db_index=True)
 

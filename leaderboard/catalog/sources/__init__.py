@@ -11,7 +11,9 @@ from functools import cache
 from django.conf import settings
 
 from leaderboard.catalog.sources.base import (
+    InvalidRepoId,
     ModelSource,
+    RepoAccessDenied,
     RepoNotFound,
     RepoSnapshot,
     RevisionNotFound,
@@ -41,7 +43,9 @@ def get_source() -> ModelSource:
 
 
 __all__ = [
+    "InvalidRepoId",
     "ModelSource",
+    "RepoAccessDenied",
     "RepoNotFound",
     "RepoSnapshot",
     "RevisionNotFound",

@@ -17,6 +17,15 @@ class RepoNotFound(SourceError):
     pass
 
 
+class InvalidRepoId(RepoNotFound):
+    """The id cannot name a repository (not <org>/<name>, or it would leave the model root)."""
+
+
+class RepoAccessDenied(RepoNotFound):
+    """The repository exists but is gated or private: Trellis can read its card at most, and a
+    worker could not download its weights."""
+
+
 class RevisionNotFound(SourceError):
     pass
 
@@ -50,10 +59,22 @@ class ModelSource(Protocol):
     @classmethod
     def from_settings(cls, settings: Any) -> ModelSource: ...
 
-    def snapshot(self, repo_id: str, revision: str | None = None, kind: Kind = "model") -> RepoSnapshot:
+    def snapshot(
+        self,
+        repo_id: str,
+        revision: str | None = None,
+        kind: Kind = "model",
+        *,
+        card_only: bool = False,
+    ) -> RepoSnapshot:
         """The repository at `revision` (default branch when None).
 
-        Raises RepoNotFound, RevisionNotFound or SourceUnavailable."""
+        card_only: read the file list and README.md only (lineage resolution of ancestors); a
+        gated or private ancestor's card is still readable then, while a full snapshot of one
+        raises RepoAccessDenied.
+
+        Raises RepoNotFound (InvalidRepoId, RepoAccessDenied), RevisionNotFound or
+        SourceUnavailable."""
         ...
 
     def exists(self, repo_id: str, kind: Kind = "model") -> bool: ...

@@ -16,6 +16,8 @@ class Command(BaseCommand):
     def handle(self, *args, username: str, name: str, **options):
         user = get_user_model().objects.filter(username=username).first()
         if user is None:
-            raise CommandError(f"No user named {username!r}; create it first (e.g. createsuperuser).")
+            raise CommandError(
+                f"No user named {username!r}; create it first (e.g. createsuperuser)."
+            )
         _, raw = ApiToken.issue(user, name=name)
         self.stdout.write(raw)

@@ -1,0 +1,1 @@
+"""The worker side: suites, dataset resolution and lm-eval runs. Imports no Django."""

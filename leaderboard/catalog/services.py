@@ -1,0 +1,329 @@
+"""Lineage graph writes: nodes for every referenced repository, declared edges, and upward
+resolution of ancestors from their own cards (bounded, cycle-safe, idempotent)."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+
+from leaderboard.catalog.cards import (
+    CardError,
+    declared_datasets,
+    declared_parents,
+    declared_relation,
+    parse_card,
+)
+from leaderboard.catalog.models import (
+    DeclaredIn,
+    LineageEdge,
+    Relation,
+    Repository,
+    RepositoryKind,
+)
+from leaderboard.catalog.sources.base import (
+    ModelSource,
+    RepoNotFound,
+    RepoSnapshot,
+    RevisionNotFound,
+    SourceError,
+    SourceUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+REPO_ID_MAX = Repository._meta.get_field("repo_id").max_length or 200
+NOTE_MAX = Repository._meta.get_field("resolution_note").max_length or 300
+
+
+def _note(text: str) -> str:
+    return text if len(text) <= NOTE_MAX else text[: NOTE_MAX - 1] + "…"
+
+
+def upsert_repository(
+    repo_id: str,
+    kind: str,
+    snapshot: RepoSnapshot | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Repository:
+    """The node for `repo_id`, created when first referenced; a snapshot records the revision
+    it was read at, and card metadata (parsed from the snapshot's card when not given) its
+    license and front matter."""
+    repository, _ = Repository.objects.get_or_create(kind=kind, repo_id=repo_id)
+    if metadata is None and snapshot is not None and snapshot.card_text:
+        try:
+            metadata = parse_card(snapshot.card_text).metadata
+        except CardError:
+            metadata = None
+    changed: list[str] = []
+    if snapshot is not None and repository.resolved_revision != snapshot.sha:
+        repository.resolved_revision = snapshot.sha
+        changed.append("resolved_revision")
+    if metadata is not None:
+        license_value = str(metadata.get("license") or "")[:100]
+        if repository.card_data != metadata:
+            repository.card_data = metadata
+            changed.append("card_data")
+        if repository.license != license_value:
+            repository.license = license_value
+            changed.append("license")
+    if changed:
+        repository.save(update_fields=[*changed, "updated_at"])
+    return repository
+
+
+# --- traversal ---------------------------------------------------------------------------------
+
+
+def _reachable(start: Iterable[int], *, upward: bool) -> set[int]:
+    """Every node reachable from `start` along parent edges (upward) or child edges, one query
+    per level; the visited set makes it terminate on any graph, cyclic or not."""
+    follow, collect = ("child_id", "parent_id") if upward else ("parent_id", "child_id")
+    seen: set[int] = set()
+    frontier = set(start)
+    while frontier:
+        found = set(
+            LineageEdge.objects.filter(**{f"{follow}__in": frontier}).values_list(
+                collect, flat=True
+            )
+        )
+        frontier = found - seen
+        seen |= frontier
+    return seen
+
+
+def ancestors(repository: Repository) -> set[int]:
+    """Primary keys of every node `repository` derives from: parent models, theirs, and the
+    datasets any of them declares (all the way up, whatever the depth)."""
+    return _reachable([repository.pk], upward=True) - {repository.pk}
+
+
+def descendants(repository: Repository) -> set[int]:
+    """Primary keys of every node that derives from `repository`, directly or not (for a
+    dataset: the models trained on it and everything derived from those)."""
+    return _reachable([repository.pk], upward=False) - {repository.pk}
+
+
+def _path_up(start: int, goal: int) -> list[int] | None:
+    """The shortest path start → … → goal following parent edges, or None."""
+    if start == goal:
+        return [start]
+    previous: dict[int, int] = {start: start}
+    frontier = [start]
+    while frontier:
+        rows = LineageEdge.objects.filter(child_id__in=frontier).values_list(
+            "child_id", "parent_id"
+        )
+        next_frontier = []
+        for child_id, parent_id in rows:
+            if parent_id in previous:
+                continue
+            previous[parent_id] = child_id
+            if parent_id == goal:
+                path = [goal]
+                while path[-1] != start:
+                    path.append(previous[path[-1]])
+                return path[::-1]
+            next_frontier.append(parent_id)
+        frontier = next_frontier
+    return None
+
+
+def cycle_paths(child_repo_id: str, parent_repo_ids: list[str]) -> list[list[str]]:
+    """The cycles that edges child → each parent would close in the existing model graph, each
+    as repo ids from the child back to itself: ["org/a", "org/b", "org/a"]. A self-parent is
+    the cycle [child, child]."""
+    cycles: list[list[str]] = []
+    child = Repository.objects.filter(kind=RepositoryKind.MODEL, repo_id=child_repo_id).first()
+    parents = {
+        repo.repo_id: repo.pk
+        for repo in Repository.objects.filter(
+            kind=RepositoryKind.MODEL, repo_id__in=parent_repo_ids
+        )
+    }
+    for parent_id in dict.fromkeys(parent_repo_ids):
+        if parent_id == child_repo_id:
+            cycles.append([child_repo_id, child_repo_id])
+            continue
+        if child is None or parent_id not in parents:
+            continue  # a node the graph does not hold yet has no path back to the child
+        path = _path_up(parents[parent_id], child.pk)
+        if path is not None:
+            names = dict(Repository.objects.filter(pk__in=path).values_list("pk", "repo_id"))
+            cycles.append([child_repo_id, *(names[pk] for pk in path)])
+    return cycles
+
+
+# --- writes ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """A node met during upward resolution, with its distance from the submitted repository."""
+
+    repository: Repository
+    depth: int
+
+
+def _add_edge(child: Repository, parent: Repository, relation: str, declared_in: str) -> bool:
+    """Add child → parent unless it exists or would close a cycle; returns False on a cycle."""
+    if child.pk == parent.pk or _path_up(parent.pk, child.pk) is not None:
+        return False
+    edge, created = LineageEdge.objects.get_or_create(
+        child=child, parent=parent, defaults={"relation": relation, "declared_in": declared_in}
+    )
+    if not created and (edge.relation, edge.declared_in) != (relation, declared_in):
+        # The newest declaration wins: a re-submission may correct how it relates.
+        edge.relation, edge.declared_in = relation, declared_in
+        edge.save(update_fields=["relation", "declared_in"])
+    return True
+
+
+def _nodes(repo_ids: list[str], kind: str) -> tuple[list[Repository], list[str]]:
+    """The nodes for `repo_ids` (created as needed) and the ids refused as impossible."""
+    usable = [repo_id for repo_id in repo_ids if 0 < len(repo_id) <= REPO_ID_MAX]
+    refused = [repo_id for repo_id in repo_ids if repo_id not in usable]
+    existing = {
+        repo.repo_id: repo for repo in Repository.objects.filter(kind=kind, repo_id__in=usable)
+    }
+    nodes = []
+    for repo_id in usable:
+        if repo_id not in existing:
+            existing[repo_id], _ = Repository.objects.get_or_create(kind=kind, repo_id=repo_id)
+        nodes.append(existing[repo_id])
+    return nodes, refused
+
+
+def _declare(
+    child: Repository,
+    *,
+    parents: list[str],
+    relation: str,
+    declared_in: str,
+    datasets: list[str],
+) -> tuple[list[Repository], list[Repository], list[str]]:
+    """Edges child → parents and child → datasets; returns the parent and dataset nodes and the
+    problems met (cycles refused, impossible ids)."""
+    problems: list[str] = []
+    parent_nodes, refused = _nodes(parents, RepositoryKind.MODEL)
+    dataset_nodes, refused_datasets = _nodes(datasets, RepositoryKind.DATASET)
+    for repo_id in [*refused, *refused_datasets]:
+        problems.append(f"declared id {repo_id[:40]!r} is not a repository id")
+    for parent in parent_nodes:
+        if not _add_edge(child, parent, relation, declared_in):
+            problems.append(f"edge to {parent.repo_id} not added: it would close a lineage cycle")
+    for dataset in dataset_nodes:
+        # Datasets are only ever declared in a card's front matter.
+        _add_edge(child, dataset, Relation.TRAINED_ON, DeclaredIn.CARD)
+    return parent_nodes, dataset_nodes, problems
+
+
+def _mark(repository: Repository, resolved: bool, note: str) -> None:
+    note = _note(note)
+    if (repository.lineage_resolved, repository.resolution_note) != (resolved, note):
+        repository.lineage_resolved, repository.resolution_note = resolved, note
+        repository.save(update_fields=["lineage_resolved", "resolution_note", "updated_at"])
+
+
+def _read_card(
+    source: ModelSource, repository: Repository
+) -> tuple[RepoSnapshot | None, dict[str, Any] | None, str]:
+    """The node's snapshot and front matter from the source, or why they could not be read."""
+    where = f"on the {getattr(source, 'name', 'model')} source"
+    try:
+        snapshot = source.snapshot(repository.repo_id, kind=repository.kind, card_only=True)
+    except RevisionNotFound as exc:
+        return None, None, f"default revision not readable {where}: {exc}"
+    except SourceUnavailable as exc:
+        return None, None, f"source unavailable while reading its card: {exc}"
+    except RepoNotFound as exc:
+        return None, None, f"not found {where}: {exc}"
+    except SourceError as exc:  # any other refusal a source defines
+        return None, None, f"card not readable {where}: {exc}"
+    if not snapshot.card_text:
+        return snapshot, None, f"no model card (README.md) {where}"
+    try:
+        metadata = parse_card(snapshot.card_text).metadata
+    except CardError as exc:
+        return snapshot, None, f"card front matter is not parseable: {exc}"
+    return snapshot, metadata, ""
+
+
+def record_lineage(
+    repository: Repository,
+    *,
+    parents: list[str],
+    relation: str,
+    declared_in: str,
+    datasets: list[str],
+    source: ModelSource,
+    max_depth: int,
+) -> None:
+    """Record what `repository` declares, then resolve its ancestors upward from their cards.
+
+    Breadth-first from the declared parents (depth 1) and datasets, up to `max_depth` levels.
+    A node whose card is read gets lineage_resolved=True (a pretrained root without base_model
+    included); one that cannot be read (missing, unparseable, unreachable, beyond the depth)
+    keeps lineage_resolved=False with a resolution_note saying why. Nodes already resolved are
+    not read again, but their recorded parents are still walked, so a later, shallower path
+    can resolve what an earlier one left beyond the depth limit. Edges that would close a
+    cycle are not added and the declaring node's note says so. Running it twice adds nothing.
+    """
+    with transaction.atomic():
+        parent_nodes, dataset_nodes, problems = _declare(
+            repository,
+            parents=parents,
+            relation=relation,
+            declared_in=declared_in,
+            datasets=datasets,
+        )
+        # The caller read this repository's card: its own declarations are resolved.
+        _mark(repository, not problems, "; ".join(problems))
+
+    queue: deque[_Pending] = deque(_Pending(node, 1) for node in [*parent_nodes, *dataset_nodes])
+    visited: set[int] = {repository.pk}
+    while queue:
+        item = queue.popleft()
+        node = item.repository
+        if node.pk in visited:
+            continue
+        visited.add(node.pk)
+        if node.lineage_resolved:
+            # Read before; walk what it declared then to reach nodes still unresolved.
+            queue.extend(_Pending(parent, item.depth + 1) for parent in _recorded_parents(node))
+            continue
+        if item.depth > max_depth:
+            _mark(node, False, f"beyond the lineage depth limit ({max_depth} levels)")
+            continue
+        snapshot, metadata, why = _read_card(source, node)
+        if metadata is None or snapshot is None:
+            if snapshot is not None:
+                upsert_repository(node.repo_id, node.kind, snapshot=snapshot)
+            _mark(node, False, why)
+            continue
+        with transaction.atomic():
+            upsert_repository(node.repo_id, node.kind, snapshot=snapshot, metadata=metadata)
+            node.refresh_from_db()
+            if node.kind == RepositoryKind.DATASET:
+                _mark(node, True, "")
+                continue
+            node_parents, node_datasets, problems = _declare(
+                node,
+                parents=declared_parents(metadata),
+                relation=declared_relation(metadata),
+                declared_in=DeclaredIn.CARD,
+                datasets=declared_datasets(metadata),
+            )
+            # A refused declaration (a cycle, an impossible id) leaves the lineage unresolved.
+            _mark(node, not problems, "; ".join(problems))
+        queue.extend(_Pending(n, item.depth + 1) for n in [*node_parents, *node_datasets])
+
+
+def _recorded_parents(repository: Repository) -> list[Repository]:
+    return list(
+        Repository.objects.filter(child_edges__child=repository).order_by("kind", "repo_id")
+    )
