@@ -1,4 +1,8 @@
-"""The Celery application: transport between the web side and the evaluation workers."""
+"""The Celery application: transport between the web side and the evaluation workers.
+
+Routes: the evaluation task goes to a GPU queue chosen per run by model size (the default
+route is the small queue); everything else is a trusted web-side task on the web queue. Beat
+runs the reconciler, which re-sends lost messages and reaps silent runs."""
 
 from __future__ import annotations
 
@@ -11,3 +15,21 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "leaderboard.settings")
 app = Celery("trellis")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@app.on_after_configure.connect
+def _configure_routes_and_beat(sender: Celery, **kwargs: object) -> None:
+    from django.conf import settings
+
+    sender.conf.task_routes = {
+        "evaluations.evaluate": {"queue": settings.TRELLIS_QUEUE_SMALL},
+        "evaluations.*": {"queue": settings.CELERY_TASK_DEFAULT_QUEUE},
+    }
+    sender.conf.beat_schedule = {
+        "reconcile-evaluation-runs": {
+            "task": "evaluations.reconcile",
+            "schedule": float(settings.TRELLIS_RECONCILE_INTERVAL),
+            # A pass nobody picked up is worthless once the next one is due.
+            "options": {"expires": float(settings.TRELLIS_RECONCILE_INTERVAL)},
+        }
+    }

@@ -203,3 +203,12 @@ TRELLIS_SCORE_Z_OUTLIER = env_float("TRELLIS_SCORE_Z_OUTLIER", 2.5)
 # --- Model sources (catalog/sources): the Hub's address and how long one Hub call may take -----
 HF_ENDPOINT = env_str("HF_ENDPOINT", "")  # empty: huggingface_hub's default (https://huggingface.co)
 TRELLIS_HUB_TIMEOUT = env_float("TRELLIS_HUB_TIMEOUT", 20.0)
+
+# --- Evaluations: the reconciler (evaluations area) ---------------------------------------------
+# How often the beat schedule runs the reconciler, and how long a sent run may sit queued on a
+# queue where no worker has been seen before its message is presumed lost and sent again.
+TRELLIS_RECONCILE_INTERVAL = env_int("TRELLIS_RECONCILE_INTERVAL", 60, minimum=5)
+TRELLIS_RESEND_AFTER = env_int("TRELLIS_RESEND_AFTER", 6 * 3600, minimum=60)
+# Documents per task for every run, overriding the suite's limits: 0 = the suite's own. Only for
+# smoke tests and CI; scores under a limit are not comparable with anyone else's.
+TRELLIS_EVAL_LIMIT = env_int("TRELLIS_EVAL_LIMIT", 0, minimum=0)

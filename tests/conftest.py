@@ -7,6 +7,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Messages sent by tests stay in this process instead of landing in var/broker, where a running
+# `make demo` worker would pick them up. Tests with a real worker switch to Redis themselves.
+os.environ.setdefault("CELERY_BROKER_URL", "memory://")
+os.environ.setdefault("CELERY_RESULT_BACKEND", "cache+memory://")
 
 from pathlib import Path
 
@@ -90,3 +94,43 @@ def model_root(tmp_path: Path, settings) -> Path:
     _source_for.cache_clear()
     yield root
     _source_for.cache_clear()
+
+
+@pytest.fixture
+def fake_hub(tmp_path: Path, settings, monkeypatch):
+    """A local fake Hub serving repositories built under `fake_hub.root`, active as the model
+    source. Offline mode is lifted for huggingface_hub's calls during the test only, and its
+    default endpoint points at the fake, so nothing can reach the real Hub."""
+    from huggingface_hub import constants
+
+    from leaderboard.catalog.sources import _source_for
+    from tests.fakehub import FakeHub
+
+    root = tmp_path / "hub"
+    root.mkdir()
+    hub = FakeHub(root).start()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    template = hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    settings.TRELLIS_MODEL_SOURCE = "hub"
+    settings.HF_ENDPOINT = hub.url
+    settings.HF_TOKEN = ""
+    _source_for.cache_clear()
+    yield hub
+    _source_for.cache_clear()
+    hub.stop()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
+    """SQLite test databases live in a file (not in memory), so a worker subprocess started by a
+    test can open the same database as the test (tests/test_evaluation_worker.py)."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        test = database.setdefault("TEST", {})
+        if not test.get("NAME"):
+            test["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")

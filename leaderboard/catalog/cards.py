@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
 
 import yaml
@@ -51,6 +53,8 @@ class ParsedCard:
 def parse_card(text: str) -> ParsedCard:
     """Split a README.md into front-matter metadata and body. Raises CardError when the front
     matter exists but is not valid YAML mapping."""
+    # Editors on Windows save a byte-order mark that would hide the front matter.
+    text = text.lstrip("\ufeff")
     stripped = text.lstrip()
     has_front_matter = stripped.startswith("---")
     logger = logging.getLogger("huggingface_hub.repocard")
@@ -68,17 +72,40 @@ def parse_card(text: str) -> ParsedCard:
     metadata = card.data.to_dict() if card.data else {}
     if not isinstance(metadata, dict):
         raise CardError("front matter is not a mapping of keys to values")
-    return ParsedCard(metadata=metadata, body=card.text or "", has_front_matter=has_front_matter)
+    if has_front_matter and not metadata and _UNCLOSED.match(stripped):
+        raise CardError("front matter opened with '---' is never closed by a '---' line")
+    return ParsedCard(
+        metadata=_json_safe(metadata), body=card.text or "", has_front_matter=has_front_matter
+    )
+
+
+# "---" opening a block with no closing "---" line after it (an empty block "---\n---" closes).
+_UNCLOSED = re.compile(r"\A---[ \t]*\r?\n(?![\s\S]*^---[ \t]*\r?$)", re.M)
+
+
+def _json_safe(value: Any) -> Any:
+    """YAML gives dates and other types a JSONField cannot store; cards are kept as JSON."""
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return str(value)
 
 
 def _as_list(value: Any) -> list[str]:
+    """A string or list of strings as a list; anything else (a mapping, a nested list) names
+    no repository and is left out."""
     if value is None:
         return []
-    if isinstance(value, str):
-        return [value.strip()] if value.strip() else []
-    if isinstance(value, (list, tuple)):
-        return [str(item).strip() for item in value if str(item).strip()]
-    return [str(value).strip()]
+    items = value if isinstance(value, (list, tuple)) else [value]
+    names = [str(item).strip() for item in items if isinstance(item, (str, int, float))]
+    return [name for name in names if name]
 
 
 def declared_parents(metadata: dict[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from leaderboard.catalog.models import (
     RepositoryKind,
 )
 from leaderboard.catalog.sources.base import (
+    Kind,
     ModelSource,
     RepoNotFound,
     RepoSnapshot,
@@ -33,6 +34,7 @@ from leaderboard.catalog.sources.base import (
     SourceError,
     SourceUnavailable,
 )
+from leaderboard.integrity.services import recompute_after_edges
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +237,8 @@ def _read_card(
     """The node's snapshot and front matter from the source, or why they could not be read."""
     where = f"on the {getattr(source, 'name', 'model')} source"
     try:
-        snapshot = source.snapshot(repository.repo_id, kind=repository.kind, card_only=True)
+        kind: Kind = "dataset" if repository.kind == RepositoryKind.DATASET else "model"
+        snapshot = source.snapshot(repository.repo_id, kind=kind, card_only=True)
     except RevisionNotFound as exc:
         return None, None, f"default revision not readable {where}: {exc}"
     except SourceUnavailable as exc:
@@ -294,10 +297,13 @@ def record_lineage(
         visited.add(node.pk)
         if node.lineage_resolved:
             # Read before; walk what it declared then to reach nodes still unresolved.
-            queue.extend(_Pending(parent, item.depth + 1) for parent in _recorded_parents(node))
+            if item.depth <= max_depth:
+                queue.extend(_Pending(p, item.depth + 1) for p in _recorded_parents(node))
             continue
         if item.depth > max_depth:
-            _mark(node, False, f"beyond the lineage depth limit ({max_depth} levels)")
+            # A reason found on an earlier attempt (not found, unreadable) stays the better one.
+            if not node.resolution_note:
+                _mark(node, False, f"beyond the lineage depth limit ({max_depth} levels)")
             continue
         snapshot, metadata, why = _read_card(source, node)
         if metadata is None or snapshot is None:
@@ -321,6 +327,10 @@ def record_lineage(
             # A refused declaration (a cycle, an impossible id) leaves the lineage unresolved.
             _mark(node, not problems, "; ".join(problems))
         queue.extend(_Pending(n, item.depth + 1) for n in [*node_parents, *node_datasets])
+
+    # Integrity: re-derive the status of every node this walk declared or (un)resolved, and
+    # carry any change down to their descendants.
+    recompute_after_edges(visited)
 
 
 def _recorded_parents(repository: Repository) -> list[Repository]:

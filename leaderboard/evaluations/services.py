@@ -1,19 +1,56 @@
-"""Evaluation runs: creating, dispatching, tracking and ingesting them. Every rule lives here;
-tasks, views and API routes only translate."""
+"""Evaluation runs: creating, dispatching, tracking, ingesting, re-queueing and reconciling them.
+Every rule lives here; tasks, views and API routes only translate.
+
+State changes are conditional UPDATEs whose row count says whether this caller won: a message
+for an attempt that was re-queued, a duplicate delivery, or a second ingest changes nothing."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F, Max, Q
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from leaderboard.evaluations.models import EvaluationRun, RunState
-from leaderboard.submissions.models import Submission, SubmissionState
+from leaderboard.accounts.roles import is_maintainer
+from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
+from leaderboard.evaluations.payload import (
+    InvalidResult,
+    check_against_suite,
+    check_artifact,
+    parse_payload,
+)
+from leaderboard.submissions.models import Submission
 
 logger = logging.getLogger(__name__)
+
+# The reason in words for each failure code a worker or the web side reports.
+FAILURE_REASONS = {
+    "out_of_memory": "Out of memory: the model did not fit on the worker at this precision.",
+    "model_load": "The model would not load.",
+    "tokenizer_missing": "The tokenizer is missing or would not load.",
+    "time_limit": "The evaluation ran past its time limit.",
+    "unsafe_weights": "The repository has no safetensors weights; workers never load pickles.",
+    "worker_lost": "The worker stopped reporting (killed or lost); the run can be re-queued.",
+    "invalid_result": "The worker's result did not pass validation.",
+    "data_missing": "The task data could not be found.",
+    "error": "The evaluation failed with an unexpected error.",
+}
+# A queued run whose publish did not succeed is sent again after this grace period, which
+# leaves room for the on-commit send of a run created a moment ago.
+UNSENT_GRACE = timedelta(seconds=30)
+
+
+def failure_words(code: str) -> str:
+    return FAILURE_REASONS.get(code, f"The evaluation failed ({code}).")
+
+
+# --- Creating and sending ----------------------------------------------------------------------
 
 
 def queue_for(parameter_count: int) -> str:
@@ -39,15 +76,16 @@ def create_run_for(submission: Submission, suite_name: str | None = None) -> Eva
         queue=queue_for(submission.parameter_count),
         enqueued_at=timezone.now(),
     )
-    Submission.objects.filter(pk=submission.pk).update(state=SubmissionState.QUEUED)
-    submission.state = SubmissionState.QUEUED
-    _send_on_commit(run)
+    _mirror_submission(run.pk, submission.pk, RunState.QUEUED)
+    submission.state = RunState.QUEUED
+    _send_on_commit(run.pk, run.attempt)
     return run
 
 
-def _send_on_commit(run: EvaluationRun) -> None:
-    run_id, attempt = run.pk, run.attempt
-    transaction.on_commit(lambda: send_run(run_id, attempt))
+def _send_on_commit(run_id: int, attempt: int) -> None:
+    # robust: a broker outage must not undo (or 500) what the database already committed;
+    # the run stays unsent and the reconciler sends it later.
+    transaction.on_commit(lambda: send_run(run_id, attempt), robust=True)
 
 
 def send_run(run_id: int, attempt: int) -> bool:
@@ -62,20 +100,17 @@ def send_run(run_id: int, attempt: int) -> bool:
     if run is None:
         return False
     evaluate.apply_async(args=[build_job(run), attempt], queue=run.queue)
+    EvaluationRun.objects.filter(pk=run_id, attempt=attempt).update(sent_at=timezone.now())
     return True
 
 
 def build_job(run: EvaluationRun) -> dict[str, Any]:
-    """The self-contained job a GPU worker needs: no database, only what to load and run."""
+    """The self-contained job a GPU worker needs: what to load and run, no database."""
     from evaluator.jobs import EvaluationJob
 
     submission = run.submission
     repo_id = submission.repository.repo_id
-    model_path = (
-        str(settings.TRELLIS_MODEL_ROOT / repo_id)
-        if settings.TRELLIS_MODEL_SOURCE == "local"
-        else None
-    )
+    local = settings.TRELLIS_MODEL_SOURCE == "local"
     job = EvaluationJob(
         run_id=run.pk,
         repo_id=repo_id,
@@ -84,9 +119,334 @@ def build_job(run: EvaluationRun) -> dict[str, Any]:
         suite_name=run.suite_name,
         suite_version=run.suite_version,
         model_source=settings.TRELLIS_MODEL_SOURCE,
-        model_path=model_path,
+        model_path=str(settings.TRELLIS_MODEL_ROOT) if local else None,
         data_source=settings.TRELLIS_DATA_SOURCE,
         data_root=settings.TRELLIS_DATA_ROOT or None,
         artifact_root=str(settings.TRELLIS_ARTIFACT_ROOT),
+        limit=settings.TRELLIS_EVAL_LIMIT or None,
     )
     return job.to_dict()
+
+
+# --- What workers report -----------------------------------------------------------------------
+
+
+def mark_started(run_id: int, attempt: int, worker_hostname: str) -> bool:
+    """A worker began the attempt. A re-delivery (the first worker died) starts it afresh; a
+    run reaped as worker_lost comes back to life when its message shows up after all."""
+    now = timezone.now()
+    claimed = (
+        EvaluationRun.objects.filter(pk=run_id, attempt=attempt)
+        .filter(
+            Q(state__in=[RunState.QUEUED, RunState.RUNNING])
+            | Q(state=RunState.FAILED, failure_code="worker_lost")
+        )
+        .update(
+            state=RunState.RUNNING,
+            worker=worker_hostname[:200],
+            started_at=now,
+            heartbeat_at=now,
+            progress_done=0,
+            progress_total=0,
+            failure_code="",
+            failure_reason="",
+            log_tail="",
+        )
+    )
+    if claimed:
+        _mirror_submission(run_id, None, RunState.RUNNING)
+    return bool(claimed)
+
+
+def record_progress(run_id: int, attempt: int, done: int, total: int) -> bool:
+    """Progress doubles as the heartbeat the reconciler watches."""
+    total = max(int(total), 0)
+    done = min(max(int(done), 0), total)
+    return bool(
+        EvaluationRun.objects.filter(pk=run_id, attempt=attempt, state=RunState.RUNNING).update(
+            progress_done=done, progress_total=total, heartbeat_at=timezone.now()
+        )
+    )
+
+
+def record_failure(run_id: int, attempt: int, code: str, message: str, log_tail: str) -> bool:
+    """The attempt failed. Never overrides a finished run: a duplicate delivery that failed
+    does not undo the one that succeeded."""
+    reason = _reason_text(code, message)
+    claimed = (
+        EvaluationRun.objects.filter(pk=run_id, attempt=attempt)
+        .exclude(state=RunState.FINISHED)
+        .update(
+            state=RunState.FAILED,
+            failure_code=code[:40],
+            failure_reason=reason,
+            log_tail=log_tail[-20_000:],
+            finished_at=timezone.now(),
+        )
+    )
+    if claimed:
+        _mirror_submission(run_id, None, RunState.FAILED)
+    return bool(claimed)
+
+
+def _reason_text(code: str, message: str) -> str:
+    words = failure_words(code)
+    text = f"{words} {message}".strip() if message and message not in words else words
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+INGESTED, DUPLICATE, STALE, REJECTED = "ingested", "duplicate", "stale", "rejected"
+
+
+def ingest_result(run_id: int, attempt: int, payload: Any) -> str:
+    """Validate a worker's payload against the run's suite and store it in one transaction.
+
+    Returns "ingested", "duplicate" (already finished: nothing changes), "stale" (the message
+    is for an older attempt or a run that no longer exists) or "rejected" (invalid payload:
+    the run fails with the problems listed)."""
+    run = EvaluationRun.objects.filter(pk=run_id).first()
+    if run is None or run.attempt != attempt:
+        return STALE
+    if run.state == RunState.FINISHED:
+        return DUPLICATE
+    try:
+        result, artifact_path = validate_result(run, payload)
+    except InvalidResult as invalid:
+        logger.warning("run %s: rejected result: %s", run_id, invalid)
+        problems = invalid.problems
+        record_failure(run_id, attempt, "invalid_result", "; ".join(problems), "\n".join(problems))
+        return REJECTED
+
+    relative = artifact_path.relative_to(settings.TRELLIS_ARTIFACT_ROOT.resolve())
+    with transaction.atomic():
+        claimed = (
+            EvaluationRun.objects.filter(pk=run_id, attempt=attempt)
+            .exclude(state=RunState.FINISHED)
+            .update(
+                state=RunState.FINISHED,
+                payload=payload,
+                artifact_path=str(relative),
+                artifact_sha256=result.artifact.sha256,
+                finished_at=timezone.now(),
+                progress_done=Greatest(F("progress_done"), F("progress_total")),
+                failure_code="",
+                failure_reason="",
+                log_tail="",
+            )
+        )
+        if not claimed:
+            return DUPLICATE
+        TaskScore.objects.bulk_create(
+            TaskScore(
+                run_id=run_id,
+                task=task.task,
+                metric=task.metric,
+                value=task.value,
+                stderr=task.stderr,
+                n_samples=task.n_samples,
+                num_fewshot=task.num_fewshot,
+            )
+            for task in result.tasks
+        )
+        _mirror_submission(run_id, run.submission_id, RunState.FINISHED)
+    return INGESTED
+
+
+def validate_result(run: EvaluationRun, payload: Any) -> tuple[Any, Any]:
+    """The parsed payload and the artifact's path, or InvalidResult listing every problem."""
+    from evaluator.suites import load_suite
+
+    result = parse_payload(payload)
+    if result.run_id is not None and result.run_id != run.pk:
+        raise InvalidResult([f"run_id: the result is for run {result.run_id}, not {run.pk}"])
+    try:
+        suite = load_suite(run.suite_name, run.suite_version)
+    except Exception as exc:  # noqa: BLE001
+        raise InvalidResult([f"suite: {run.suite_name}@{run.suite_version} unknown: {exc}"]) from None
+    problems = check_against_suite(result, suite, run.suite_version)
+    artifact_path, artifact_problems = check_artifact(result.artifact, settings.TRELLIS_ARTIFACT_ROOT)
+    problems += artifact_problems
+    if problems:
+        raise InvalidResult(problems)
+    return result, artifact_path
+
+
+def _mirror_submission(run_id: int, submission_id: int | None, state: str) -> None:
+    """Submission.state follows its newest run, so lists can show it without a join."""
+    if submission_id is None:
+        submission_id = EvaluationRun.objects.filter(pk=run_id).values_list(
+            "submission_id", flat=True
+        ).first()
+        if submission_id is None:
+            return
+    newer = EvaluationRun.objects.filter(submission_id=submission_id, pk__gt=run_id)
+    if not newer.exists():
+        Submission.objects.filter(pk=submission_id).update(state=state)
+
+
+# --- Re-queueing ------------------------------------------------------------------------------
+
+
+class RequeueRefused(Exception):
+    """A re-queue the user may not do, or that cannot happen now; status is the HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def requeue_refusal(run: EvaluationRun, user: Any) -> RequeueRefused | None:
+    """Why `user` may not re-queue `run` now, or None when they may."""
+    if user is None or not user.is_authenticated:
+        return RequeueRefused("not_authenticated", "Sign in to re-queue a run.", 401)
+    maintainer = is_maintainer(user)
+    if not maintainer and run.submission.submitter_id != user.pk:
+        return RequeueRefused(
+            "forbidden", "Only the submitter or a maintainer can re-queue this run.", 403
+        )
+    if run.state != RunState.FAILED:
+        return RequeueRefused(
+            "not_failed", f"Only a failed run can be re-queued; this one is {run.state}.", 409
+        )
+    if not maintainer and run.submitter_requeues >= 1:
+        return RequeueRefused(
+            "requeue_limit",
+            "You have already re-queued this run once; ask a maintainer to re-queue it again.",
+            403,
+        )
+    return None
+
+
+def requeue(run: EvaluationRun, user: Any) -> EvaluationRun:
+    """Queue a failed run again as a new attempt; messages of the old attempt become stale."""
+    refusal = requeue_refusal(run, user)
+    if refusal is not None:
+        raise refusal
+    by_submitter = not is_maintainer(user)
+    with transaction.atomic():
+        claimed = EvaluationRun.objects.filter(
+            pk=run.pk, attempt=run.attempt, state=RunState.FAILED
+        ).update(
+            state=RunState.QUEUED,
+            attempt=F("attempt") + 1,
+            requeued_by=user,
+            submitter_requeues=F("submitter_requeues") + (1 if by_submitter else 0),
+            enqueued_at=timezone.now(),
+            sent_at=None,
+            started_at=None,
+            heartbeat_at=None,
+            finished_at=None,
+            progress_done=0,
+            progress_total=0,
+            worker="",
+            failure_code="",
+            failure_reason="",
+            log_tail="",
+        )
+        if not claimed:
+            raise RequeueRefused("already_requeued", "This run was re-queued a moment ago.", 409)
+        run.refresh_from_db()
+        _mirror_submission(run.pk, run.submission_id, RunState.QUEUED)
+        _send_on_commit(run.pk, run.attempt)
+    return run
+
+
+# --- Reconciling: the database is the truth, the broker only transport -------------------------
+
+
+@dataclass
+class ReconcileReport:
+    resent: list[int] = field(default_factory=list)
+    reaped: list[int] = field(default_factory=list)
+
+
+def reconcile_runs(now: datetime | None = None) -> ReconcileReport:
+    """One pass of the reconciler: re-send queued runs whose message may be lost, and fail
+    running runs whose worker stopped heart-beating. Safe to run anywhere, any time."""
+    now = now or timezone.now()
+    report = ReconcileReport()
+    for run_id, attempt in _runs_to_resend(now):
+        try:
+            if send_run(run_id, attempt):
+                report.resent.append(run_id)
+        except Exception:  # noqa: BLE001
+            logger.exception("run %s: re-send failed; next pass tries again", run_id)
+    report.reaped = _reap_silent_runs(now)
+    if report.resent or report.reaped:
+        logger.info("reconciler: resent %s, reaped %s", report.resent, report.reaped)
+    return report
+
+
+def _runs_to_resend(now: datetime) -> list[tuple[int, int]]:
+    """Runs never sent (the publish failed) after a short grace; and runs sent long ago on a
+    queue where nothing has happened since: no worker is taking that queue's messages, so
+    they are presumed lost. A busy queue is left alone: its runs are only waiting, and a
+    duplicate would cost a whole evaluation."""
+    queued = EvaluationRun.objects.filter(state=RunState.QUEUED)
+    cutoff = now - timedelta(seconds=settings.TRELLIS_RESEND_AFTER)
+    # finished_at, else the heartbeat: the last moment a worker of the queue was seen.
+    last_seen = Coalesce("finished_at", "heartbeat_at", "started_at")
+    idle_queues = [
+        queue
+        for queue, last in EvaluationRun.objects.filter(
+            queue__in=queued.values_list("queue", flat=True)
+        )
+        .values_list("queue")
+        .annotate(last=Max(last_seen))
+        .order_by()
+        if last is None or last < cutoff
+    ]
+    due = queued.filter(
+        Q(sent_at__isnull=True, enqueued_at__lt=now - UNSENT_GRACE)
+        | Q(sent_at__lt=cutoff, queue__in=idle_queues)
+    )
+    return list(due.order_by("enqueued_at", "pk").values_list("pk", "attempt"))
+
+
+def _reap_silent_runs(now: datetime) -> list[int]:
+    cutoff = now - timedelta(seconds=settings.TRELLIS_HEARTBEAT_TIMEOUT)
+    time_limit = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+    reaped = []
+    silent = EvaluationRun.objects.filter(state=RunState.RUNNING).filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+    )
+    for run in silent.only("pk", "attempt", "started_at", "submission_id"):
+        over_time = run.started_at is not None and now - run.started_at >= time_limit
+        code = "time_limit" if over_time else "worker_lost"
+        silence = settings.TRELLIS_HEARTBEAT_TIMEOUT
+        message = (
+            f"No progress for {silence} seconds."
+            if code == "worker_lost"
+            else f"Still running after the hard limit of {int(time_limit.total_seconds())} s."
+        )
+        claimed = (
+            EvaluationRun.objects.filter(pk=run.pk, attempt=run.attempt, state=RunState.RUNNING)
+            .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True))
+            .update(
+                state=RunState.FAILED,
+                failure_code=code,
+                failure_reason=_reason_text(code, message),
+                finished_at=now,
+            )
+        )
+        if claimed:
+            _mirror_submission(run.pk, run.submission_id, RunState.FAILED)
+            reaped.append(run.pk)
+    return reaped
+
+
+# --- What the pages and the API show ------------------------------------------------------------
+
+
+def latest_run(submission: Submission) -> EvaluationRun | None:
+    return submission.runs.order_by("-created_at", "-pk").first()
+
+
+def queue_position(run: EvaluationRun) -> int | None:
+    """1 for the next run a worker of its queue takes; None unless queued."""
+    if run.state != RunState.QUEUED or run.enqueued_at is None:
+        return None
+    ahead = EvaluationRun.objects.filter(state=RunState.QUEUED, queue=run.queue).filter(
+        Q(enqueued_at__lt=run.enqueued_at) | Q(enqueued_at=run.enqueued_at, pk__lt=run.pk)
+    )
+    return ahead.count() + 1

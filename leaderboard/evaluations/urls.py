@@ -1,5 +1,13 @@
+"""Evaluation routes under /runs/: the submission page's live fragment, re-queue, artifacts."""
+
 from django.urls import path
+
+from leaderboard.evaluations import views
 
 app_name = "evaluations"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("submission/<int:pk>/live/", views.submission_live, name="submission_live"),
+    path("<int:pk>/requeue/", views.requeue, name="requeue"),
+    path("<int:pk>/artifact/", views.artifact, name="artifact"),
+]

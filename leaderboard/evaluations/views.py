@@ -1,8 +1,105 @@
-"""Evaluation pages: the submission page with its runs' live state. Placeholder until issue 3."""
+"""Evaluation pages: the submission page with its run's live state, the fragment htmx polls,
+re-queueing a failed run, and the details artifact's download."""
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from leaderboard.evaluations import services
+from leaderboard.evaluations.models import EvaluationRun, RunState
+from leaderboard.evaluations.payload import resolve_artifact
+from leaderboard.evaluations.serializers import run_to_dict
+from leaderboard.submissions.models import Submission
+
+# The page polls only while something can still change.
+LIVE_STATES = (RunState.QUEUED, RunState.RUNNING)
 
 
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def _panel_context(request: HttpRequest, submission: Submission) -> dict[str, Any]:
+    run = services.latest_run(submission)
+    view = run_to_dict(run) if run is not None else None
+    return {
+        "submission": submission,
+        "run": view,
+        "live": run is not None and run.state in LIVE_STATES,
+        "elapsed": format_duration(view["elapsed_seconds"]) if view else "",
+        "can_requeue": run is not None and services.requeue_refusal(run, request.user) is None,
+        "poll_seconds": 3,
+    }
+
+
+def _submission(pk: int) -> Submission:
+    return get_object_or_404(Submission.objects.select_related("repository", "submitter"), pk=pk)
+
+
+@require_GET
 def submission_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    return render(request, "public/placeholder.html", {"title": "Submission"})
+    submission = _submission(pk)
+    context = _panel_context(request, submission)
+    context["earlier_runs"] = submission.runs.order_by("-created_at", "-pk")[1:]
+    return render(request, "evaluations/submission_detail.html", context)
+
+
+@require_GET
+def submission_live(request: HttpRequest, pk: int) -> HttpResponse:
+    return render(
+        request, "evaluations/_run_panel.html", _panel_context(request, _submission(pk))
+    )
+
+
+@require_POST
+def requeue(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(EvaluationRun.objects.select_related("submission"), pk=pk)
+    if not request.user.is_authenticated:
+        return redirect_to_login(reverse("submissions:detail", args=[run.submission_id]))
+    try:
+        services.requeue(run, request.user)
+    except services.RequeueRefused as refused:
+        if refused.status == 403:
+            return render(
+                request,
+                "evaluations/refused.html",
+                {"message": refused.message, "submission_id": run.submission_id},
+                status=403,
+            )
+        messages.error(request, refused.message)
+    else:
+        messages.success(request, "The run is queued again.")
+    return redirect("submissions:detail", pk=run.submission_id)
+
+
+@require_GET
+def artifact(request: HttpRequest, pk: int) -> FileResponse:
+    """Streams the per-sample details (compressed JSON lines) of a finished run."""
+    run = get_object_or_404(EvaluationRun, pk=pk, state=RunState.FINISHED)
+    path = resolve_artifact(settings.TRELLIS_ARTIFACT_ROOT, run.artifact_path or ".")
+    if not run.artifact_path or path is None or not path.is_file():
+        raise Http404("This run's details artifact is not on this server.")
+    content_type = "application/gzip" if path.suffix == ".gz" else "application/octet-stream"
+    return FileResponse(
+        path.open("rb"),
+        as_attachment=True,
+        filename=f"trellis-run-{run.pk}-{path.name}",
+        content_type=content_type,
+    )

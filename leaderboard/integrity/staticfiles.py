@@ -46,7 +46,7 @@ class PlotlyFinder(BaseFinder):
             ]
         return []
 
-    def find(self, path: str, find_all: bool = False, **kwargs: Any) -> str | list[str]:
+    def find(self, path: str, find_all: bool = False, **kwargs: Any) -> Any:
         if path != PLOTLY_STATIC_PATH:
             return [] if find_all else ""
         match = str(self.location / PLOTLY_FILE)

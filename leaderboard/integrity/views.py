@@ -1,8 +1,130 @@
-"""Moderation pages. Placeholder until the integrity issue."""
+"""Integrity pages: reporting (signed-in users), the moderation queue and decisions
+(maintainers; everyone else gets 403), and the public lineage graph. Rules live in services."""
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from leaderboard.accounts.roles import is_maintainer
+from leaderboard.catalog.models import RepositoryKind
+from leaderboard.integrity import plots, services
+from leaderboard.integrity.forms import ReportForm
+from leaderboard.integrity.models import ReportKind
+from leaderboard.integrity.services import ReportRefused
+
+# The lineage page draws at most this much; the API returns everything.
+DEPTH_DEFAULT, DEPTH_MAX = 3, 12
+NODES_MAX = 250
+
+
+def _forbidden(request: HttpRequest) -> HttpResponse:
+    return render(request, "integrity/forbidden.html", status=403)
 
 
 def queue(request: HttpRequest) -> HttpResponse:
-    return render(request, "public/placeholder.html", {"title": "Moderation"})
+    if not is_maintainer(request.user):
+        return _forbidden(request)
+    order = "newest" if request.GET.get("order") == "newest" else "impact"
+    return render(
+        request,
+        "integrity/queue.html",
+        {
+            "items": services.moderation_queue(order),
+            "flags": services.active_flags(),
+            "order": order,
+        },
+    )
+
+
+@require_POST
+def resolve_report(request: HttpRequest, pk: int) -> HttpResponse:
+    if not is_maintainer(request.user):
+        return _forbidden(request)
+    decision = request.POST.get("decision", "")
+    try:
+        report = services.resolve(pk, decision, request.POST.get("note", ""), request.user)
+    except ReportRefused as refused:
+        for item in refused.problems:
+            messages.error(request, f"Report #{pk}: {item.message}")
+    else:
+        messages.success(
+            request,
+            f"Report #{report.pk} on {report.target} is now {report.status}; the status of "
+            "it and every descendant was recomputed.",
+        )
+    next_url = request.POST.get("next", "")
+    if next_url and url_has_allowed_host_and_scheme(next_url, {request.get_host()}):
+        return redirect(next_url)
+    return redirect("integrity:queue")
+
+
+@login_required
+def report(request: HttpRequest) -> HttpResponse:
+    target_type = request.GET.get("type", RepositoryKind.MODEL)
+    repo_id = request.GET.get("target", "")
+    try:
+        target = services.find_target(target_type, repo_id)
+    except ReportRefused as refused:
+        return render(
+            request,
+            "integrity/report.html",
+            {"problems": refused.problems, "form": None},
+            status=refused.status,
+        )
+    initial_kind = request.GET.get("kind", "")
+    form = ReportForm(
+        request.POST or None,
+        initial={"kind": initial_kind if initial_kind in ReportKind.values else ""},
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            filed = services.file_report(
+                reporter=request.user,
+                target=target,
+                kind=form.cleaned_data["kind"],
+                evidence=form.cleaned_data["evidence"],
+                links=form.cleaned_data["links"],
+            )
+        except ReportRefused as refused:
+            form.add_problems(refused.problems)
+        else:
+            if filed.joined:
+                text = (
+                    f"An open {filed.report.kind} report on {target} already existed "
+                    f"(#{filed.report.pk}); your evidence was added to it."
+                )
+            else:
+                text = (
+                    f"Report #{filed.report.pk} on {target} was filed; a maintainer will review it."
+                )
+            messages.success(request, text)
+            return redirect(services.lineage_url(target))
+    return render(request, "integrity/report.html", {"form": form, "target": target})
+
+
+def lineage(request: HttpRequest, repo_id: str) -> HttpResponse:
+    try:
+        repository = services.find_target(request.GET.get("type", RepositoryKind.MODEL), repo_id)
+    except ReportRefused as refused:
+        raise Http404(refused.problems[0].message) from None
+    try:
+        depth = min(max(int(request.GET.get("depth", DEPTH_DEFAULT)), 1), DEPTH_MAX)
+    except ValueError:
+        depth = DEPTH_DEFAULT
+    figure = plots.lineage_figure(repository, depth=depth, max_nodes=NODES_MAX)
+    return render(
+        request,
+        "integrity/lineage.html",
+        {
+            "repository": repository,
+            "figure": figure,
+            "depth": depth,
+            "depth_choices": range(1, DEPTH_MAX + 1),
+            "integrity": services.integrity_context(repository),
+        },
+    )

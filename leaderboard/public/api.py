@@ -1,5 +1,328 @@
-"""API routes of this app (mounted under /api/v1/ by leaderboard.api)."""
+"""Public read API (mounted under /api/v1/): the leaderboard, one model, the suites.
 
-from ninja import Router
+Each route answers conditional requests from a cheap validator before building anything, sends
+CORS headers, and answers OPTIONS preflights. Bodies are serialized by
+leaderboard.public.serializers (the same functions the exports use); the schemas below declare
+them for the OpenAPI document."""
 
-router = Router()
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from ninja import Router, Schema
+
+from leaderboard.public import detail, integrity_bridge, serializers
+from leaderboard.public.http import conditional, preflight, with_cors
+from leaderboard.public.services import (
+    RankingQuery,
+    RankingQueryError,
+    Validator,
+    parse_ranking_query,
+    ranking,
+    ranking_validator,
+)
+from leaderboard.public.suites import suite_names, suite_view, versions_of
+from leaderboard.submissions.api import ErrorsOut
+
+router = Router(tags=["public"])
+
+
+class SuiteTaskOut(Schema):
+    key: str
+    lm_eval_task: str
+    metric: str
+    num_fewshot: int
+    random_baseline: float
+    description: str
+
+
+class RankedSuiteOut(Schema):
+    name: str
+    version: str
+    description: str
+    defined: bool
+    tasks: list[SuiteTaskOut]
+
+
+class SuiteListOut(Schema):
+    suites: list[RankedSuiteOut]
+
+
+class RowFlagOut(Schema):
+    report: int
+    kind: str
+    status: str
+    created_at: datetime
+    confirmed_at: datetime | None
+
+
+class LeaderboardRowOut(Schema):
+    rank: int
+    model: str
+    url: str
+    submission_id: int
+    revision: str
+    precision: str
+    model_type: str
+    weight_type: str
+    parameters: int
+    license: str
+    license_family: str
+    merge_method: str
+    is_merge: bool
+    is_synthetic: bool
+    submitted_at: datetime
+    evaluated_at: datetime | None
+    scores: dict[str, float | None]
+    normalized_scores: dict[str, float | None]
+    stderr: dict[str, float | None]
+    average: float | None
+    average_normalized: float | None
+    lineage_status: str
+    taint_path: str | None
+    flags: list[RowFlagOut]
+
+
+class LeaderboardOut(Schema):
+    suite: RankedSuiteOut
+    normalized: bool
+    sort: str
+    dir: str
+    count: int
+    hidden: int
+    hidden_flagged: int
+    hidden_tainted: int
+    page: int | None
+    pages: int
+    per_page: int | None
+    rows: list[LeaderboardRowOut]
+
+
+class ModelTaskResultOut(Schema):
+    key: str
+    metric: str
+    num_fewshot: int
+    n_samples: int | None
+    random_baseline: float
+    score: float | None
+    stderr: float | None
+    normalized: float | None
+
+
+class ModelEvaluationOut(Schema):
+    run_id: int
+    suite: str
+    version: str
+    finished_at: datetime | None
+    average: float | None
+    average_normalized: float | None
+    reproduce: str | None
+    configuration: dict[str, str]
+    tasks: list[ModelTaskResultOut]
+
+
+class ModelSubmissionOut(Schema):
+    id: int
+    url: str
+    revision: str
+    precision: str
+    model_type: str
+    weight_type: str
+    parameters: int
+    license: str
+    merge_method: str
+    submitted_at: datetime
+    state: str
+    is_synthetic: bool
+    evaluations: list[ModelEvaluationOut]
+
+
+class ModelParentOut(Schema):
+    repo_id: str
+    kind: str
+    relation: str
+
+
+class ModelReportOut(Schema):
+    id: int
+    kind: str
+    status: str
+    evidence: str
+    links: list[Any]
+    reporter: str | None
+    supporters: list[str]
+    created_at: datetime
+    confirmed_at: datetime | None
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution_note: str
+
+
+class ModelOut(Schema):
+    model: str
+    url: str
+    license: str
+    is_synthetic: bool
+    lineage_status: str
+    taint_path: str | None
+    status_path: list[dict[str, Any]]
+    parents: list[ModelParentOut]
+    children: int
+    reports: list[ModelReportOut]
+    submissions: list[ModelSubmissionOut]
+
+
+RANKING_PARAMETERS: list[dict[str, Any]] = [
+    {"name": "suite", "schema": {"type": "string"}, "description": "suite name"},
+    {"name": "version", "schema": {"type": "string"}, "description": "suite version (latest)"},
+    {
+        "name": "sort",
+        "schema": {"type": "string", "default": "average"},
+        "description": "average, model, model_type, parameters, precision, license, status, "
+        "submitted, or a task key",
+    },
+    {"name": "dir", "schema": {"type": "string", "enum": ["asc", "desc"]}},
+    {
+        "name": "model_type",
+        "schema": {"type": "array", "items": {"type": "string"}},
+        "style": "form",
+        "explode": True,
+        "description": "repeat or comma-separate: pretrained, fine-tuned, chat, merge, ...",
+    },
+    {
+        "name": "precision",
+        "schema": {"type": "array", "items": {"type": "string"}},
+        "style": "form",
+        "explode": True,
+    },
+    {
+        "name": "license",
+        "schema": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["permissive", "restrictive", "unknown"]},
+        },
+        "style": "form",
+        "explode": True,
+        "description": "license families (see docs/ui.md for the mapping)",
+    },
+    {"name": "min_params", "schema": {"type": "number"}, "description": "billions"},
+    {"name": "max_params", "schema": {"type": "number"}, "description": "billions"},
+    {"name": "hide_merges", "schema": {"type": "boolean"}},
+    {"name": "hide_synthetic", "schema": {"type": "boolean"}},
+    {"name": "show_flagged", "schema": {"type": "boolean"}},
+    {"name": "show_tainted", "schema": {"type": "boolean"}},
+    {"name": "q", "schema": {"type": "string"}, "description": "search in model names"},
+    {"name": "normalized", "schema": {"type": "boolean"}, "description": "rank by normalized"},
+    {"name": "page", "schema": {"type": "integer"}, "description": "absent: every row"},
+    {"name": "per_page", "schema": {"type": "integer", "default": 50, "maximum": 500}},
+]
+for _parameter in RANKING_PARAMETERS:
+    _parameter["in"] = "query"
+    _parameter["required"] = False
+
+_CONDITIONAL_HEADERS = {
+    "ETag": {"schema": {"type": "string"}},
+    "Last-Modified": {"schema": {"type": "string"}},
+}
+
+
+def _json(data: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(serializers.to_json(data), content_type="application/json", status=status)
+
+
+def _errors(errors: list[dict[str, str]], status: int = 400) -> HttpResponse:
+    return with_cors(_json({"errors": errors}, status))
+
+
+@router.get(
+    "/leaderboard",
+    url_name="public_leaderboard",
+    response={200: LeaderboardOut, 304: None, 400: ErrorsOut},
+    summary="The ranking of one suite version, filtered like the ranking page",
+    openapi_extra={
+        "parameters": RANKING_PARAMETERS,
+        "responses": {200: {"headers": _CONDITIONAL_HEADERS}},
+    },
+)
+def leaderboard(request: HttpRequest) -> HttpResponse:
+    try:
+        query = parse_ranking_query(request.GET, paginate=False)
+    except RankingQueryError as refused:
+        return _errors(refused.errors)
+    validator = ranking_validator(query, extra="api")
+    return with_cors(
+        conditional(
+            request,
+            validator,
+            lambda: _json(serializers.leaderboard_to_dict(ranking(query))),
+        )
+    )
+
+
+@router.get(
+    "/models/{org}/{name}",
+    url_name="public_model",
+    response={200: ModelOut, 304: None, 404: ErrorsOut},
+    summary="One model: lineage status, reports, every submission and its evaluations",
+    openapi_extra={"responses": {200: {"headers": _CONDITIONAL_HEADERS}}},
+)
+def model(request: HttpRequest, org: str, name: str) -> HttpResponse:
+    repository = detail.find_model(f"{org}/{name}")
+    if repository is None:
+        return _errors(
+            [
+                {
+                    "code": "not_found",
+                    "field": "model",
+                    "message": f"No model {org}/{name} in this catalog; list ranked models "
+                    "with GET /api/v1/leaderboard.",
+                }
+            ],
+            404,
+        )
+    query = RankingQuery()  # every evaluation is listed; no suite version is singled out
+
+    def build() -> HttpResponse:
+        model_detail = detail.model_detail(repository, query)
+        reports = integrity_bridge.reports_for(repository)
+        return _json(serializers.model_to_dict(model_detail, reports))
+
+    return with_cors(conditional(request, detail.model_validator(repository), build))
+
+
+@router.get(
+    "/suites",
+    url_name="public_suites",
+    response={200: SuiteListOut, 304: None},
+    summary="Every suite version with ranked rows or defined by the evaluator, newest first",
+)
+def suites(request: HttpRequest) -> HttpResponse:
+    views = [suite_view(name, version) for name in suite_names() for version in versions_of(name)]
+    body = {"suites": [serializers.suite_to_dict(view) for view in views if view is not None]}
+    text = serializers.to_json(body)
+    validator = Validator(etag=hashlib.sha256(text.encode()).hexdigest()[:32], last_modified=None)
+    return with_cors(
+        conditional(
+            request,
+            validator,
+            lambda: HttpResponse(text, content_type="application/json"),
+        )
+    )
+
+
+@router.api_operation(["OPTIONS"], "/leaderboard", include_in_schema=False)
+def leaderboard_preflight(request: HttpRequest) -> HttpResponse:
+    return preflight()
+
+
+@router.api_operation(["OPTIONS"], "/models/{org}/{name}", include_in_schema=False)
+def model_preflight(request: HttpRequest, org: str, name: str) -> HttpResponse:
+    return preflight()
+
+
+@router.api_operation(["OPTIONS"], "/suites", include_in_schema=False)
+def suites_preflight(request: HttpRequest) -> HttpResponse:
+    return preflight()

@@ -1,3 +1,5 @@
+"""Public pages: the ranking at /, model pages, compare, plots and the CSV export."""
+
 from django.urls import path
 
 from leaderboard.public import views
@@ -5,7 +7,9 @@ from leaderboard.public import views
 app_name = "public"
 
 urlpatterns = [
-    path("", views.ranking, name="ranking"),
-    path("plots/", views.plots, name="plots"),
-    path("compare/", views.compare, name="compare"),
+    path("", views.ranking_page, name="ranking"),
+    path("export.csv", views.export_csv, name="export_csv"),
+    path("models/<str:org>/<str:name>/", views.model_page, name="model"),
+    path("compare/", views.compare_page, name="compare"),
+    path("plots/", views.plots_page, name="plots"),
 ]

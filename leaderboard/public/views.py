@@ -1,16 +1,284 @@
-"""Public pages (ranking, model pages, compare, plots). Placeholder until the public-views issue."""
+"""Public pages: ranking, model page, compare, plots, CSV export. Each parses its query with
+the ranking core, calls a service, and renders; a refused query is shown with its messages."""
 
-from django.http import HttpRequest, HttpResponse
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from leaderboard.integrity.plots import lineage_figure
+from leaderboard.integrity.services import integrity_context
+from leaderboard.public import detail, plots, serializers
+from leaderboard.public.http import conditional, with_cors
+from leaderboard.public.licenses import PERMISSIVE, RESTRICTIVE
+from leaderboard.public.models import LicenseFamily
+from leaderboard.public.sanitize import render_card
+from leaderboard.public.services import (
+    SORT_COLUMNS,
+    Ranking,
+    RankingQuery,
+    RankingQueryError,
+    default_query,
+    parse_ranking_query,
+    ranking,
+    ranking_validator,
+)
+from leaderboard.public.suites import suite_names, versions_of
+from leaderboard.submissions.models import ModelType, Precision
+
+SORT_LABELS = {
+    "model": "Model",
+    "model_type": "Type",
+    "parameters": "Params",
+    "precision": "Precision",
+    "license": "License",
+    "average": "Average",
+    "status": "Lineage",
+    "submitted": "Submitted",
+}
+SORT_TITLES = {
+    "average": "Mean of the task scores; follows the normalized switch.",
+    "status": "Derived lineage status: hover a badge for the path that explains it.",
+    "parameters": "Parameter count read from the safetensors headers.",
+    "license": "The license the model card declares.",
+}
 
 
-def ranking(request: HttpRequest) -> HttpResponse:
-    return render(request, "public/placeholder.html", {"title": "Ranking"})
+def _is_htmx(request: HttpRequest) -> bool:
+    return request.headers.get("HX-Request") == "true"
 
 
-def plots(request: HttpRequest) -> HttpResponse:
-    return render(request, "public/placeholder.html", {"title": "Plots"})
+def _parse(params: QueryDict | dict[str, Any], *, paginate: bool) -> tuple[RankingQuery, list]:
+    try:
+        return parse_ranking_query(params, paginate=paginate), []
+    except RankingQueryError as refused:
+        query = default_query()
+        if not paginate:
+            query = query.model_copy(update={"page": None})
+        return query, refused.errors
 
 
-def compare(request: HttpRequest) -> HttpResponse:
-    return render(request, "public/placeholder.html", {"title": "Compare"})
+def _subset(params: QueryDict, names: tuple[str, ...]) -> QueryDict:
+    kept = QueryDict(mutable=True)
+    for name in names:
+        if name in params:
+            kept.setlist(name, params.getlist(name))
+    return kept
+
+
+def _safe_ranking(query: RankingQuery) -> Ranking | None:
+    """The ranking, or None on a fresh install where no suite is known yet."""
+    if query.version is None:
+        return None
+    return ranking(query)
+
+
+def _filter_context(query: RankingQuery) -> dict[str, Any]:
+    return {
+        "query": query,
+        "suites": suite_names(),
+        "versions": versions_of(query.suite),
+        "model_types": [(t.value, t.label, t in query.model_type) for t in ModelType],
+        "precisions": [(p.value, p.label, p in query.precision) for p in Precision],
+        "license_families": [
+            (f.value, f.label, f in query.license, _family_title(f.value)) for f in LicenseFamily
+        ],
+    }
+
+
+def _family_title(family: str) -> str:
+    if family == "permissive":
+        return "Allows commercial use and redistribution: " + ", ".join(sorted(PERMISSIVE)[:8])
+    if family == "restrictive":
+        return "Use restrictions, non-commercial or share-alike: " + ", ".join(
+            sorted(RESTRICTIVE)[:8]
+        )
+    return "No license, 'other', or an identifier Trellis does not classify."
+
+
+def _table_context(result: Ranking) -> dict[str, Any]:
+    query = result.query
+    headers = []
+    for key in ("model", "model_type", "parameters", "precision", "license", "average"):
+        headers.append(_header(query, key, SORT_LABELS[key], SORT_TITLES.get(key, "")))
+    task_headers = [
+        _header(query, column.key, column.key, column.tooltip) | {"shots": column.shots_label,
+                                                                  "metric": column.metric}
+        for column in result.view.columns
+    ]
+    tail = [
+        _header(query, key, SORT_LABELS[key], SORT_TITLES.get(key, ""))
+        for key in ("status", "submitted")
+    ]
+    rows = [
+        {"row": row, "cells": row.cells(result.view, query.normalized),
+         "average": row.shown_average(query.normalized)}
+        for row in result.rows
+    ]
+    pages = {}
+    if result.page is not None:
+        if result.page > 1:
+            pages["first"] = query.querystring(page=1)
+            pages["previous"] = query.querystring(page=result.page - 1)
+        if result.page < result.pages:
+            pages["next"] = query.querystring(page=result.page + 1)
+            pages["last"] = query.querystring(page=result.pages)
+    return {
+        "result": result,
+        "headers": headers,
+        "task_headers": task_headers,
+        "tail_headers": tail,
+        "rows": rows,
+        "pages": pages,
+        "reveal_flagged": query.querystring(show_flagged=True, page=None),
+        "reveal_tainted": query.querystring(show_tainted=True, page=None),
+        "reveal_all": query.querystring(show_flagged=True, show_tainted=True, page=None),
+        "permalink": query.querystring(),
+        "plots_link": query.querystring(page=None, per_page=50),
+    }
+
+
+def _header(query: RankingQuery, key: str, label: str, title: str) -> dict[str, Any]:
+    active = query.sort == key
+    return {
+        "key": key,
+        "label": label,
+        "title": title,
+        "link": query.sort_link(key),
+        "active": active,
+        "arrow": ("▼" if query.direction == "desc" else "▲") if active else "",
+        "numeric": key not in ("model", "model_type", "precision", "license", "status"),
+    }
+
+
+@require_GET
+def ranking_page(request: HttpRequest) -> HttpResponse:
+    query, errors = _parse(request.GET, paginate=True)
+    result = _safe_ranking(query)
+    context = _filter_context(query) | {"errors": errors, "sort_keys": list(SORT_COLUMNS)}
+    if result is not None:
+        context |= _table_context(result)
+    # htmx swaps only 2xx answers: a refused filter change must still show its message.
+    status = 400 if errors and not _is_htmx(request) else 200
+    template = "public/_ranking.html" if _is_htmx(request) else "public/ranking.html"
+    return render(request, template, context, status=status)
+
+
+@require_GET
+def model_page(request: HttpRequest, org: str, name: str) -> HttpResponse:
+    repository = detail.find_model(f"{org}/{name}")
+    if repository is None:
+        raise Http404(f"No model {org}/{name} in this catalog.")
+    query, errors = _parse(_subset(request.GET, ("suite", "version", "normalized")), paginate=False)
+    submission_id = _int_param(request.GET.get("submission"))
+    model = detail.model_detail(repository, query, submission_id)
+    selected = model.selected
+    result = model.selected_result
+    context = {
+        "model": model,
+        "repository": repository,
+        "query": query,
+        "errors": errors,
+        "versions": versions_of(query.suite),
+        "card_html": render_card(selected.submission.card_text) if selected else "",
+        "result": result,
+        "scores_figure": plots.figure_json(plots.task_scores(result, query.normalized))
+        if result and result.tasks
+        else None,
+        "lineage_figure": plots.figure_json(lineage_figure(repository, depth=2, max_nodes=60)),
+        "integrity": integrity_context(repository),
+        "compare_hint": f"{repository.repo_id},",
+    }
+    return render(request, "public/model.html", context, status=400 if errors else 200)
+
+
+def _int_param(raw: str | None) -> int | None:
+    return int(raw) if raw and raw.isdigit() else None
+
+
+@require_GET
+def compare_page(request: HttpRequest) -> HttpResponse:
+    query, errors = _parse(_subset(request.GET, ("suite", "version", "normalized")), paginate=False)
+    raw_models = ",".join(request.GET.getlist("models"))
+    context: dict[str, Any] = {
+        "query": query,
+        "versions": versions_of(query.suite),
+        "models_value": raw_models,
+        "errors": errors,
+        "min_models": detail.MIN_COMPARE,
+        "max_models": detail.MAX_COMPARE,
+    }
+    if raw_models and not errors:
+        try:
+            names = detail.parse_models_param(raw_models)
+            comparison = detail.compare(names, query)
+        except detail.CompareError as refused:
+            context["errors"] = refused.errors
+        else:
+            context["comparison"] = comparison
+            context["figure"] = plots.figure_json(
+                plots.comparison_bars(comparison, query.normalized)
+            )
+    status = 400 if context["errors"] else 200
+    return render(request, "public/compare.html", context, status=status)
+
+
+@require_GET
+def plots_page(request: HttpRequest) -> HttpResponse:
+    query, errors = _parse(request.GET, paginate=False)
+    query = query.model_copy(update={"page": None})
+    result = _safe_ranking(query)
+    context = _filter_context(query) | {"errors": errors, "result": result}
+    if result is not None:
+        rows = result.rows
+        threshold = settings.TRELLIS_SCORE_Z_OUTLIER
+        scored = plots.zscores(rows, query.normalized)
+        outliers = sorted(
+            (s for s in scored if s.z is not None and abs(s.z) >= threshold),
+            key=lambda s: -abs(s.z or 0.0),
+        )
+        context |= {
+            "threshold": threshold,
+            "outliers": outliers[:25],
+            "outlier_count": len(outliers),
+            "ranking_link": query.querystring(page=None),
+            "figures": [
+                ("size", plots.figure_json(plots.score_vs_size(rows, query.normalized, threshold))),
+                ("correlation", plots.figure_json(plots.task_correlation(rows, result.view))),
+                ("types", plots.figure_json(plots.distribution_by_type(rows, query.normalized))),
+                (
+                    "merges",
+                    plots.figure_json(plots.distribution_by_merge_method(rows, query.normalized)),
+                ),
+                ("time", plots.figure_json(plots.best_over_time(rows, query.normalized))),
+            ],
+        }
+    template = "public/_plots.html" if _is_htmx(request) else "public/plots.html"
+    status = 400 if errors and not _is_htmx(request) else 200
+    return render(request, template, context, status=status)
+
+
+@require_GET
+def export_csv(request: HttpRequest) -> HttpResponse:
+    try:
+        query = parse_ranking_query(request.GET, paginate=False)
+    except RankingQueryError as refused:
+        text = "\n".join(f"{e['field']}: {e['message']}" for e in refused.errors)
+        return with_cors(HttpResponse(text + "\n", status=400, content_type="text/plain"))
+
+    def build() -> HttpResponse:
+        result = ranking(query)
+        rows = [serializers.row_to_dict(row, result.view) for row in result.rows]
+        response = HttpResponse(
+            serializers.rows_to_csv(rows, result.view.task_keys),
+            content_type="text/csv; charset=utf-8",
+        )
+        filename = f"trellis-{query.suite}-{query.version}.csv"
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
+
+    return with_cors(conditional(request, ranking_validator(query, extra="csv"), build))

@@ -110,21 +110,33 @@ def repo_id_error(repo_id: str, *, namespace_required: bool = True) -> str | Non
     return None
 
 
+def _choice_problem(code: str, what: str, value: str, choices: list[str]) -> Problem:
+    if not value:
+        return problem(code, f"Choose the {what}: one of {_choices(choices)}.")
+    return problem(
+        code, f"The {what} {value!r} is not supported; choose one of {_choices(choices)}."
+    )
+
+
 def check_input(
     repo_id: str, revision: str, precision: str, model_type: str, weight_type: str
 ) -> list[Problem]:
     """Rules on the typed fields alone; they run even when the repository cannot be read."""
     problems = []
-    error = repo_id_error(repo_id)
-    if error:
+    example = "e.g. HuggingFaceTB/SmolLM2-135M-Instruct"
+    if not repo_id:
+        problems.append(
+            problem("invalid_repo_id", f"Enter the model's repository id as org/name, {example}.")
+        )
+    elif error := repo_id_error(repo_id):
         problems.append(
             problem(
                 "invalid_repo_id",
-                f"The repository id {repo_id!r} {error}; enter it as on the Hub, "
-                "e.g. HuggingFaceTB/SmolLM2-135M-Instruct.",
+                f"The repository id {repo_id!r} {error}: enter it as in the repository's URL, "
+                f"{example}.",
             )
         )
-    if not revision or len(revision) > 255 or any(ch.isspace() for ch in revision):
+    if len(revision) > 255 or any(ch.isspace() for ch in revision):
         problems.append(
             problem(
                 "invalid_revision",
@@ -134,27 +146,15 @@ def check_input(
         )
     if precision not in Precision.values:
         problems.append(
-            problem(
-                "invalid_precision",
-                f"Precision {precision!r} is not supported; choose one of "
-                f"{_choices(Precision.values)}.",
-            )
+            _choice_problem("invalid_precision", "precision", precision, Precision.values)
         )
     if model_type not in ModelType.values:
         problems.append(
-            problem(
-                "invalid_model_type",
-                f"Model type {model_type!r} is unknown; choose one of "
-                f"{_choices(ModelType.values)}.",
-            )
+            _choice_problem("invalid_model_type", "model type", model_type, ModelType.values)
         )
     if weight_type not in WeightType.values:
         problems.append(
-            problem(
-                "invalid_weight_type",
-                f"Weight type {weight_type!r} is unknown; choose one of "
-                f"{_choices(WeightType.values)}.",
-            )
+            _choice_problem("invalid_weight_type", "weight type", weight_type, WeightType.values)
         )
     return problems
 

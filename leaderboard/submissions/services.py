@@ -3,7 +3,6 @@ records an accepted model in one transaction (catalog node, submission, lineage,
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -336,7 +335,7 @@ def _save(outcome: CheckOutcome, user: Any) -> Submission:
 
     req, snapshot, card = outcome.request, outcome.snapshot, outcome.card
     assert snapshot is not None and card is not None and outcome.parameter_count is not None
-    metadata = json_safe(card.metadata)
+    metadata = card.metadata
     repository = upsert_repository(
         req.repo_id, RepositoryKind.MODEL, snapshot=snapshot, metadata=metadata
     )
@@ -364,6 +363,8 @@ def _save(outcome: CheckOutcome, user: Any) -> Submission:
         source=get_source(),
         max_depth=settings.TRELLIS_LINEAGE_MAX_DEPTH,
     )
+    # Lineage resolution re-derived the node's status through other instances of the row.
+    repository.refresh_from_db()
     create_run_for(submission)
     return submission
 
@@ -381,8 +382,3 @@ def _declared_in(req: SubmissionRequest, snapshot: RepoSnapshot) -> str:
     if snapshot.adapter_config is not None:
         return DeclaredIn.ADAPTER_CONFIG
     return DeclaredIn.CARD
-
-
-def json_safe(value: dict[str, Any]) -> dict[str, Any]:
-    """Card metadata as JSON: YAML front matter may hold dates, which JSONField cannot store."""
-    return json.loads(json.dumps(value, default=str))

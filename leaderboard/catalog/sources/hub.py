@@ -110,7 +110,7 @@ class HubSource:
         if card_only:
             return snap
         if info.gated:
-            self._check_access(repo_id, kind, info.gated)
+            self._check_access(repo_id, kind)
         small = {
             name: self._fetch(repo_id, kind, sha, name) for name in SMALL_FILES if name in files
         }
@@ -130,9 +130,12 @@ class HubSource:
         with self._translated(repo_id, revision, kind):
             return call(repo_id, revision=revision or None, timeout=self.timeout)
 
-    def _check_access(self, repo_id: str, kind: Kind, gated: Any) -> None:
-        with self._translated(repo_id, None, kind):
-            self.api.auth_check(repo_id, repo_type=kind)
+    def _check_access(self, repo_id: str, kind: Kind) -> None:
+        """Whether the token may download a gated repo's files (HfApi.auth_check's route, with
+        our timeout: huggingface_hub's own call has none)."""
+        url = f"{self.endpoint}/api/{kind}s/{repo_id}/auth-check"
+        with self._translated(repo_id, None, kind), self._get(url):
+            pass
 
     def _url(self, repo_id: str, kind: Kind, sha: str, filename: str) -> str:
         return hf_hub_url(repo_id, filename, repo_type=kind, revision=sha, endpoint=self.endpoint)

@@ -62,9 +62,9 @@ class LocalSource:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
-        # (path, listing of (relpath, size, mtime_ns)) -> content hash; weights are large and
+        # folder -> (listing of (relpath, size, mtime_ns), content hash): weights are large and
         # re-hashing them on every snapshot would make each submission check read gigabytes.
-        self._hash_cache: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+        self._hash_cache: dict[str, tuple[tuple[tuple[str, int, int], ...], str]] = {}
 
     @classmethod
     def from_settings(cls, settings: Any) -> LocalSource:
@@ -106,16 +106,18 @@ class LocalSource:
         if not path.is_dir():
             where = f"{DATASETS_DIR}/{repo_id}" if kind == "dataset" else repo_id
             raise RepoNotFound(f"{kind} repository {repo_id!r} not found under {self.root}/{where}")
-        tree: _Tree = _GitTree(path, revision) if (path / ".git").exists() else _FolderTree(path)
-        if isinstance(tree, _FolderTree):
-            sha = self._content_hash(tree)
+        tree: _Tree
+        if (path / ".git").exists():
+            tree = git_tree = _GitTree(path, revision)
+            sha = git_tree.sha
+        else:
+            tree = folder = _FolderTree(path)
+            sha = self._content_hash(folder)
             if revision not in (None, "", "main", sha):
                 raise RevisionNotFound(
                     f"revision {revision!r} not found: {repo_id} is a plain folder, not a git "
                     f"repository, so its only revision is its content hash {sha}"
                 )
-        else:
-            sha = tree.sha
         files = tree.files()
         card_text = _text(tree.read("README.md")) if "README.md" in files else None
         snap = RepoSnapshot(
@@ -124,11 +126,12 @@ class LocalSource:
             sha=sha,
             files=files,
             card_text=card_text,
-            tags=_card_tags(card_text),
             local_path=str(path),
         )
         if card_only:
+            # The caller parses the card itself; parsing it here too doubles the YAML work.
             return snap
+        snap.tags = _card_tags(card_text)
         snap.config = _json_file(tree, files, "config.json")
         snap.adapter_config = _json_file(tree, files, "adapter_config.json")
         snap.mergekit_config = _yaml_file(tree, files, "mergekit_config.yml")
@@ -140,10 +143,9 @@ class LocalSource:
 
     def _content_hash(self, tree: _FolderTree) -> str:
         listing = tree.stat_listing()
-        key = (str(tree.path), listing)
-        cached = self._hash_cache.get(key)
-        if cached is not None:
-            return cached
+        cached = self._hash_cache.get(str(tree.path))
+        if cached is not None and cached[0] == listing:
+            return cached[1]
         digest = hashlib.sha256()
         for relpath, size, _mtime in listing:
             # Length-prefixed so that moving bytes between a name and a body changes the hash.
@@ -153,7 +155,7 @@ class LocalSource:
                 for chunk in iter(lambda: handle.read(1024 * 1024), b""):
                     digest.update(chunk)
         value = digest.hexdigest()[:40]
-        self._hash_cache[key] = value
+        self._hash_cache[str(tree.path)] = (listing, value)
         return value
 
 
@@ -227,10 +229,15 @@ class _GitTree(_Tree):
         self.path = path
         self.sha = self._resolve(revision)
 
+    def _command(self, *args: str) -> list[str]:
+        # The folder may belong to another user than the web process (a shared model root);
+        # git then refuses it as "dubious ownership" unless told this one folder is expected.
+        return ["git", "-c", f"safe.directory={self.path}", "-C", str(self.path), *args]
+
     def _git(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         try:
             return subprocess.run(
-                ["git", "-C", str(self.path), *args],
+                self._command(*args),
                 capture_output=True,
                 timeout=GIT_TIMEOUT,
                 check=False,
@@ -256,6 +263,11 @@ class _GitTree(_Tree):
 
     def _rev_parse(self, revision: str) -> str | None:
         result = self._git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+        if result.returncode != 0 and result.stderr.strip():
+            # --quiet silences an unknown revision; anything on stderr is git failing outright.
+            raise SourceUnavailable(
+                f"git cannot read {self.path}: {result.stderr.decode(errors='replace').strip()}"
+            )
         sha = result.stdout.decode().strip()
         return sha if result.returncode == 0 and _SHA.match(sha) else None
 
@@ -271,7 +283,7 @@ class _GitTree(_Tree):
 
     def open_stream(self, relpath: str) -> _Stream:
         process = subprocess.Popen(
-            ["git", "-C", str(self.path), "cat-file", "blob", f"{self.sha}:{relpath}"],
+            self._command("cat-file", "blob", f"{self.sha}:{relpath}"),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )

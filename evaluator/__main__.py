@@ -1,0 +1,87 @@
+"""Command line for operators: run one evaluation job without Celery, or build the demo model.
+
+    python -m evaluator build-demo --model-root var/models
+    python -m evaluator run --model-path var/models/HuggingFaceTB/SmolLM2-135M-Instruct \\
+        --suite quick --precision bfloat16 --artifact-root var/artifacts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from evaluator.jobs import PRECISIONS, EvaluationJob
+
+
+def _progress(done: int, total: int) -> None:
+    share = 100 * done / total if total else 100.0
+    print(f"\rscored {done}/{total} loglikelihood requests ({share:.0f}%)", end="", file=sys.stderr)
+    if done == total:
+        print(file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluator")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build-demo", help="build the demo model repositories")
+    build.add_argument("--model-root", type=Path, required=True)
+
+    run = commands.add_parser("run", help="evaluate one model and print the result payload")
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model-path", help="a local repository folder")
+    where.add_argument("--repo-id", help="a Hub repository (needs --revision)")
+    run.add_argument("--revision", default="local", help="the commit to load from the Hub")
+    run.add_argument("--precision", choices=PRECISIONS, default="bfloat16")
+    run.add_argument("--suite", default="quick")
+    run.add_argument("--suite-version", default=None, help="default: the newest")
+    run.add_argument("--limit", type=int, default=None, help="documents per task (testing)")
+    run.add_argument("--batch-size", type=int, default=None)
+    run.add_argument("--data-source", choices=("local", "hub"), default="local")
+    run.add_argument("--data-root", default=None)
+    run.add_argument("--artifact-root", default="var/artifacts")
+    run.add_argument("--run-id", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    if args.command == "build-demo":
+        from evaluator.demo_model import build_demo_repositories
+
+        print(build_demo_repositories(args.model_root))
+        return 0
+
+    from evaluator.run import EvaluationFailure, run_job
+    from evaluator.suites import load_suite
+
+    suite = load_suite(args.suite, args.suite_version)
+    local = args.model_path is not None
+    job = EvaluationJob(
+        run_id=args.run_id,
+        repo_id=Path(args.model_path).name if local else args.repo_id,
+        revision=args.revision,
+        precision=args.precision,
+        suite_name=suite.name,
+        suite_version=suite.version,
+        model_source="local" if local else "hub",
+        model_path=args.model_path,
+        data_source=args.data_source,
+        data_root=args.data_root,
+        artifact_root=args.artifact_root,
+        limit=args.limit,
+        batch_size=args.batch_size,
+    )
+    try:
+        payload = run_job(job, progress=_progress)
+    except EvaluationFailure as failure:
+        print(f"failed ({failure.reason}): {failure.message}", file=sys.stderr)
+        print(failure.log_tail, file=sys.stderr)
+        return 1
+    print(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Derivation of lineage status: a pure function of the graph, the nodes' own signals and,
+for an incremental recompute, the stored status of the parents just outside the recomputed set.
+
+Levels, highest first (a node takes the highest level reachable from itself or an ancestor):
+
+    3  flagged / tainted   a confirmed flag on the node (flagged) or on an ancestor (tainted);
+                           datasets are nodes and `trained-on` edges are edges, so a flagged
+                           dataset taints every model that declares it and their descendants
+    2  under-review        an open report on the node or an ancestor
+    1  incomplete          the node or an ancestor has lineage_resolved = False
+    0  clean
+
+The path is the shortest chain of edges from the node up to a node whose own signal explains
+the level; among equally short chains, the parent with the smallest id is taken at each step,
+so an incremental recompute and a full one always agree.
+
+Why the stored status of a parent outside the recomputed set is enough: every descendant of a
+node has at least that node's level, so a node whose level is L has only ancestors of level
+<= L, and every shortest level-L chain runs through level-L nodes whose stored paths already
+hold their distances. Lower-level passes therefore never need to cross higher-level nodes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from leaderboard.catalog.models import LineageStatus, Relation
+
+FLAG, REVIEW, INCOMPLETE, CLEAN = 3, 2, 1, 0
+
+LEVEL_OF_STATUS: dict[str, int] = {
+    LineageStatus.FLAGGED: FLAG,
+    LineageStatus.TAINTED: FLAG,
+    LineageStatus.UNDER_REVIEW: REVIEW,
+    LineageStatus.INCOMPLETE: INCOMPLETE,
+    LineageStatus.CLEAN: CLEAN,
+}
+
+# Step = one node of a path: {"id", "repo_id", "kind"} plus "relation" (to the next step) on
+# every step but the last, and "reason" (why that node carries the level) on the last.
+Step = dict[str, Any]
+Path = list[Step]
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: int
+    kind: str
+    repo_id: str
+    own_level: int
+    # The explanation when own_level > CLEAN, e.g. {"type": "flag", "report": 7, ...}.
+    own_reason: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What the database holds for a node outside the recomputed set."""
+
+    status: str
+    path: Path
+
+
+def own_signal(
+    *,
+    confirmed: Sequence[tuple[int, str, Any]],
+    open_reports: Sequence[tuple[int, str, Any]],
+    lineage_resolved: bool,
+    resolution_note: str,
+) -> tuple[int, dict[str, Any] | None]:
+    """A node's own level and reason. Reports are (id, kind, datetime) tuples: confirmed ones
+    with their confirmation time, open ones with their filing time; the earliest explains."""
+    if confirmed:
+        rid, kind, at = min(confirmed, key=lambda r: (r[2], r[0]))
+        return FLAG, {"type": "flag", "report": rid, "kind": kind, "confirmed_at": _day(at)}
+    if open_reports:
+        rid, kind, at = min(open_reports, key=lambda r: (r[2], r[0]))
+        return REVIEW, {"type": "open-report", "report": rid, "kind": kind, "reported_at": _day(at)}
+    if not lineage_resolved:
+        return INCOMPLETE, {"type": "unresolved", "note": resolution_note}
+    return CLEAN, None
+
+
+def _day(at: Any) -> str:
+    return at.date().isoformat() if hasattr(at, "date") else str(at)[:10]
+
+
+def derive(
+    nodes: Mapping[int, Node],
+    parents: Mapping[int, Sequence[tuple[int, str]]],
+    boundary: Mapping[int, Stored] | None = None,
+) -> dict[int, tuple[str, Path]]:
+    """Status and path of every node in `nodes`.
+
+    `parents[child]` lists (parent_id, relation) for each child in `nodes`; a parent that is
+    not in `nodes` must be in `boundary` (its stored, already correct status). `nodes` must be
+    closed under descendants (the recompute set of a change is a node and all descendants)."""
+    boundary = boundary or {}
+    children: dict[int, list[int]] = defaultdict(list)
+    for child, plist in parents.items():
+        for parent_id, _relation in plist:
+            if parent_id in nodes:
+                children[parent_id].append(child)
+
+    level: dict[int, int] = {}
+    dist: dict[int, int] = {}
+    for lvl in (FLAG, REVIEW, INCOMPLETE):
+        start: dict[int, int] = {}
+        for node in nodes.values():
+            if node.id in level:
+                continue
+            if node.own_level == lvl:
+                start[node.id] = 0
+                continue
+            for parent_id, _relation in parents.get(node.id, ()):
+                stored = boundary.get(parent_id)
+                if stored is not None and stored.path and LEVEL_OF_STATUS[stored.status] == lvl:
+                    candidate = len(stored.path)  # the parent's distance plus this edge
+                    if candidate < start.get(node.id, candidate + 1):
+                        start[node.id] = candidate
+        reached = _bucket_bfs(start, children, level)
+        for node_id, d in reached.items():
+            level[node_id] = lvl
+            dist[node_id] = d
+
+    result: dict[int, tuple[str, Path]] = {}
+    paths: dict[int, Path] = {}
+    for node_id in sorted(level, key=lambda n: dist[n]):
+        node = nodes[node_id]
+        lvl, d = level[node_id], dist[node_id]
+        if d == 0:
+            path: Path = [_step(node, reason=node.own_reason)]
+        else:
+            best: tuple[int, str, Path] | None = None
+            for parent_id, relation in parents.get(node_id, ()):
+                parent_path = _parent_path(parent_id, lvl, d - 1, level, dist, paths, boundary)
+                if parent_path is not None and (best is None or parent_id < best[0]):
+                    best = (parent_id, relation, parent_path)
+            assert best is not None, "a reached node always has a parent one step closer"
+            path = [_step(node, relation=best[1]), *best[2]]
+        paths[node_id] = path
+        result[node_id] = (_status_name(lvl, d), path)
+    for node_id in nodes:
+        if node_id not in result:
+            result[node_id] = (LineageStatus.CLEAN.value, [])
+    return result
+
+
+def _bucket_bfs(
+    start: Mapping[int, int], children: Mapping[int, list[int]], taken: Mapping[int, int]
+) -> dict[int, int]:
+    """Shortest distances from several sources with different starting distances; nodes
+    already taken by a higher level are neither reached nor crossed."""
+    dist = dict(start)
+    buckets: dict[int, list[int]] = defaultdict(list)
+    for node_id, d in start.items():
+        buckets[d].append(node_id)
+    d = 0
+    remaining = len(start)
+    while remaining:
+        frontier = buckets.pop(d, [])
+        remaining -= len(frontier)
+        for node_id in frontier:
+            if dist[node_id] != d:
+                continue
+            for child in children.get(node_id, ()):
+                if child in taken:
+                    continue
+                if dist.get(child, d + 2) > d + 1:
+                    dist[child] = d + 1
+                    buckets[d + 1].append(child)
+                    remaining += 1
+        d += 1
+    return dist
+
+
+def _parent_path(
+    parent_id: int,
+    lvl: int,
+    want: int,
+    level: Mapping[int, int],
+    dist: Mapping[int, int],
+    paths: Mapping[int, Path],
+    boundary: Mapping[int, Stored],
+) -> Path | None:
+    if parent_id in level:
+        if level[parent_id] == lvl and dist[parent_id] == want:
+            return paths[parent_id]
+        return None
+    stored = boundary.get(parent_id)
+    if stored is None or LEVEL_OF_STATUS[stored.status] != lvl or len(stored.path) - 1 != want:
+        return None
+    return stored.path
+
+
+def _step(node: Node, *, relation: str | None = None, reason: dict | None = None) -> Step:
+    step: Step = {"id": node.id, "repo_id": node.repo_id, "kind": node.kind}
+    if relation is not None:
+        step["relation"] = relation
+    if reason is not None:
+        step["reason"] = reason
+    return step
+
+
+def _status_name(lvl: int, d: int) -> str:
+    if lvl == FLAG:
+        return LineageStatus.FLAGGED.value if d == 0 else LineageStatus.TAINTED.value
+    if lvl == REVIEW:
+        return LineageStatus.UNDER_REVIEW.value
+    return LineageStatus.INCOMPLETE.value
+
+
+def path_text(path: Iterable[Step]) -> str:
+    """`org/child ← org/parent ← org/root (contamination, confirmed 2024-05-01)`; a dataset
+    edge reads `org/model ← trained on org/dataset (...)`."""
+    parts: list[str] = []
+    previous_relation: str | None = None
+    reason: dict[str, Any] | None = None
+    for step in path:
+        name = step["repo_id"]
+        if previous_relation is None:
+            parts.append(name)
+        elif previous_relation == Relation.TRAINED_ON:
+            parts.append(f" ← trained on {name}")
+        else:
+            parts.append(f" ← {name}")
+        previous_relation = step.get("relation")
+        reason = step.get("reason")
+    text = "".join(parts)
+    if reason:
+        text += f" ({reason_text(reason)})"
+    return text
+
+
+def reason_text(reason: Mapping[str, Any]) -> str:
+    kind = reason.get("type")
+    if kind == "flag":
+        return f"{reason['kind']}, confirmed {reason['confirmed_at']}"
+    if kind == "open-report":
+        return f"{reason['kind']} report open since {reason['reported_at']}"
+    note = reason.get("note") or ""
+    return f"lineage unresolved: {note}" if note else "lineage unresolved"

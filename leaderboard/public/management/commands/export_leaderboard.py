@@ -1,0 +1,57 @@
+"""`manage.py export_leaderboard --format json|csv --out FILE`: a full dump of one suite version's
+ranking, flagged and tainted rows included, in the API's row format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.http import QueryDict
+
+from leaderboard.public import serializers
+from leaderboard.public.services import RankingQueryError, parse_ranking_query, ranking
+
+
+class Command(BaseCommand):
+    help = __doc__
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--format", choices=("json", "csv"), required=True)
+        parser.add_argument("--out", required=True, help="file to write ('-' for stdout)")
+        parser.add_argument("--suite", help="suite name (default: TRELLIS_DEFAULT_SUITE)")
+        parser.add_argument("--version", dest="suite_version", help="suite version (latest)")
+        parser.add_argument(
+            "--filters",
+            default="",
+            help="ranking filters as a query string, e.g. 'model_type=chat&hide_merges=1' "
+            "(default: every row, flagged and tainted included)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        params = QueryDict(options["filters"] or "show_flagged=1&show_tainted=1", mutable=True)
+        if options["suite"]:
+            params["suite"] = options["suite"]
+        if options["suite_version"]:
+            params["version"] = options["suite_version"]
+        try:
+            query = parse_ranking_query(params, paginate=False)
+        except RankingQueryError as refused:
+            raise CommandError(
+                "; ".join(f"{e['field']}: {e['message']}" for e in refused.errors)
+            ) from None
+        result = ranking(query)
+        body = serializers.leaderboard_to_dict(result)
+        if options["format"] == "json":
+            text = serializers.to_json(body) + "\n"
+        else:
+            text = serializers.rows_to_csv(body["rows"], result.view.task_keys)
+        if options["out"] == "-":
+            self.stdout.write(text, ending="")
+            return
+        out = Path(options["out"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        self.stderr.write(
+            f"Wrote {len(body['rows'])} rows of {query.suite} {query.version} to {out}."
+        )

@@ -1,0 +1,336 @@
+"""Plotly figures of the public pages, built server-side from ranking rows and run results and
+handed to the browser as JSON (rendered there by the locally served plotly.min.js)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from django.utils.safestring import SafeString, mark_safe
+
+from leaderboard.public.detail import Comparison, RunResult
+from leaderboard.public.services import RankingRow
+from leaderboard.public.suites import SuiteView
+
+# Upper bounds (parameters) of the size buckets the z-scores are computed within.
+SIZE_BUCKETS: tuple[tuple[float, str], ...] = (
+    (1e9, "< 1B"),
+    (3e9, "1–3B"),
+    (7e9, "3–7B"),
+    (14e9, "7–14B"),
+    (35e9, "14–35B"),
+    (75e9, "35–75B"),
+    (math.inf, "≥ 75B"),
+)
+# Fewer models than this in a bucket: no z-score (a spread of two points says nothing).
+MIN_BUCKET = 5
+MERGE_METHODS = {
+    "slerp": "SLERP",
+    "ties": "TIES",
+    "dare_ties": "DARE-TIES",
+    "dare-ties": "DARE-TIES",
+    "linear": "linear",
+}
+_LAYOUT: dict[str, Any] = {
+    "template": "plotly_white",
+    "margin": {"l": 60, "r": 20, "t": 50, "b": 60},
+    "font": {"family": "system-ui, sans-serif", "size": 12},
+}
+
+
+def figure_json(figure: go.Figure | dict[str, Any]) -> SafeString:
+    """JSON for a <script type="application/json"> block, escaped like Django's json_script."""
+    text = pio.to_json(figure, validate=False, pretty=False)
+    escaped = text.replace("&", "\\u0026").replace("<", "\\u003C").replace(">", "\\u003E")
+    return mark_safe(escaped)  # noqa: S308 - escaped above; JSON inside a non-executed script
+
+
+def size_bucket(parameters: int) -> str:
+    return next(label for bound, label in SIZE_BUCKETS if parameters < bound)
+
+
+def _average(row: RankingRow, normalized: bool) -> float | None:
+    return row.shown_average(normalized)
+
+
+@dataclass(frozen=True)
+class Scored:
+    row: RankingRow
+    score: float
+    bucket: str
+    z: float | None
+
+
+def zscores(rows: Sequence[RankingRow], normalized: bool) -> list[Scored]:
+    """Each model's average and its z-score within its size bucket."""
+    by_bucket: dict[str, list[tuple[RankingRow, float]]] = defaultdict(list)
+    for row in rows:
+        score = _average(row, normalized)
+        if score is not None:
+            by_bucket[size_bucket(row.parameter_count)].append((row, score))
+    result = []
+    for bucket, members in by_bucket.items():
+        values = [score for _row, score in members]
+        spread = statistics.pstdev(values) if len(values) >= MIN_BUCKET else 0.0
+        mean = statistics.fmean(values)
+        for row, score in members:
+            z = (score - mean) / spread if spread > 0 else None
+            result.append(Scored(row, score, bucket, z))
+    return result
+
+
+def score_vs_size(rows: Sequence[RankingRow], normalized: bool, threshold: float) -> go.Figure:
+    """Average against parameter count (log), coloured by z-score within the size bucket;
+    models at or beyond the threshold are drawn as outliers (the community's "suspicious jump"
+    check)."""
+    scored = zscores(rows, normalized)
+    regular = [s for s in scored if s.z is None or abs(s.z) < threshold]
+    outliers = [s for s in scored if s.z is not None and abs(s.z) >= threshold]
+    figure = go.Figure()
+    figure.add_trace(
+        go.Scatter(
+            name="models",
+            mode="markers",
+            x=[s.row.parameter_count for s in regular],
+            y=[round(s.score, 3) for s in regular],
+            text=[_hover(s) for s in regular],
+            hoverinfo="text",
+            customdata=[s.row.repo_id for s in regular],
+            marker={
+                "size": 7,
+                "color": [s.z if s.z is not None else 0.0 for s in regular],
+                "colorscale": "RdBu",
+                "reversescale": True,
+                "cmin": -threshold,
+                "cmax": threshold,
+                "colorbar": {"title": {"text": "z in bucket"}},
+                "line": {"width": 0},
+            },
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            name=f"outliers (|z| ≥ {threshold:g})",
+            mode="markers+text",
+            x=[s.row.parameter_count for s in outliers],
+            y=[round(s.score, 3) for s in outliers],
+            text=[s.row.name for s in outliers],
+            hovertext=[_hover(s) for s in outliers],
+            hoverinfo="text",
+            textposition="top center",
+            customdata=[s.row.repo_id for s in outliers],
+            marker={
+                "size": 12,
+                "symbol": "diamond",
+                "color": "rgba(0,0,0,0)",
+                "line": {"width": 2, "color": "#b3261e"},
+            },
+        )
+    )
+    figure.update_layout(
+        **_LAYOUT,
+        title="Average score against size (z-score within size bucket)",
+        xaxis={"title": {"text": "parameters"}, "type": "log"},
+        yaxis={"title": {"text": _score_label(normalized)}},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return figure
+
+
+def _hover(s: Scored) -> str:
+    z = f"{s.z:+.2f}" if s.z is not None else "n/a"
+    return f"{s.row.repo_id}<br>{s.row.parameter_count / 1e9:.2f}B · {s.score:.2f}<br>z {z} ({s.bucket})"
+
+
+def _score_label(normalized: bool) -> str:
+    return "average (normalized to chance)" if normalized else "average (%)"
+
+
+def task_correlation(rows: Sequence[RankingRow], view: SuiteView) -> go.Figure:
+    """Pearson correlation of task scores across the shown models."""
+    keys = view.task_keys
+    matrix: list[list[float | None]] = []
+    for a in keys:
+        line: list[float | None] = []
+        for b in keys:
+            pairs = [
+                (row.scores[a], row.scores[b])
+                for row in rows
+                if row.scores.get(a) is not None and row.scores.get(b) is not None
+            ]
+            line.append(_pearson(pairs))
+        matrix.append(line)
+    figure = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=keys,
+            y=keys,
+            zmin=-1,
+            zmax=1,
+            colorscale="RdBu",
+            reversescale=True,
+            text=[[f"{v:.2f}" if v is not None else "" for v in line] for line in matrix],
+            texttemplate="%{text}",
+            hovertemplate="%{y} × %{x}: %{z:.3f}<extra></extra>",
+        )
+    )
+    figure.update_layout(**_LAYOUT, title="Correlation between tasks across models")
+    return figure
+
+
+def _pearson(pairs: list[tuple[float, float]]) -> float | None:
+    if len(pairs) < 3:
+        return None
+    xs, ys = zip(*pairs, strict=True)
+    try:
+        return statistics.correlation(xs, ys)
+    except statistics.StatisticsError:  # a constant column
+        return None
+
+
+def distribution_by_type(rows: Sequence[RankingRow], normalized: bool) -> go.Figure:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        score = _average(row, normalized)
+        if score is not None:
+            groups[row.model_type].append(score)
+    return _boxes(groups, "Score distribution by model type", normalized)
+
+
+def merge_method_label(method: str) -> str | None:
+    return MERGE_METHODS.get(method.strip().lower()) if method else None
+
+
+def distribution_by_merge_method(rows: Sequence[RankingRow], normalized: bool) -> go.Figure:
+    """Merges whose mergekit config names SLERP, TIES, DARE-TIES or linear."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        label = merge_method_label(row.merge_method)
+        score = _average(row, normalized)
+        if label is not None and score is not None:
+            groups[label].append(score)
+    ordered = {label: groups[label] for label in dict.fromkeys(MERGE_METHODS.values())}
+    return _boxes(ordered, "Score distribution of merges by merge method", normalized)
+
+
+def _boxes(groups: dict[str, list[float]], title: str, normalized: bool) -> go.Figure:
+    figure = go.Figure()
+    for label, values in groups.items():
+        figure.add_trace(
+            go.Box(y=[round(v, 3) for v in values], name=f"{label} ({len(values)})", boxmean=True)
+        )
+    figure.update_layout(
+        **_LAYOUT,
+        title=title,
+        yaxis={"title": {"text": _score_label(normalized)}},
+        showlegend=False,
+    )
+    return figure
+
+
+def best_over_time(rows: Sequence[RankingRow], normalized: bool) -> go.Figure:
+    """The best average submitted so far, as a step line, with the models that set it."""
+    dated = sorted(
+        (row for row in rows if _average(row, normalized) is not None),
+        key=lambda row: (row.submitted_at, row.entry_id),
+    )
+    xs: list[str] = []
+    ys: list[float] = []
+    names: list[str] = []
+    best = -math.inf
+    for row in dated:
+        score = _average(row, normalized) or 0.0
+        if score > best:
+            best = score
+            xs.append(row.submitted_at.isoformat())
+            ys.append(round(score, 3))
+            names.append(row.repo_id)
+    if dated and xs:
+        # Carry the record to the latest submission so the line reaches today.
+        xs.append(dated[-1].submitted_at.isoformat())
+        ys.append(ys[-1])
+        names.append(names[-1])
+    figure = go.Figure(
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="lines+markers",
+            line={"shape": "hv"},
+            text=names,
+            hovertemplate="%{text}<br>%{x}<br>%{y:.2f}<extra></extra>",
+            name="best so far",
+        )
+    )
+    figure.update_layout(
+        **_LAYOUT,
+        title="Best average over time",
+        xaxis={"title": {"text": "submitted"}},
+        yaxis={"title": {"text": _score_label(normalized)}},
+    )
+    return figure
+
+
+def task_scores(result: RunResult, normalized: bool) -> go.Figure:
+    """One model's per-task scores with ±stderr bars, and chance marked on raw scores."""
+    keys = [task.key for task in result.tasks]
+    values = [task.shown(normalized)[0] for task in result.tasks]
+    errors = [task.shown(normalized)[1] or 0.0 for task in result.tasks]
+    figure = go.Figure(
+        go.Bar(
+            x=keys,
+            y=values,
+            error_y={"type": "data", "array": errors, "visible": True},
+            name="score",
+            hovertemplate="%{x}: %{y:.2f} ± %{error_y.array:.2f}<extra></extra>",
+        )
+    )
+    if not normalized:
+        figure.add_trace(
+            go.Scatter(
+                x=keys,
+                y=[task.random_baseline for task in result.tasks],
+                mode="markers",
+                marker={"symbol": "line-ew-open", "size": 28, "color": "#b3261e"},
+                name="chance",
+                hovertemplate="%{x}: chance %{y:.1f}<extra></extra>",
+            )
+        )
+    figure.update_layout(
+        **_LAYOUT,
+        title="Per-task scores (± 1 stderr)",
+        yaxis={"title": {"text": "normalized score" if normalized else "score (%)"}},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return figure
+
+
+def comparison_bars(comparison: Comparison, normalized: bool) -> go.Figure:
+    figure = go.Figure()
+    for model in comparison.models:
+        tasks = model.result.tasks
+        figure.add_trace(
+            go.Bar(
+                name=model.repository.repo_id,
+                x=[task.key for task in tasks],
+                y=[task.shown(normalized)[0] for task in tasks],
+                error_y={
+                    "type": "data",
+                    "array": [task.shown(normalized)[1] or 0.0 for task in tasks],
+                    "visible": True,
+                },
+            )
+        )
+    figure.update_layout(
+        **_LAYOUT,
+        barmode="group",
+        title="Scores per task (± 1 stderr)",
+        yaxis={"title": {"text": "normalized score" if normalized else "score (%)"}},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return figure

@@ -1,0 +1,262 @@
+"""One serializer per public resource (suite, ranking row, leaderboard, model), feeding the JSON
+API, the CSV export and the export command alike. Every score is a percentage."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from django.urls import reverse
+
+from leaderboard.public.detail import ModelDetail, RunResult, SubmissionResults
+from leaderboard.public.services import Ranking, RankingRow
+from leaderboard.public.suites import Column, SuiteView
+
+
+def model_url(repo_id: str) -> str:
+    org, name = repo_id.split("/", 1)
+    return reverse("public:model", kwargs={"org": org, "name": name})
+
+
+def column_to_dict(column: Column) -> dict[str, Any]:
+    return {
+        "key": column.key,
+        "lm_eval_task": column.lm_eval_task,
+        "metric": column.metric,
+        "num_fewshot": column.num_fewshot,
+        "random_baseline": column.random_baseline,
+        "description": column.description,
+    }
+
+
+def suite_to_dict(view: SuiteView) -> dict[str, Any]:
+    return {
+        "name": view.name,
+        "version": view.version,
+        "description": view.description,
+        "defined": view.defined,
+        "tasks": [column_to_dict(column) for column in view.columns],
+    }
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else 100 * value
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def row_to_dict(row: RankingRow, view: SuiteView) -> dict[str, Any]:
+    return {
+        "rank": row.rank,
+        "model": row.repo_id,
+        "url": model_url(row.repo_id),
+        "submission_id": row.submission_id,
+        "revision": row.revision,
+        "precision": row.precision,
+        "model_type": row.model_type,
+        "weight_type": row.weight_type,
+        "parameters": row.parameter_count,
+        "license": row.license,
+        "license_family": row.license_family,
+        "merge_method": row.merge_method,
+        "is_merge": row.is_merge,
+        "is_synthetic": row.is_synthetic,
+        "submitted_at": _iso(row.submitted_at),
+        "evaluated_at": _iso(row.evaluated_at),
+        "scores": {key: _pct(row.scores.get(key)) for key in view.task_keys},
+        "normalized_scores": {key: row.normalized_scores.get(key) for key in view.task_keys},
+        "stderr": {key: _pct(row.stderrs.get(key)) for key in view.task_keys},
+        "average": row.average,
+        "average_normalized": row.average_normalized,
+        "lineage_status": row.lineage_status,
+        "taint_path": row.taint_path or None,
+        "flags": row.flags,
+    }
+
+
+def leaderboard_to_dict(result: Ranking) -> dict[str, Any]:
+    return {
+        "suite": suite_to_dict(result.view),
+        "normalized": result.query.normalized,
+        "sort": result.query.sort,
+        "dir": result.query.direction,
+        "count": result.count,
+        "hidden": result.hidden,
+        "hidden_flagged": result.hidden_flagged,
+        "hidden_tainted": result.hidden_tainted,
+        "page": result.page,
+        "pages": result.pages,
+        "per_page": result.query.per_page if result.page is not None else None,
+        "rows": [row_to_dict(row, result.view) for row in result.rows],
+    }
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+# --- CSV: the same rows, flattened; `rows_from_csv` reads them back -----------------------------
+
+SCALAR_FIELDS = (
+    "rank",
+    "model",
+    "url",
+    "submission_id",
+    "revision",
+    "precision",
+    "model_type",
+    "weight_type",
+    "parameters",
+    "license",
+    "license_family",
+    "merge_method",
+    "is_merge",
+    "is_synthetic",
+    "submitted_at",
+    "evaluated_at",
+    "average",
+    "average_normalized",
+    "lineage_status",
+    "taint_path",
+)
+PER_TASK = (("scores", "score"), ("normalized_scores", "normalized"), ("stderr", "stderr"))
+_INTS = {"rank", "submission_id", "parameters"}
+_FLOATS = {"average", "average_normalized"}
+_BOOLS = {"is_merge", "is_synthetic"}
+_NULLABLE = {"evaluated_at", "taint_path"}
+
+
+def csv_header(task_keys: Iterable[str]) -> list[str]:
+    keys = list(task_keys)
+    per_task = [f"{prefix}:{key}" for _, prefix in PER_TASK for key in keys]
+    return [*SCALAR_FIELDS, *per_task, "flags"]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly
+    return str(value)
+
+
+def rows_to_csv(rows: Iterable[dict[str, Any]], task_keys: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(csv_header(task_keys))
+    for row in rows:
+        cells = [_cell(row[name]) for name in SCALAR_FIELDS]
+        for source, _prefix in PER_TASK:
+            cells.extend(_cell(row[source][key]) for key in task_keys)
+        cells.append(to_json(row["flags"]))
+        writer.writerow(cells)
+    return out.getvalue()
+
+
+def rows_from_csv(text: str) -> list[dict[str, Any]]:
+    """The row dicts a CSV export was written from (the inverse of `rows_to_csv`)."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    task_keys = [name.split(":", 1)[1] for name in header if name.startswith("score:")]
+    rows = []
+    for record in reader:
+        row: dict[str, Any] = {}
+        for name in SCALAR_FIELDS:
+            raw = record[name]
+            if name in _INTS:
+                row[name] = int(raw)
+            elif name in _FLOATS:
+                row[name] = float(raw) if raw != "" else None
+            elif name in _BOOLS:
+                row[name] = raw == "true"
+            elif name in _NULLABLE:
+                row[name] = raw or None
+            else:
+                row[name] = raw
+        for source, prefix in PER_TASK:
+            row[source] = {
+                key: float(record[f"{prefix}:{key}"]) if record[f"{prefix}:{key}"] else None
+                for key in task_keys
+            }
+        row["flags"] = json.loads(record["flags"])
+        rows.append(row)
+    return rows
+
+
+# --- model resource ----------------------------------------------------------------------------
+
+
+def evaluation_to_dict(result: RunResult) -> dict[str, Any]:
+    run = result.run
+    return {
+        "run_id": run.pk,
+        "suite": run.suite_name,
+        "version": run.suite_version,
+        "finished_at": _iso(run.finished_at),
+        "average": result.average,
+        "average_normalized": result.average_normalized,
+        "reproduce": result.reproduce_command,
+        "configuration": dict(result.configuration),
+        "tasks": [
+            {
+                "key": task.key,
+                "metric": task.metric,
+                "num_fewshot": task.num_fewshot,
+                "n_samples": task.n_samples,
+                "random_baseline": task.random_baseline,
+                "score": task.value,
+                "stderr": task.stderr,
+                "normalized": task.normalized,
+            }
+            for task in result.tasks
+        ],
+    }
+
+
+def submission_to_dict(item: SubmissionResults) -> dict[str, Any]:
+    submission = item.submission
+    return {
+        "id": submission.pk,
+        "url": reverse("submissions:detail", kwargs={"pk": submission.pk}),
+        "revision": submission.revision,
+        "precision": submission.precision,
+        "model_type": submission.model_type,
+        "weight_type": submission.weight_type,
+        "parameters": submission.parameter_count,
+        "license": submission.license,
+        "merge_method": submission.merge_method,
+        "submitted_at": _iso(submission.created_at),
+        "state": submission.state,
+        "is_synthetic": submission.is_synthetic,
+        "evaluations": [evaluation_to_dict(result) for result in item.results],
+    }
+
+
+def model_to_dict(model: ModelDetail, reports: list[dict[str, Any]]) -> dict[str, Any]:
+    repository = model.repository
+    return {
+        "model": repository.repo_id,
+        "url": model_url(repository.repo_id),
+        "license": repository.license,
+        "is_synthetic": repository.is_synthetic,
+        "lineage_status": repository.status,
+        "taint_path": model.taint_path or None,
+        "status_path": list(repository.status_path or []),
+        "parents": [
+            {"repo_id": parent.repo_id, "kind": parent.kind, "relation": relation}
+            for parent, relation in model.parents
+        ],
+        "children": model.children,
+        "reports": [
+            {key: value for key, value in report.items() if key != "target"} for report in reports
+        ],
+        "submissions": [submission_to_dict(item) for item in model.submissions],
+    }

@@ -1,0 +1,661 @@
+"""The ranking core: parse a ranking query, select its rows from the read table, keep the read
+table in step with runs, and compute the cheap validator behind ETag/Last-Modified."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, F, FloatField, Max, Q, QuerySet, Window
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Rank
+from django.utils import timezone
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from leaderboard.catalog.models import LineageStatus, Repository
+from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
+from leaderboard.public.licenses import license_family
+from leaderboard.public.models import LicenseFamily, RankingEntry
+from leaderboard.public.suites import SuiteView, suite_names, suite_view, versions_of
+from leaderboard.submissions.models import ModelType, Precision, Submission
+
+# Bumped whenever the shape of a serialized row changes: it is part of every ETag.
+ROW_SCHEMA_VERSION = "1"
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+# Sort keys besides the suite's task keys, and the entry column each orders by.
+SORT_COLUMNS: dict[str, str] = {
+    "average": "average",
+    "model": "repo_id",
+    "model_type": "model_type",
+    "parameters": "parameter_count",
+    "precision": "precision",
+    "license": "license",
+    "status": "repository__status",
+    "submitted": "submitted_at",
+}
+TEXT_SORTS = {"model", "model_type", "precision", "license", "status"}
+HIDDEN_BY_DEFAULT = (LineageStatus.FLAGGED, LineageStatus.TAINTED)
+
+
+class RankingQueryError(ValueError):
+    """A query the ranking refuses; `errors` use the API's {code, field, message} shape."""
+
+    def __init__(self, errors: list[dict[str, str]]):
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
+        self.errors = errors
+
+
+class RankingQuery(BaseModel):
+    """The ranking's filters, sort and page, exactly as the query string spells them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    suite: str = Field(default_factory=lambda: default_suite(), max_length=64)
+    version: str | None = Field(default=None, max_length=32)
+    sort: str = Field(default="average", max_length=100)
+    dir: Literal["asc", "desc"] | None = None
+    model_type: tuple[ModelType, ...] = ()
+    precision: tuple[Precision, ...] = ()
+    license: tuple[LicenseFamily, ...] = ()
+    min_params: float | None = Field(default=None, ge=0, description="billions")
+    max_params: float | None = Field(default=None, ge=0, description="billions")
+    hide_merges: bool = False
+    hide_synthetic: bool = False
+    show_flagged: bool = False
+    show_tainted: bool = False
+    q: str = Field(default="", max_length=100)
+    normalized: bool = False
+    page: int | None = Field(default=None, ge=1)
+    per_page: int = Field(default=PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+
+    @field_validator("q")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @property
+    def direction(self) -> str:
+        if self.dir is not None:
+            return self.dir
+        return "asc" if self.sort in TEXT_SORTS else "desc"
+
+    @property
+    def hidden_statuses(self) -> list[str]:
+        shown = {LineageStatus.FLAGGED: self.show_flagged, LineageStatus.TAINTED: self.show_tainted}
+        return [status.value for status, visible in shown.items() if not visible]
+
+    def to_params(self, **changes: Any) -> dict[str, Any]:
+        """Parameters for links and ETags: suite and version always (a permalink must not
+        drift when a new suite version ships), everything else only when not the default."""
+        values = self.model_dump() | changes
+        defaults = {name: info.default for name, info in RankingQuery.model_fields.items()}
+        params: dict[str, Any] = {"suite": values["suite"]}
+        if values["version"] is not None:
+            params["version"] = values["version"]
+        for name in RankingQuery.model_fields:
+            value = values[name]
+            if name in ("suite", "version") or value == defaults[name] or value is None:
+                continue
+            if name == "page" and value == 1:
+                continue
+            if isinstance(value, tuple | list):
+                params[name] = [str(getattr(item, "value", item)) for item in value]
+            elif isinstance(value, bool):
+                params[name] = "1"
+            elif isinstance(value, float):
+                params[name] = _format_billions(value)
+            else:
+                params[name] = str(value)
+        return params
+
+    def querystring(self, **changes: Any) -> str:
+        return urlencode(self.to_params(**changes), doseq=True)
+
+    def sort_link(self, key: str) -> str:
+        """The query string that sorts by `key`, flipping the direction when already sorted."""
+        if self.sort == key:
+            flipped = "asc" if self.direction == "desc" else "desc"
+            return self.querystring(sort=key, dir=flipped, page=None)
+        return self.querystring(sort=key, dir=None, page=None)
+
+
+LIST_FIELDS = ("model_type", "precision", "license")
+
+
+def default_suite() -> str:
+    """TRELLIS_DEFAULT_SUITE when it is known, else the first known suite (a fresh install
+    whose default suite has not shipped yet still ranks what it has)."""
+    names = suite_names()
+    if settings.TRELLIS_DEFAULT_SUITE in names or not names:
+        return settings.TRELLIS_DEFAULT_SUITE
+    return names[0]
+
+
+def _format_billions(value: float) -> str:
+    return f"{value:g}"
+
+
+def parse_ranking_query(params: Mapping[str, Any], *, paginate: bool = True) -> RankingQuery:
+    """Validate query parameters (a QueryDict or a plain mapping) into a RankingQuery whose
+    suite version is resolved. Raises RankingQueryError naming every bad field at once.
+
+    `paginate=False` (the API, exports) leaves `page` unset unless given: all rows."""
+    getlist = getattr(params, "getlist", None)
+    values: dict[str, Any] = {}
+    errors: list[dict[str, str]] = []
+    known = set(RankingQuery.model_fields)
+    for name in params:
+        if name not in known:
+            errors.append(
+                {
+                    "code": "unknown_parameter",
+                    "field": name,
+                    "message": f"'{name}' is not a ranking parameter; use one of "
+                    f"{', '.join(sorted(known))}.",
+                }
+            )
+            continue
+        raw = getlist(name) if getlist else params[name]
+        items = [str(v) for v in (raw if isinstance(raw, list | tuple) else [raw])]
+        if name in LIST_FIELDS:
+            values[name] = [p.strip() for v in items for p in v.split(",") if p.strip()]
+        elif items and items[-1].strip() != "":
+            values[name] = items[-1].strip()
+    if paginate and "page" not in values:
+        values["page"] = 1
+    query: RankingQuery | None = None
+    try:
+        query = RankingQuery.model_validate(values)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc))
+    if query is not None and not errors:
+        query, semantic = _resolve(query)
+        errors.extend(semantic)
+    if errors or query is None:
+        raise RankingQueryError(errors)
+    return query
+
+
+def _pydantic_errors(exc: ValidationError) -> list[dict[str, str]]:
+    errors = []
+    for item in exc.errors():
+        field_name = str(item["loc"][0]) if item["loc"] else "query"
+        message = item["msg"]
+        if item["type"] == "enum":
+            message = f"{message} (got {item['input']!r})"
+        elif item["type"] in ("float_parsing", "int_parsing", "bool_parsing"):
+            message = f"{message}: got {item['input']!r}"
+        errors.append({"code": "invalid_" + item["type"], "field": field_name, "message": message})
+    return errors
+
+
+def _resolve(query: RankingQuery) -> tuple[RankingQuery, list[dict[str, str]]]:
+    """Check what needs the suite: it exists, the version exists, the sort key is a column."""
+    errors: list[dict[str, str]] = []
+    versions = versions_of(query.suite)
+    if not versions:
+        known = ", ".join(suite_names()) or "none yet"
+        errors.append(
+            {
+                "code": "unknown_suite",
+                "field": "suite",
+                "message": f"No suite named '{query.suite}'; known suites: {known}.",
+            }
+        )
+        return query, errors
+    version = query.version or versions[0]
+    if version not in versions:
+        errors.append(
+            {
+                "code": "unknown_version",
+                "field": "version",
+                "message": f"Suite '{query.suite}' has no version '{version}'; "
+                f"choose one of {', '.join(versions)}.",
+            }
+        )
+        return query, errors
+    view = suite_view(query.suite, version)
+    if view is None:  # pragma: no cover - versions_of only lists resolvable versions
+        errors.append({"code": "unknown_version", "field": "version", "message": version})
+        return query, errors
+    if query.sort not in SORT_COLUMNS and query.sort not in view.task_keys:
+        choices = ", ".join([*SORT_COLUMNS, *view.task_keys])
+        errors.append(
+            {
+                "code": "unknown_sort",
+                "field": "sort",
+                "message": f"Cannot sort by '{query.sort}'; sort by one of {choices}.",
+            }
+        )
+    if (
+        query.min_params is not None
+        and query.max_params is not None
+        and query.min_params > query.max_params
+    ):
+        errors.append(
+            {
+                "code": "invalid_range",
+                "field": "min_params",
+                "message": f"The smallest size ({query.min_params:g}B) is above the largest "
+                f"({query.max_params:g}B); swap them or clear one.",
+            }
+        )
+    return query.model_copy(update={"version": version}), errors
+
+
+def default_query() -> RankingQuery:
+    """The ranking with no parameters (what the page falls back to after a refused query)."""
+    try:
+        return parse_ranking_query({})
+    except RankingQueryError:
+        # No suite is known yet (fresh install): an empty ranking of the default suite.
+        return RankingQuery(page=1)
+
+
+# --- rows --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RankingRow:
+    rank: int
+    entry_id: int
+    submission_id: int
+    repository_id: int
+    repo_id: str
+    revision: str
+    precision: str
+    model_type: str
+    weight_type: str
+    parameter_count: int
+    license: str
+    license_family: str
+    merge_method: str
+    is_merge: bool
+    is_synthetic: bool
+    submitted_at: datetime
+    evaluated_at: datetime | None
+    scores: dict[str, float]
+    stderrs: dict[str, float | None]
+    average: float | None
+    average_normalized: float | None
+    lineage_status: str
+    status_path: list[Any]
+    flags: list[dict[str, Any]] = field(default_factory=list)
+    normalized_scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def org(self) -> str:
+        return self.repo_id.split("/", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.repo_id.split("/", 1)[-1]
+
+    @property
+    def taint_path(self) -> str:
+        return status_path_text(self.lineage_status, self.status_path)
+
+    def shown_average(self, normalized: bool) -> float | None:
+        return self.average_normalized if normalized else self.average
+
+    def cells(self, view: SuiteView, normalized: bool) -> list[dict[str, Any]]:
+        """One cell per suite task for the table: the shown value and its tooltip."""
+        cells = []
+        for column in view.columns:
+            raw = self.scores.get(column.key)
+            if raw is None:
+                cells.append({"key": column.key, "value": None, "title": "not scored"})
+                continue
+            value = self.normalized_scores[column.key] if normalized else 100 * raw
+            stderr = self.stderrs.get(column.key)
+            title = f"raw {100 * raw:.2f}" + (f" ± {100 * stderr:.2f}" if stderr else "")
+            if normalized:
+                title += f", normalized {self.normalized_scores[column.key]:.2f}"
+            cells.append({"key": column.key, "value": value, "title": title})
+        return cells
+
+
+@dataclass
+class Ranking:
+    query: RankingQuery
+    view: SuiteView
+    rows: list[RankingRow]
+    count: int
+    hidden_flagged: int
+    hidden_tainted: int
+    page: int | None
+    pages: int
+
+    @property
+    def hidden(self) -> int:
+        return self.hidden_flagged + self.hidden_tainted
+
+    @property
+    def first_index(self) -> int:
+        if not self.rows or self.page is None:
+            return 1 if self.rows else 0
+        return (self.page - 1) * self.query.per_page + 1
+
+    @property
+    def last_index(self) -> int:
+        return self.first_index + len(self.rows) - 1 if self.rows else 0
+
+
+_ROW_FIELDS = (
+    "id",
+    "submission_id",
+    "repository_id",
+    "repo_id",
+    "revision",
+    "precision",
+    "model_type",
+    "weight_type",
+    "parameter_count",
+    "license",
+    "license_family",
+    "merge_method",
+    "is_merge",
+    "is_synthetic",
+    "submitted_at",
+    "evaluated_at",
+    "scores",
+    "stderrs",
+    "average",
+    "average_normalized",
+    "repository__status",
+    "repository__status_path",
+)
+
+
+def filtered_entries(query: RankingQuery) -> QuerySet[RankingEntry]:
+    """Entries of the query's suite version that pass every filter except lineage status."""
+    entries = RankingEntry.objects.filter(suite_name=query.suite, suite_version=query.version)
+    if query.model_type:
+        entries = entries.filter(model_type__in=[t.value for t in query.model_type])
+    if query.precision:
+        entries = entries.filter(precision__in=[p.value for p in query.precision])
+    if query.license:
+        entries = entries.filter(license_family__in=[f.value for f in query.license])
+    if query.min_params is not None:
+        entries = entries.filter(parameter_count__gte=round(query.min_params * 1e9))
+    if query.max_params is not None:
+        entries = entries.filter(parameter_count__lte=round(query.max_params * 1e9))
+    if query.hide_merges:
+        entries = entries.filter(is_merge=False)
+    if query.hide_synthetic:
+        entries = entries.filter(is_synthetic=False)
+    if query.q:
+        entries = entries.filter(repo_id__icontains=query.q)
+    return entries
+
+
+def ranking(query: RankingQuery) -> Ranking:
+    """One row per evaluated submission of the query's suite version, filtered, sorted and
+    (when `query.page` is set) paginated, with how many rows the status filters hid."""
+    view = suite_view(query.suite, query.version or "")
+    if view is None:
+        raise RankingQueryError(
+            [{"code": "unknown_version", "field": "version", "message": str(query.version)}]
+        )
+    entries = filtered_entries(query)
+    counts = entries.aggregate(
+        total=Count("id"),
+        flagged=Count("id", filter=Q(repository__status=LineageStatus.FLAGGED)),
+        tainted=Count("id", filter=Q(repository__status=LineageStatus.TAINTED)),
+    )
+    hidden_flagged = 0 if query.show_flagged else counts["flagged"]
+    hidden_tainted = 0 if query.show_tainted else counts["tainted"]
+    count = counts["total"] - hidden_flagged - hidden_tainted
+    visible = entries.exclude(repository__status__in=query.hidden_statuses)
+
+    average_field = "average_normalized" if query.normalized else "average"
+    ordered = visible.annotate(
+        rank=Window(Rank(), order_by=F(average_field).desc(nulls_last=True))
+    ).order_by(*_ordering(query, average_field))
+
+    page: int | None = None
+    pages = 1
+    if query.page is not None:
+        pages = max(1, math.ceil(count / query.per_page))
+        page = min(query.page, pages)
+        start = (page - 1) * query.per_page
+        ordered = ordered[start : start + query.per_page]
+    raw_rows = list(ordered.values_list("rank", *_ROW_FIELDS))
+    rows = [_row(values, view) for values in raw_rows]
+    attach_flags(rows)
+    return Ranking(
+        query=query,
+        view=view,
+        rows=rows,
+        count=count,
+        hidden_flagged=hidden_flagged,
+        hidden_tainted=hidden_tainted,
+        page=page,
+        pages=pages,
+    )
+
+
+def _ordering(query: RankingQuery, average_field: str) -> list[Any]:
+    if query.sort in SORT_COLUMNS:
+        column = average_field if query.sort == "average" else SORT_COLUMNS[query.sort]
+        expression: Any = F(column)
+    else:
+        expression = Cast(KeyTextTransform(query.sort, "scores"), FloatField())
+    if query.direction == "desc":
+        primary = expression.desc(nulls_last=True)
+    else:
+        primary = expression.asc(nulls_last=True)
+    return [primary, F(average_field).desc(nulls_last=True), "repo_id", "id"]
+
+
+def _row(values: tuple[Any, ...], view: SuiteView) -> RankingRow:
+    (rank, entry_id, submission_id, repository_id, repo_id, revision, precision, model_type,
+     weight_type, parameter_count, license_id, family, merge_method, is_merge, is_synthetic,
+     submitted_at, evaluated_at, scores, stderrs, average, average_normalized, status,
+     status_path) = values  # fmt: skip
+    normalized = {
+        column.key: column.normalize(scores[column.key])
+        for column in view.columns
+        if scores.get(column.key) is not None
+    }
+    return RankingRow(
+        rank=rank,
+        entry_id=entry_id,
+        submission_id=submission_id,
+        repository_id=repository_id,
+        repo_id=repo_id,
+        revision=revision,
+        precision=precision,
+        model_type=model_type,
+        weight_type=weight_type,
+        parameter_count=parameter_count,
+        license=license_id,
+        license_family=family,
+        merge_method=merge_method,
+        is_merge=is_merge,
+        is_synthetic=is_synthetic,
+        submitted_at=submitted_at,
+        evaluated_at=evaluated_at,
+        scores=scores,
+        stderrs=stderrs,
+        average=average,
+        average_normalized=average_normalized,
+        lineage_status=status,
+        status_path=status_path or [],
+        normalized_scores=normalized,
+    )
+
+
+# --- lineage status and flags, read live from catalog and integrity ----------------------------
+
+
+def status_path_text(status: str, path: list[Any]) -> str:
+    """The explaining path of a derived status as one line, e.g. `a/b ← c/d ← dataset:x/y`."""
+    if not path:
+        return ""
+    from leaderboard.public import integrity_bridge
+
+    return integrity_bridge.path_text(status, path)
+
+
+def attach_flags(rows: list[RankingRow]) -> None:
+    """Fill each row's `flags` (reports and confirmed flags on its own repository)."""
+    from leaderboard.public import integrity_bridge
+
+    flags = integrity_bridge.flags_by_repository({row.repository_id for row in rows})
+    for row in rows:
+        row.flags = flags.get(row.repository_id, [])
+
+
+# --- conditional requests ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Validator:
+    etag: str
+    last_modified: datetime | None
+
+
+def ranking_validator(query: RankingQuery, *, extra: str = "") -> Validator:
+    """ETag and Last-Modified of a ranking response, from aggregates that hit indexes only:
+    no row is built before a conditional request can be answered with 304."""
+    from leaderboard.public import integrity_bridge
+
+    entries = RankingEntry.objects.filter(
+        suite_name=query.suite, suite_version=query.version
+    ).aggregate(n=Count("id"), last=Max("updated_at"))
+    statuses = Repository.objects.aggregate(last=Max("status_updated_at"))
+    flags_last = integrity_bridge.last_change()
+    stamps = [entries["last"], statuses["last"], flags_last]
+    last = max((stamp for stamp in stamps if stamp is not None), default=None)
+    fingerprint = "|".join(
+        [
+            ROW_SCHEMA_VERSION,
+            extra,
+            query.querystring(),
+            str(entries["n"]),
+            *(stamp.isoformat() if stamp else "-" for stamp in stamps),
+        ]
+    )
+    return Validator(etag=hashlib.sha256(fingerprint.encode()).hexdigest()[:32], last_modified=last)
+
+
+# --- keeping the read table in step ------------------------------------------------------------
+
+_CHUNK = 2000
+
+
+def refresh_entries_for(submission_ids: Iterable[int]) -> int:
+    """Rebuild the ranking rows of these submissions from their latest finished run on each
+    suite version. Call it after a run is ingested (finished) or a submission is deleted or
+    edited; it is idempotent. Returns how many rows now exist for them."""
+    ids = sorted(set(submission_ids))
+    written = 0
+    for start in range(0, len(ids), _CHUNK):
+        written += _refresh_chunk(ids[start : start + _CHUNK])
+    return written
+
+
+def rebuild_all_entries() -> int:
+    """Rebuild the whole read table (after a restore, or to recover from a missed refresh)."""
+    RankingEntry.objects.exclude(
+        submission_id__in=EvaluationRun.objects.filter(state=RunState.FINISHED).values(
+            "submission_id"
+        )
+    ).delete()
+    ids = EvaluationRun.objects.filter(state=RunState.FINISHED).values_list(
+        "submission_id", flat=True
+    )
+    return refresh_entries_for(ids)
+
+
+def _refresh_chunk(ids: list[int]) -> int:
+    latest: dict[tuple[int, str, str], EvaluationRun] = {}
+    runs = (
+        EvaluationRun.objects.filter(submission_id__in=ids, state=RunState.FINISHED)
+        .only("id", "submission_id", "suite_name", "suite_version", "finished_at")
+        .order_by("submission_id", "suite_name", "suite_version", "-finished_at", "-id")
+    )
+    for run in runs:
+        latest.setdefault((run.submission_id, run.suite_name, run.suite_version), run)
+    scores: dict[int, dict[str, tuple[float, float | None]]] = {}
+    run_ids = [run.pk for run in latest.values()]
+    for run_id, task, value, stderr in TaskScore.objects.filter(run_id__in=run_ids).values_list(
+        "run_id", "task", "value", "stderr"
+    ):
+        scores.setdefault(run_id, {})[task] = (value, stderr)
+    submissions = {
+        s.pk: s
+        for s in Submission.objects.filter(pk__in=ids).select_related("repository").defer(
+            "card_text", "card_metadata"
+        )
+    }
+    now = timezone.now()
+    views: dict[tuple[str, str], SuiteView | None] = {}
+    entries = []
+    for (submission_id, suite_name, version), run in latest.items():
+        key = (suite_name, version)
+        if key not in views:
+            views[key] = suite_view(suite_name, version)
+        view = views[key]
+        submission = submissions.get(submission_id)
+        if view is None or submission is None:
+            continue
+        entries.append(build_entry(submission, run, view, scores.get(run.pk, {}), now))
+    with transaction.atomic():
+        RankingEntry.objects.filter(submission_id__in=ids).delete()
+        RankingEntry.objects.bulk_create(entries, batch_size=1000)
+    return len(entries)
+
+
+def build_entry(
+    submission: Submission,
+    run: EvaluationRun,
+    view: SuiteView,
+    scores: Mapping[str, tuple[float, float | None]],
+    now: datetime,
+) -> RankingEntry:
+    """The read-table row of one submission's run (unsaved)."""
+    values = {key: scores[key][0] for key in view.task_keys if key in scores}
+    stderrs = {key: scores[key][1] for key in view.task_keys if key in scores}
+    complete = len(values) == len(view.columns) and bool(view.columns)
+    average = sum(100 * v for v in values.values()) / len(values) if complete else None
+    average_normalized = (
+        sum(column.normalize(values[column.key]) for column in view.columns) / len(view.columns)
+        if complete
+        else None
+    )
+    return RankingEntry(
+        submission_id=submission.pk,
+        run_id=run.pk,
+        repository_id=submission.repository_id,
+        suite_name=view.name,
+        suite_version=view.version,
+        repo_id=submission.repository.repo_id,
+        revision=submission.revision,
+        precision=submission.precision,
+        model_type=submission.model_type,
+        weight_type=submission.weight_type,
+        parameter_count=submission.parameter_count,
+        license=submission.license,
+        license_family=license_family(submission.license),
+        merge_method=submission.merge_method,
+        is_merge=submission.model_type == ModelType.MERGE or bool(submission.merge_method),
+        is_synthetic=submission.is_synthetic,
+        submitted_at=submission.created_at,
+        evaluated_at=run.finished_at,
+        scores=values,
+        stderrs=stderrs,
+        average=average,
+        average_normalized=average_normalized,
+        updated_at=now,
+    )
