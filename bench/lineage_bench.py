@@ -38,10 +38,9 @@ TARGET_DESCENDANTS = 10_000
 
 def ensure_database(url: str) -> None:
     """CREATE DATABASE when it does not exist (connecting to the server's `postgres` db)."""
+    import dj_database_url
     import psycopg
     from psycopg import sql
-
-    import dj_database_url
 
     config = dj_database_url.parse(url)
     name = config["NAME"]
@@ -427,11 +426,13 @@ def main() -> None:
             evidence=f"benchmark cycle {cycle}: GSM8K test answers memorised",
         ).report
         with CaptureQueriesContext(connection) as captured:
-            seconds, _ = timed(lambda: services.resolve(report.pk, "confirm", "bench", maintainer))
+            seconds, _ = timed(
+                lambda pk=report.pk: services.resolve(pk, "confirm", "bench", maintainer)
+            )
         confirm_times.append(seconds)
         queries.append(len(captured))
         tainted = Repository.objects.filter(status="tainted").count()
-        seconds, _ = timed(lambda: services.resolve(report.pk, "lift", "bench", maintainer))
+        seconds, _ = timed(lambda pk=report.pk: services.resolve(pk, "lift", "bench", maintainer))
         lift_times.append(seconds)
     # The recompute alone, without the report bookkeeping: flag state flipped under it.
     for _ in range(args.repeat):

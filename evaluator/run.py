@@ -41,11 +41,12 @@ SEEDS = {
 CPU_BATCH_SIZE = 8
 LOG_TAIL_LINES = 40
 PROGRESS_INTERVAL = 0.5  # seconds between progress callbacks while scoring
-# Logger -> the level to capture from. Transformers and datasets stay at their own level (their
-# INFO lines are file listings and whole configs that would crowd out the lines that matter).
+# Logger -> the level to capture from. The others stay at their own level (WARNING unless the
+# worker says otherwise): their INFO lines (a line per subtask built, file listings, whole
+# configs) would crowd the run's own milestones out of the tail.
 CAPTURED_LOGGERS: dict[str, int | None] = {
-    "lm_eval": logging.INFO,
     "evaluator": logging.INFO,
+    "lm_eval": None,
     "transformers": None,
     "datasets": None,
     "huggingface_hub": None,
@@ -127,7 +128,11 @@ def run_job(job: EvaluationJob, progress: Progress | None = None) -> dict[str, A
             raise
         except Exception as exc:
             reason, message = classify(exc)
-            logger.exception("evaluation of run %s failed (%s)", job.run_id, reason)
+            # One line: a traceback would push the run's own log lines out of the tail (the
+            # exception travels on as this failure's cause for whoever logs it in full).
+            logger.error(
+                "evaluation of run %s failed (%s): %s", job.run_id, reason, _first_line(exc)
+            )
             raise EvaluationFailure(reason, message, tail.text()) from exc
 
 
@@ -170,6 +175,7 @@ def _run(job: EvaluationJob, progress: Progress | None, work: Path, started: flo
     counter = _ProgressCounter(progress)
     lm.on_scored = counter.add
     counter.start(sum(_count_requests(stage, tasks) for stage, tasks in zip(stages, loaded)))
+    logger.info("%d loglikelihood requests to score", counter.total)
 
     import lm_eval
 
@@ -354,9 +360,12 @@ class _ProgressCounter:
         self._emit()
 
     def add(self, scored: int) -> None:
+        before = self.done
         self.done += scored
         # Never report more done than total, should the count ahead of time be short.
         self.total = max(self.total, self.done)
+        if 10 * self.done // self.total > 10 * before // self.total:
+            logger.info("scored %d of %d loglikelihood requests", self.done, self.total)
         if time.monotonic() - self._last >= self._interval or self.done == self.total:
             self._emit()
 
@@ -589,14 +598,27 @@ def _first_line(exc: BaseException) -> str:
 
 
 class _Tail(logging.Handler):
+    """The last lines logged, with runs of one message template (lm-eval logs one per subtask)
+    folded into their first line and a count."""
+
     def __init__(self, lines: int = LOG_TAIL_LINES) -> None:
         super().__init__(logging.INFO)
         self.lines: deque[str] = deque(maxlen=lines)
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._last: tuple[str, object] | None = None
+        self._first = ""
+        self._repeats = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.lines.extend(self.format(record).splitlines())
+            key = (record.name, record.msg)
+            if key == self._last and record.args and self.lines:
+                self._repeats += 1
+                self.lines[-1] = f"{self._first} [and {self._repeats} more like it]"
+                return
+            text = self.format(record).splitlines()
+            self._last, self._first, self._repeats = key, text[-1] if text else "", 0
+            self.lines.extend(text)
         except Exception:  # noqa: BLE001 - a log line that cannot format must not end the run
             self.handleError(record)
 

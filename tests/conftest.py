@@ -23,6 +23,12 @@ from leaderboard.accounts.models import MAINTAINERS_GROUP
 REQUIRE_SERVICES = os.environ.get("TRELLIS_REQUIRE_SERVICES") == "1"
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # The default PBKDF2 hasher costs ~0.3 s per user; the fixed cast is created in most tests.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def service_unavailable(what: str, error: Exception) -> None:
     """A test that needs a service fails in CI (TRELLIS_REQUIRE_SERVICES=1), skips elsewhere."""
     message = f"{what} is not reachable: {error}"

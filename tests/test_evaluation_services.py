@@ -9,13 +9,14 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from evaluator.suites import load_suite
+
 from leaderboard.evaluations import services
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 from leaderboard.submissions.models import Submission
 from tests.evaluation_helpers import DELETE, QUEUES, changed, drain, quick_payload
 from tests.factories import RunFactory, SubmissionFactory
 
-QUICK_TASKS = ["arc_challenge", "arc_easy", "hellaswag", "mmlu", "winogrande"]
 
 
 @pytest.fixture
@@ -206,13 +207,14 @@ def test_ingest_stores_scores_payload_and_artifact_in_one_go(artifact_root):
     assert run.artifact_sha256 == payload["artifact"]["sha256"]
     assert run.progress_done == 1234 and run.finished_at is not None
     assert run.submission.state == "finished"
+    shots = {task.key: task.num_fewshot for task in load_suite("quick").tasks}
     scores = {s.task: (s.metric, s.value, s.stderr, s.n_samples, s.num_fewshot) for s in run.scores.all()}
     assert scores == {
-        "arc_easy": ("acc", 0.62, 0.05, 4, 5),
-        "arc_challenge": ("acc_norm", 0.5, 0.05, 4, 5),
-        "hellaswag": ("acc_norm", 0.5, 0.05, 4, 2),
-        "mmlu": ("acc", 0.5, 0.05, 4, 1),
-        "winogrande": ("acc", 0.51, 0.05, 4, 5),
+        "arc_easy": ("acc", 0.62, 0.05, 4, shots["arc_easy"]),
+        "arc_challenge": ("acc_norm", 0.5, 0.05, 4, shots["arc_challenge"]),
+        "hellaswag": ("acc_norm", 0.5, 0.05, 4, shots["hellaswag"]),
+        "mmlu": ("acc", 0.5, 0.05, 4, shots["mmlu"]),
+        "winogrande": ("acc", 0.51, 0.05, 4, shots["winogrande"]),
     }
 
 
@@ -254,7 +256,11 @@ BAD_PAYLOADS = [
     ("tasks.0.value", float("nan"), "tasks.0.value: Input should be a finite number"),
     ("tasks.1.metric", "f1", "tasks.1.metric: Input should be 'acc' or 'acc_norm'"),
     ("tasks.0.metric", "acc_norm", "tasks: arc_easy reports acc_norm, the suite counts acc"),
-    ("tasks.2.num_fewshot", 10, "tasks: hellaswag ran 10-shot, the suite says 2"),
+    (
+        "tasks.2.num_fewshot",
+        10,
+        f"tasks: hellaswag ran 10-shot, the suite says {load_suite('quick').task('hellaswag').num_fewshot}",
+    ),
     ("tasks.0.task", "gsm8k", "tasks: gsm8k is not a task of quick@1"),
     ("tasks.0.task", "mmlu", "tasks: mmlu is reported twice"),
     ("versions.torch", DELETE, "versions.torch: Field required"),

@@ -69,7 +69,7 @@ def test_export_with_filters_and_bad_arguments(tmp_path, catalog):
         "org/partial",
     ]
     with pytest.raises(CommandError, match="version: Suite 'open-llm-v1' has no version '7'"):
-        call_command("export_leaderboard", "--format", "csv", "--out", "-", "--version", "7")
+        call_command("export_leaderboard", "--format", "csv", "--out", "-", "--suite-version", "7")
 
 
 def test_seed_builds_a_plausible_marked_catalog_and_purge_removes_only_it(capsys):

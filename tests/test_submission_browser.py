@@ -43,11 +43,6 @@ def queued_messages(queue: str, *, clear: bool = False) -> int:
         return waiting.qsize()
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.mark.browser
 def test_sign_in_and_submit_through_the_form(live_server, browser, model_root, submitter, settings):
     queue = settings.TRELLIS_QUEUE_SMALL

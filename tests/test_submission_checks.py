@@ -43,12 +43,6 @@ HUB_TEMPLATE = """
 """
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """The cast's passwords are hashed for every test; the default hasher is made to be slow."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def request(**overrides: str) -> SubmissionRequest:
     values = {
         "repo_id": "acme/tiny-chat",
@@ -218,6 +212,26 @@ def test_malformed_repo_ids_are_refused_before_the_source_is_asked(repo_id, mode
 )
 def test_hub_shaped_repo_ids_are_well_formed(repo_id):
     assert checks.repo_id_error(repo_id) is None
+
+
+def test_long_typed_values_are_not_echoed_whole(tiny_chat, submitter):
+    outcome = check_submission(
+        request(repo_id="acme/" + "x" * 500, model_type="y" * 500), submitter
+    )
+    assert codes(outcome) == ["invalid_repo_id", "invalid_model_type"]
+    long_id, long_part = "acme/" + "x" * 74 + "…", "x" * 79 + "…"
+    assert outcome.problems[0].message == (
+        f"The repository id '{long_id}' part '{long_part}' must be 1-96 letters, digits, '-', "
+        "'_' or '.', and must not start or end with '-' or '.': enter it as in the repository's "
+        "URL, e.g. HuggingFaceTB/SmolLM2-135M-Instruct."
+    )
+    assert outcome.problems[1].message.startswith(f"The model type '{'y' * 79}…' is not supported")
+
+
+def test_pretrained_with_an_unknown_weight_type_needs_no_parents(model_root, submitter):
+    make_model_repo(model_root, "acme/tiny-chat")
+    outcome = check_submission(request(model_type="pretrained", weight_type="gguf"), submitter)
+    assert codes(outcome) == ["invalid_weight_type"]
 
 
 def test_missing_repository_skips_file_checks_but_not_input_checks(model_root, submitter):
@@ -433,12 +447,24 @@ def test_empty_choices_ask_for_a_choice(tiny_chat, submitter):
 
 
 @pytest.mark.parametrize(
-    "model_type", ["continued-pretraining", "fine-tuned", "chat", "merge", "adapter", "quantized"]
+    ("model_type", "expected"),
+    [
+        ("continued-pretraining", ["parents_missing"]),
+        ("fine-tuned", ["parents_missing"]),
+        ("chat", ["parents_missing"]),
+        ("merge", ["parents_missing", "mergekit_config_missing"]),
+        ("adapter", ["parents_missing"]),
+        ("quantized", ["parents_missing"]),
+    ],
 )
-def test_every_derived_type_needs_declared_parents(model_root, submitter, model_type):
+def test_every_derived_type_needs_declared_parents(model_root, submitter, model_type, expected):
     make_model_repo(model_root, "acme/tiny-chat", card=fine_tune_card(base_model=None))
     outcome = check_submission(request(model_type=model_type), submitter)
-    assert "parents_missing" in codes(outcome)
+    assert codes(outcome) == expected
+    assert outcome.problems[0].message == (
+        f"A {model_type} model (original weights) must declare the models it was made from: add "
+        "'base_model: <org>/<name>' (a list for several) to the README.md front matter."
+    )
 
 
 def test_pretrained_needs_no_parents_nor_datasets(model_root, submitter):

@@ -46,12 +46,6 @@ def bad_repo(model_root):
     return model_root
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """The cast's passwords are hashed for every test; the default hasher is made to be slow."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def problem_codes(html: str) -> dict[str, list[str]]:
     """The problem codes the form page shows, per field row ("" for those above the form)."""
     shown: dict[str, list[str]] = {}

@@ -73,56 +73,78 @@ class Subgraph:
     nodes: dict[int, Node] = field(default_factory=dict)
     parents: dict[int, list[tuple[int, str]]] = field(default_factory=dict)
     boundary: dict[int, Stored] = field(default_factory=dict)
+    # Only with with_stored=True: what the database holds for the nodes themselves, and the
+    # nodes never derived yet (status_updated_at is null).
     stored: dict[int, Stored] = field(default_factory=dict)
-    # Nodes never derived yet (status_updated_at is null): written even if unchanged.
     underived: set[int] = field(default_factory=set)
 
 
-_NODE_FIELDS = (
-    "id",
-    "kind",
-    "repo_id",
-    "lineage_resolved",
-    "resolution_note",
-    "status",
-    "status_path",
-    "status_updated_at",
-)
+# Per-connection scratch tables: the recompute set, and the statuses about to be written.
+# Temporary tables are private to a session, so concurrent recomputes never see each other's.
+SCOPE = "integrity_scope"
+INCOMING = "integrity_status_in"
 
 
-def load_subgraph(seed_ids: Iterable[int] | None, *, descendants: bool = True) -> Subgraph:
+def _temp_tables(cursor: Any) -> None:
+    if connection.vendor == "postgresql":
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {SCOPE} (id bigint PRIMARY KEY) ON COMMIT DELETE ROWS"
+        )
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {INCOMING} (id bigint PRIMARY KEY, "
+            "status varchar(16) NOT NULL, path jsonb NOT NULL) ON COMMIT DELETE ROWS"
+        )
+    else:
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {SCOPE} (id integer PRIMARY KEY)")
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {INCOMING} (id integer PRIMARY KEY, "
+            "status text NOT NULL, path text NOT NULL)"
+        )
+
+
+def _fill_scope(seeds: list[int]) -> None:
+    """The seeds and their descendants into SCOPE, found once by the database (one recursive
+    CTE) and joined by the queries that load the subgraph."""
+    with connection.cursor() as cursor:
+        _temp_tables(cursor)
+        cursor.execute(f"DELETE FROM {SCOPE}")
+        cursor.execute(
+            f"INSERT INTO {SCOPE} SELECT id FROM ({descendants_sql(len(seeds))}) found", seeds
+        )
+        if connection.vendor == "postgresql":
+            # A fresh temporary table has no statistics; the joins below need them.
+            cursor.execute(f"ANALYZE {SCOPE}")
+
+
+def load_subgraph(
+    seed_ids: Iterable[int] | None, *, descendants: bool = True, with_stored: bool = False
+) -> Subgraph:
     """The seeds and all their descendants (only the seeds with descendants=False; the whole
     graph for None), their parent edges, own signals, and the stored status of parents outside
     that set. A boundary parent that was never derived joins the seeds, so the result never
-    rests on a default value."""
+    rests on a default value. Runs inside the caller's transaction (temporary tables)."""
     seeds = None if seed_ids is None else set(seed_ids)
+    fields = ["id", "kind", "repo_id", "lineage_resolved", "resolution_note"]
+    if with_stored:
+        fields += ["status", "status_path", "status_updated_at"]
     while True:
         if seeds is None:
-            node_rows = Repository.objects.values_list(*_NODE_FIELDS)
-            edge_rows = LineageEdge.objects.values_list("child_id", "parent_id", "relation")
-            report_rows = Report.objects.filter(
-                status__in=(ReportStatus.OPEN, ReportStatus.CONFIRMED)
-            )
+            node_rows: Any = Repository.objects.all()
+            edge_rows: Any = LineageEdge.objects.all()
+            report_rows: Any = Report.objects.all()
         else:
-            seed_list = sorted(seeds)
-            scope: Any = (
-                RawSQL(descendants_sql(len(seed_list)), seed_list) if descendants else seed_list
-            )
-            node_rows = Repository.objects.filter(id__in=scope).values_list(*_NODE_FIELDS)
-            edge_rows = LineageEdge.objects.filter(child_id__in=scope).values_list(
-                "child_id", "parent_id", "relation"
-            )
-            report_rows = Report.objects.filter(
-                target_id__in=scope, status__in=(ReportStatus.OPEN, ReportStatus.CONFIRMED)
-            )
-        rows = list(node_rows)
+            if descendants:
+                _fill_scope(sorted(seeds))
+                scope: Any = RawSQL(f"SELECT id FROM {SCOPE}", [])
+            else:
+                scope = sorted(seeds)  # a handful of seeds: a plain id list
+            node_rows = Repository.objects.filter(id__in=scope)
+            edge_rows = LineageEdge.objects.filter(child_id__in=scope)
+            report_rows = Report.objects.filter(target_id__in=scope)
+        rows = list(node_rows.order_by().values_list(*fields))
+        edges = list(edge_rows.order_by().values_list("child_id", "parent_id", "relation"))
         node_ids = {row[0] for row in rows}
-        parents: dict[int, list[tuple[int, str]]] = defaultdict(list)
-        outside: set[int] = set()
-        for child_id, parent_id, relation in edge_rows:
-            parents[child_id].append((parent_id, relation))
-            if parent_id not in node_ids:
-                outside.add(parent_id)
+        outside = {parent_id for _, parent_id, _ in edges} - node_ids
         boundary: dict[int, Stored] = {}
         underived_outside: set[int] = set()
         for batch in chunks(sorted(outside)):
@@ -137,10 +159,16 @@ def load_subgraph(seed_ids: Iterable[int] | None, *, descendants: bool = True) -
             continue
         break
 
+    parents: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for child_id, parent_id, relation in edges:
+        parents[child_id].append((parent_id, relation))
+
     confirmed: dict[int, list[tuple[int, str, Any]]] = defaultdict(list)
     open_reports: dict[int, list[tuple[int, str, Any]]] = defaultdict(list)
-    for target_id, rid, kind, status, created_at, confirmed_at in report_rows.values_list(
-        "target_id", "id", "kind", "status", "created_at", "confirmed_at"
+    for target_id, rid, kind, status, created_at, confirmed_at in (
+        report_rows.filter(status__in=(ReportStatus.OPEN, ReportStatus.CONFIRMED))
+        .order_by()
+        .values_list("target_id", "id", "kind", "status", "created_at", "confirmed_at")
     ):
         if status == ReportStatus.CONFIRMED:
             confirmed[target_id].append((rid, kind, confirmed_at or created_at))
@@ -148,7 +176,8 @@ def load_subgraph(seed_ids: Iterable[int] | None, *, descendants: bool = True) -
             open_reports[target_id].append((rid, kind, created_at))
 
     graph = Subgraph(parents=dict(parents), boundary=boundary)
-    for rid, kind, repo_id, resolved, note, status, path, updated in rows:
+    for row in rows:
+        rid, kind, repo_id, resolved, note = row[:5]
         level, reason = own_signal(
             confirmed=confirmed.get(rid, ()),
             open_reports=open_reports.get(rid, ()),
@@ -156,40 +185,48 @@ def load_subgraph(seed_ids: Iterable[int] | None, *, descendants: bool = True) -
             resolution_note=note,
         )
         graph.nodes[rid] = Node(rid, kind, repo_id, level, reason)
-        graph.stored[rid] = Stored(status, path or [])
-        if updated is None:
-            graph.underived.add(rid)
+        if with_stored:
+            status, path, updated = row[5:]
+            graph.stored[rid] = Stored(status, path or [])
+            if updated is None:
+                graph.underived.add(rid)
     return graph
 
 
-def write_statuses(changes: dict[int, tuple[str, Path]], now: datetime) -> None:
-    """Write derived statuses. PostgreSQL gets one UPDATE ... FROM (VALUES ...) per chunk,
-    which stays linear where bulk_update's CASE WHEN is quadratic in the batch size."""
-    if not changes:
-        return
-    items = sorted(changes.items())
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            for start in range(0, len(items), CHUNK):
-                batch = items[start : start + CHUNK]
-                values = ", ".join(["(%s::bigint, %s::varchar, %s::jsonb)"] * len(batch))
-                params: list[Any] = [now]
-                for node_id, (status, path) in batch:
-                    params.extend((node_id, status, json.dumps(path)))
-                cursor.execute(
-                    f"UPDATE {REPO} AS r SET status = v.status, status_path = v.path, "
-                    f"status_updated_at = %s FROM (VALUES {values}) AS v(id, status, path) "
-                    f"WHERE r.id = v.id",
-                    params,
-                )
-        return
-    objs = [
-        Repository(id=node_id, status=status, status_path=path, status_updated_at=now)
-        for node_id, (status, path) in items
+def write_statuses(
+    derived: dict[int, tuple[str, Path]], now: datetime, texts: dict[int, str] | None = None
+) -> int:
+    """Write derived statuses; the database compares and rewrites only rows whose status or
+    path changed (or that were never derived). Returns how many rows were rewritten.
+
+    The values travel through a temporary table (COPY on PostgreSQL) and one UPDATE ... FROM:
+    linear in the number of rows, where bulk_update's CASE WHEN is quadratic per batch."""
+    if not derived:
+        return 0
+    texts = texts or {}
+    items = [
+        (node_id, status, texts.get(node_id) or json.dumps(path))
+        for node_id, (status, path) in sorted(derived.items())
     ]
-    Repository.objects.bulk_update(
-        objs, ["status", "status_path", "status_updated_at"], batch_size=300
-    )
+    with connection.cursor() as cursor:
+        _temp_tables(cursor)
+        cursor.execute(f"DELETE FROM {INCOMING}")
+        if connection.vendor == "postgresql":
+            with cursor.cursor.copy(f"COPY {INCOMING} (id, status, path) FROM STDIN") as copy:
+                for item in items:
+                    copy.write_row(item)
+        else:
+            cursor.executemany(
+                f"INSERT INTO {INCOMING} (id, status, path) VALUES (%s, %s, %s)",
+                items,
+            )
+        cursor.execute(
+            f"UPDATE {REPO} AS r SET status = t.status, status_path = t.path, "
+            f"status_updated_at = %s FROM {INCOMING} AS t WHERE r.id = t.id AND "
+            "(r.status <> t.status OR r.status_path <> t.path OR r.status_updated_at IS NULL)",
+            [now],
+        )
+        return cursor.rowcount
 
 
 def count_ranked_below(target_ids: Iterable[int]) -> dict[int, int]:

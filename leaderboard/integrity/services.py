@@ -369,7 +369,7 @@ def recompute(seed_ids: Iterable[int]) -> Recomputed:
         return recompute_all()
     with transaction.atomic():
         graph.lock_statuses()
-        local = graph.load_subgraph(seeds, descendants=False)
+        local = graph.load_subgraph(seeds, descendants=False, with_stored=True)
         derived = derive(local.nodes, local.parents, local.boundary)
         changed = {
             node_id
@@ -380,8 +380,10 @@ def recompute(seed_ids: Iterable[int]) -> Recomputed:
         if not changed:
             return Recomputed(len(derived), 0, time.perf_counter() - started)
         sub = graph.load_subgraph(changed)
-        written = _derive_and_write(sub)
-    return Recomputed(len(sub.nodes), written, time.perf_counter() - started)
+        texts: dict[int, str] = {}
+        derived = derive(sub.nodes, sub.parents, sub.boundary, json_out=texts)
+        written = graph.write_statuses(derived, timezone.now(), texts)
+    return Recomputed(len(derived), written, time.perf_counter() - started)
 
 
 def recompute_after_edges(child_ids: Iterable[int]) -> Recomputed:
@@ -396,20 +398,10 @@ def recompute_all() -> Recomputed:
     with transaction.atomic():
         graph.lock_statuses()
         sub = graph.load_subgraph(None)
-        written = _derive_and_write(sub)
-    return Recomputed(len(sub.nodes), written, time.perf_counter() - started)
-
-
-def _derive_and_write(sub: graph.Subgraph) -> int:
-    derived = derive(sub.nodes, sub.parents, sub.boundary)
-    changes = {
-        node_id: (status, path)
-        for node_id, (status, path) in derived.items()
-        if node_id in sub.underived
-        or (status, path) != (sub.stored[node_id].status, sub.stored[node_id].path)
-    }
-    graph.write_statuses(changes, timezone.now())
-    return len(changes)
+        texts: dict[int, str] = {}
+        derived = derive(sub.nodes, sub.parents, json_out=texts)
+        written = graph.write_statuses(derived, timezone.now(), texts)
+    return Recomputed(len(derived), written, time.perf_counter() - started)
 
 
 # --- reading -----------------------------------------------------------------------------------

@@ -22,9 +22,11 @@ hold their distances. Lower-level passes therefore never need to cross higher-le
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from leaderboard.catalog.models import LineageStatus, Relation
@@ -43,6 +45,8 @@ LEVEL_OF_STATUS: dict[str, int] = {
 # every step but the last, and "reason" (why that node carries the level) on the last.
 Step = dict[str, Any]
 Path = list[Step]
+# json.dumps' own string escaper: paths built as text must match json.dumps(path) exactly.
+_quote = encode_basestring_ascii
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,60 +95,106 @@ def derive(
     nodes: Mapping[int, Node],
     parents: Mapping[int, Sequence[tuple[int, str]]],
     boundary: Mapping[int, Stored] | None = None,
+    json_out: dict[int, str] | None = None,
 ) -> dict[int, tuple[str, Path]]:
     """Status and path of every node in `nodes`.
 
     `parents[child]` lists (parent_id, relation) for each child in `nodes`; a parent that is
-    not in `nodes` must be in `boundary` (its stored, already correct status). `nodes` must be
-    closed under descendants (the recompute set of a change is a node and all descendants)."""
+    not in `nodes` must be in `boundary` (its stored, already correct status). Every node
+    whose parents are all in `nodes` or `boundary` is derived exactly; a change's recompute
+    set is a node and all its descendants.
+
+    With `json_out`, each path is also written there as json.dumps(path) would spell it, built
+    from the parent's text (a path is a step plus its parent's path), so serialising ten
+    thousand paths costs one small dumps per node instead of one per step."""
     boundary = boundary or {}
     children: dict[int, list[int]] = defaultdict(list)
+    # Where each level starts: a node's own signal (distance 0), or a parent outside the set
+    # whose stored status carries that level (its distance plus this edge).
+    seeds: dict[int, dict[int, int]] = {FLAG: {}, REVIEW: {}, INCOMPLETE: {}}
+    for node in nodes.values():
+        if node.own_level:
+            seeds[node.own_level][node.id] = 0
     for child, plist in parents.items():
         for parent_id, _relation in plist:
             if parent_id in nodes:
                 children[parent_id].append(child)
+                continue
+            stored = boundary.get(parent_id)
+            if stored is None or not stored.path:
+                continue
+            stored_level = LEVEL_OF_STATUS[stored.status]
+            if stored_level:
+                candidate = len(stored.path)
+                if candidate < seeds[stored_level].get(child, candidate + 1):
+                    seeds[stored_level][child] = candidate
 
     level: dict[int, int] = {}
     dist: dict[int, int] = {}
     for lvl in (FLAG, REVIEW, INCOMPLETE):
-        start: dict[int, int] = {}
-        for node in nodes.values():
-            if node.id in level:
-                continue
-            if node.own_level == lvl:
-                start[node.id] = 0
-                continue
-            for parent_id, _relation in parents.get(node.id, ()):
-                stored = boundary.get(parent_id)
-                if stored is not None and stored.path and LEVEL_OF_STATUS[stored.status] == lvl:
-                    candidate = len(stored.path)  # the parent's distance plus this edge
-                    if candidate < start.get(node.id, candidate + 1):
-                        start[node.id] = candidate
-        reached = _bucket_bfs(start, children, level)
-        for node_id, d in reached.items():
+        start = {n: d for n, d in seeds[lvl].items() if n not in level}
+        for node_id, d in _bucket_bfs(start, children, level).items():
             level[node_id] = lvl
             dist[node_id] = d
 
     result: dict[int, tuple[str, Path]] = {}
     paths: dict[int, Path] = {}
-    for node_id in sorted(level, key=lambda n: dist[n]):
+    texts: dict[int, str] = {}
+    want_json = json_out is not None
+    for node_id in sorted(level, key=dist.__getitem__):
         node = nodes[node_id]
         lvl, d = level[node_id], dist[node_id]
         if d == 0:
-            path: Path = [_step(node, reason=node.own_reason)]
+            step: Step = {"id": node.id, "repo_id": node.repo_id, "kind": node.kind}
+            if node.own_reason is not None:
+                step["reason"] = node.own_reason
+            path: Path = [step]
+            if want_json:
+                texts[node_id] = f"[{json.dumps(step)}]"
         else:
-            best: tuple[int, str, Path] | None = None
+            best_id, best_relation, best_path = -1, "", None
             for parent_id, relation in parents.get(node_id, ()):
-                parent_path = _parent_path(parent_id, lvl, d - 1, level, dist, paths, boundary)
-                if parent_path is not None and (best is None or parent_id < best[0]):
-                    best = (parent_id, relation, parent_path)
-            assert best is not None, "a reached node always has a parent one step closer"
-            path = [_step(node, relation=best[1]), *best[2]]
+                if best_path is not None and parent_id > best_id:
+                    continue
+                if parent_id in level:
+                    if level[parent_id] != lvl or dist[parent_id] != d - 1:
+                        continue
+                    candidate_path = paths[parent_id]
+                else:
+                    stored = boundary.get(parent_id)
+                    if (
+                        stored is None
+                        or LEVEL_OF_STATUS[stored.status] != lvl
+                        or len(stored.path) != d
+                    ):
+                        continue
+                    candidate_path = stored.path
+                best_id, best_relation, best_path = parent_id, relation, candidate_path
+            assert best_path is not None, "a reached node always has a parent one step closer"
+            path = [
+                {
+                    "id": node.id,
+                    "repo_id": node.repo_id,
+                    "kind": node.kind,
+                    "relation": best_relation,
+                },
+                *best_path,
+            ]
+            if want_json:
+                parent_text = texts.get(best_id) or json.dumps(best_path)
+                texts[node_id] = (
+                    f'[{{"id": {node.id}, "repo_id": {_quote(node.repo_id)}, '
+                    f'"kind": {_quote(node.kind)}, "relation": {_quote(best_relation)}}}, '
+                    f"{parent_text[1:]}"
+                )
         paths[node_id] = path
         result[node_id] = (_status_name(lvl, d), path)
     for node_id in nodes:
         if node_id not in result:
             result[node_id] = (LineageStatus.CLEAN.value, [])
+            texts[node_id] = "[]"
+    if json_out is not None:
+        json_out.update((node_id, texts[node_id]) for node_id in nodes)
     return result
 
 
@@ -174,34 +224,6 @@ def _bucket_bfs(
                     remaining += 1
         d += 1
     return dist
-
-
-def _parent_path(
-    parent_id: int,
-    lvl: int,
-    want: int,
-    level: Mapping[int, int],
-    dist: Mapping[int, int],
-    paths: Mapping[int, Path],
-    boundary: Mapping[int, Stored],
-) -> Path | None:
-    if parent_id in level:
-        if level[parent_id] == lvl and dist[parent_id] == want:
-            return paths[parent_id]
-        return None
-    stored = boundary.get(parent_id)
-    if stored is None or LEVEL_OF_STATUS[stored.status] != lvl or len(stored.path) - 1 != want:
-        return None
-    return stored.path
-
-
-def _step(node: Node, *, relation: str | None = None, reason: dict | None = None) -> Step:
-    step: Step = {"id": node.id, "repo_id": node.repo_id, "kind": node.kind}
-    if relation is not None:
-        step["relation"] = relation
-    if reason is not None:
-        step["reason"] = reason
-    return step
 
 
 def _status_name(lvl: int, d: int) -> str:

@@ -21,7 +21,7 @@ from leaderboard.public.services import (
     RankingQueryError,
     Validator,
     parse_ranking_query,
-    ranking,
+    ranking_for_api,
     ranking_validator,
 )
 from leaderboard.public.suites import suite_names, suite_view, versions_of
@@ -257,7 +257,10 @@ def leaderboard(request: HttpRequest) -> HttpResponse:
         conditional(
             request,
             validator,
-            lambda: _json(serializers.leaderboard_to_dict(ranking(query))),
+            lambda: HttpResponse(
+                serializers.leaderboard_json(ranking_for_api(query)),
+                content_type="application/json",
+            ),
         )
     )
 

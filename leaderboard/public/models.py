@@ -50,6 +50,10 @@ class RankingEntry(models.Model):
     # Percent; null when a task of the suite has no score.
     average = models.FloatField(null=True)
     average_normalized = models.FloatField(null=True)
+    # The row's serialized JSON object minus its live fields (rank, lineage status, flags),
+    # written by leaderboard.public.serializers.static_row_dict: the full-leaderboard API
+    # splices these instead of serializing 10,000 rows per request.
+    row_json = models.TextField()
     updated_at = models.DateTimeField()
 
     class Meta:

@@ -8,13 +8,16 @@ import io
 import json
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.urls import reverse
 
-from leaderboard.public.detail import ModelDetail, RunResult, SubmissionResults
-from leaderboard.public.services import Ranking, RankingRow
 from leaderboard.public.suites import Column, SuiteView
+
+if TYPE_CHECKING:
+    from leaderboard.public.detail import ModelDetail, RunResult, SubmissionResults
+    from leaderboard.public.models import RankingEntry
+    from leaderboard.public.services import ApiRow, Ranking, RankingRow
 
 
 def model_url(repo_id: str) -> str:
@@ -44,43 +47,84 @@ def suite_to_dict(view: SuiteView) -> dict[str, Any]:
 
 
 def _pct(value: float | None) -> float | None:
-    return None if value is None else 100 * value
+    return None if value is None else round(100 * value, DECIMALS)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, DECIMALS)
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def row_to_dict(row: RankingRow, view: SuiteView) -> dict[str, Any]:
+# Scores are percentages to 4 decimals: far below any task's standard error, and it keeps the
+# full leaderboard small.
+DECIMALS = 4
+
+
+def static_row_dict(entry: RankingEntry, view: SuiteView) -> dict[str, Any]:
+    """The part of a leaderboard row that changes only when its run does: stored with the
+    entry (as `row_json`) when the read table is refreshed."""
+    scores = entry.scores
     return {
-        "rank": row.rank,
-        "model": row.repo_id,
-        "url": model_url(row.repo_id),
-        "submission_id": row.submission_id,
-        "revision": row.revision,
-        "precision": row.precision,
-        "model_type": row.model_type,
-        "weight_type": row.weight_type,
-        "parameters": row.parameter_count,
-        "license": row.license,
-        "license_family": row.license_family,
-        "merge_method": row.merge_method,
-        "is_merge": row.is_merge,
-        "is_synthetic": row.is_synthetic,
-        "submitted_at": _iso(row.submitted_at),
-        "evaluated_at": _iso(row.evaluated_at),
-        "scores": {key: _pct(row.scores.get(key)) for key in view.task_keys},
-        "normalized_scores": {key: row.normalized_scores.get(key) for key in view.task_keys},
-        "stderr": {key: _pct(row.stderrs.get(key)) for key in view.task_keys},
-        "average": row.average,
-        "average_normalized": row.average_normalized,
-        "lineage_status": row.lineage_status,
-        "taint_path": row.taint_path or None,
-        "flags": row.flags,
+        "model": entry.repo_id,
+        "url": model_url(entry.repo_id),
+        "submission_id": entry.submission_id,
+        "revision": entry.revision,
+        "precision": entry.precision,
+        "model_type": entry.model_type,
+        "weight_type": entry.weight_type,
+        "parameters": entry.parameter_count,
+        "license": entry.license,
+        "license_family": entry.license_family,
+        "merge_method": entry.merge_method,
+        "is_merge": entry.is_merge,
+        "is_synthetic": entry.is_synthetic,
+        "submitted_at": _iso(entry.submitted_at),
+        "evaluated_at": _iso(entry.evaluated_at),
+        "scores": {key: _pct(scores.get(key)) for key in view.task_keys},
+        "normalized_scores": {
+            column.key: _round(column.normalize(scores[column.key]))
+            if scores.get(column.key) is not None
+            else None
+            for column in view.columns
+        },
+        "stderr": {key: _pct(entry.stderrs.get(key)) for key in view.task_keys},
+        "average": _round(entry.average),
+        "average_normalized": _round(entry.average_normalized),
     }
 
 
-def leaderboard_to_dict(result: Ranking) -> dict[str, Any]:
+def live_row_dict(status: str, taint_path: str, flags: list[dict[str, Any]]) -> dict[str, Any]:
+    """The part of a row read at request time: lineage status and flags change without runs."""
+    return {"lineage_status": status, "taint_path": taint_path or None, "flags": flags}
+
+
+def row_to_dict(row: RankingRow) -> dict[str, Any]:
+    return (
+        {"rank": row.rank}
+        | json.loads(row.row_json)
+        | live_row_dict(row.lineage_status, row.taint_path, row.flags)
+    )
+
+
+def api_row_json(row: ApiRow, _clean: dict[str, str] = {}) -> str:  # noqa: B006 - a memo
+    """The JSON text of `row_to_dict` for a row, spliced from the stored part and the live
+    part (the same keys in the same order) without parsing the stored part."""
+    placed = row.placed
+    if not row.flags and not placed.status_path:
+        live = _clean.get(placed.lineage_status)
+        if live is None:
+            live = _clean[placed.lineage_status] = to_json(
+                live_row_dict(placed.lineage_status, "", [])
+            )[1:-1]
+    else:
+        live = to_json(live_row_dict(placed.lineage_status, row.taint_path, row.flags))[1:-1]
+    return f'{{"rank":{placed.rank},{row.row_json[1:-1]},{live}}}'
+
+
+def leaderboard_header(result: Ranking[Any]) -> dict[str, Any]:
     return {
         "suite": suite_to_dict(result.view),
         "normalized": result.query.normalized,
@@ -93,8 +137,18 @@ def leaderboard_to_dict(result: Ranking) -> dict[str, Any]:
         "page": result.page,
         "pages": result.pages,
         "per_page": result.query.per_page if result.page is not None else None,
-        "rows": [row_to_dict(row, result.view) for row in result.rows],
     }
+
+
+def leaderboard_to_dict(result: Ranking[RankingRow]) -> dict[str, Any]:
+    return leaderboard_header(result) | {"rows": [row_to_dict(row) for row in result.rows]}
+
+
+def leaderboard_json(result: Ranking[ApiRow]) -> str:
+    """The API body: `leaderboard_to_dict` as JSON text, built from the stored row JSON."""
+    header = to_json(leaderboard_header(result))
+    rows = ",".join(api_row_json(row) for row in result.rows)
+    return f'{header[:-1]},"rows":[{rows}]}}'
 
 
 def to_json(data: Any) -> str:
@@ -201,8 +255,8 @@ def evaluation_to_dict(result: RunResult) -> dict[str, Any]:
         "suite": run.suite_name,
         "version": run.suite_version,
         "finished_at": _iso(run.finished_at),
-        "average": result.average,
-        "average_normalized": result.average_normalized,
+        "average": _round(result.average),
+        "average_normalized": _round(result.average_normalized),
         "reproduce": result.reproduce_command,
         "configuration": dict(result.configuration),
         "tasks": [
@@ -211,10 +265,10 @@ def evaluation_to_dict(result: RunResult) -> dict[str, Any]:
                 "metric": task.metric,
                 "num_fewshot": task.num_fewshot,
                 "n_samples": task.n_samples,
-                "random_baseline": task.random_baseline,
-                "score": task.value,
-                "stderr": task.stderr,
-                "normalized": task.normalized,
+                "random_baseline": _round(task.random_baseline),
+                "score": _round(task.value),
+                "stderr": _round(task.stderr),
+                "normalized": _round(task.normalized),
             }
             for task in result.tasks
         ],

@@ -4,16 +4,17 @@ table in step with runs, and compute the cheap validator behind ETag/Last-Modifi
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, FloatField, Max, Q, QuerySet, Window
+from django.db.models import Count, F, FloatField, Max, Q, QuerySet, TextField, Window
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Rank
 from django.utils import timezone
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from leaderboard.catalog.models import LineageStatus, Repository
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
+from leaderboard.public import serializers
 from leaderboard.public.licenses import license_family
 from leaderboard.public.models import LicenseFamily, RankingEntry
 from leaderboard.public.suites import SuiteView, suite_names, suite_view, versions_of
@@ -291,6 +293,7 @@ class RankingRow:
     status_path: list[Any]
     flags: list[dict[str, Any]] = field(default_factory=list)
     normalized_scores: dict[str, float] = field(default_factory=dict)
+    row_json: str = "{}"
 
     @property
     def org(self) -> str:
@@ -324,11 +327,14 @@ class RankingRow:
         return cells
 
 
+RowT = TypeVar("RowT")
+
+
 @dataclass
-class Ranking:
+class Ranking(Generic[RowT]):
     query: RankingQuery
     view: SuiteView
-    rows: list[RankingRow]
+    rows: list[RowT]
     count: int
     hidden_flagged: int
     hidden_tainted: int
@@ -350,10 +356,33 @@ class Ranking:
         return self.first_index + len(self.rows) - 1 if self.rows else 0
 
 
-_ROW_FIELDS = (
+@dataclass(frozen=True)
+class Placed:
+    """A row's place in a ranking, with its live lineage fields, before its contents are read."""
+
+    entry_id: int
+    rank: int
+    repository_id: int
+    lineage_status: str
+    status_path: list[Any]
+
+
+@dataclass
+class ApiRow:
+    """A row as the full-leaderboard API sends it: live fields plus the stored JSON."""
+
+    placed: Placed
+    row_json: str
+    flags: list[dict[str, Any]]
+
+    @property
+    def taint_path(self) -> str:
+        return status_path_text(self.placed.lineage_status, self.placed.status_path)
+
+
+_ENTRY_FIELDS = (
     "id",
     "submission_id",
-    "repository_id",
     "repo_id",
     "revision",
     "precision",
@@ -371,8 +400,7 @@ _ROW_FIELDS = (
     "stderrs",
     "average",
     "average_normalized",
-    "repository__status",
-    "repository__status_path",
+    "row_json",
 )
 
 
@@ -398,9 +426,12 @@ def filtered_entries(query: RankingQuery) -> QuerySet[RankingEntry]:
     return entries
 
 
-def ranking(query: RankingQuery) -> Ranking:
-    """One row per evaluated submission of the query's suite version, filtered, sorted and
-    (when `query.page` is set) paginated, with how many rows the status filters hid."""
+def _select(
+    query: RankingQuery,
+) -> tuple[Ranking[Placed], QuerySet[RankingEntry]]:
+    """Count, order and paginate with narrow rows (ids, ranks, live status); the wide
+    contents are read afterwards for the chosen ids only, so the database never sorts them.
+    Returns the placed rows and the filtered entries they come from."""
     view = suite_view(query.suite, query.version or "")
     if view is None:
         raise RankingQueryError(
@@ -415,13 +446,19 @@ def ranking(query: RankingQuery) -> Ranking:
     hidden_flagged = 0 if query.show_flagged else counts["flagged"]
     hidden_tainted = 0 if query.show_tainted else counts["tainted"]
     count = counts["total"] - hidden_flagged - hidden_tainted
-    visible = entries.exclude(repository__status__in=query.hidden_statuses)
-
     average_field = "average_normalized" if query.normalized else "average"
-    ordered = visible.annotate(
-        rank=Window(Rank(), order_by=F(average_field).desc(nulls_last=True))
-    ).order_by(*_ordering(query, average_field))
-
+    ordered = (
+        entries.exclude(repository__status__in=query.hidden_statuses)
+        .annotate(rank=Window(Rank(), order_by=F(average_field).desc(nulls_last=True)))
+        .order_by(*_ordering(query, average_field))
+        .values_list(
+            "id",
+            "rank",
+            "repository_id",
+            "repository__status",
+            Cast("repository__status_path", TextField()),
+        )
+    )
     page: int | None = None
     pages = 1
     if query.page is not None:
@@ -429,18 +466,69 @@ def ranking(query: RankingQuery) -> Ranking:
         page = min(query.page, pages)
         start = (page - 1) * query.per_page
         ordered = ordered[start : start + query.per_page]
-    raw_rows = list(ordered.values_list("rank", *_ROW_FIELDS))
-    rows = [_row(values, view) for values in raw_rows]
-    attach_flags(rows)
-    return Ranking(
+    placed = [
+        Placed(entry_id, rank, repository_id, status, _path(path))
+        for entry_id, rank, repository_id, status, path in ordered
+    ]
+    ranking = Ranking(
         query=query,
         view=view,
-        rows=rows,
+        rows=placed,
         count=count,
         hidden_flagged=hidden_flagged,
         hidden_tainted=hidden_tainted,
         page=page,
         pages=pages,
+    )
+    return ranking, entries
+
+
+def _path(text: str | None) -> list[Any]:
+    # Clean rows (nearly all) carry "[]": skip the parse.
+    return json.loads(text) if text and text != "[]" else []
+
+
+def _contents(
+    placed: Ranking[Placed], entries: QuerySet[RankingEntry], fields: tuple[str, ...]
+) -> dict[int, tuple[Any, ...]]:
+    if placed.page is not None:
+        entries = RankingEntry.objects.filter(pk__in=[p.entry_id for p in placed.rows])
+    return {values[0]: values for values in entries.values_list(*fields)}
+
+
+def ranking(query: RankingQuery) -> Ranking[RankingRow]:
+    """One row per evaluated submission of the query's suite version, filtered, sorted and
+    (when `query.page` is set) paginated, with how many rows the status filters hid."""
+    placed, entries = _select(query)
+    contents = _contents(placed, entries, _ENTRY_FIELDS)
+    rows = [_row(p, contents[p.entry_id], placed.view) for p in placed.rows if p.entry_id in contents]
+    attach_flags(rows)
+    return _with_rows(placed, rows)
+
+
+def ranking_for_api(query: RankingQuery) -> Ranking[ApiRow]:
+    """The same rows as `ranking`, as stored JSON plus live fields (see serializers)."""
+    placed, entries = _select(query)
+    contents = _contents(placed, entries, ("id", "row_json"))
+    flags = _flags({p.repository_id for p in placed.rows})
+    rows = [
+        ApiRow(p, contents[p.entry_id][1], flags.get(p.repository_id, []))
+        for p in placed.rows
+        if p.entry_id in contents
+    ]
+    return _with_rows(placed, rows)
+
+
+def _with_rows(placed: Ranking[Placed], rows: list[RowT]) -> Ranking[RowT]:
+    return Ranking(
+        query=placed.query,
+        view=placed.view,
+        rows=rows,
+        count=placed.count,
+        hidden_flagged=placed.hidden_flagged,
+        hidden_tainted=placed.hidden_tainted,
+        page=placed.page,
+        pages=placed.pages,
     )
 
 
@@ -457,21 +545,20 @@ def _ordering(query: RankingQuery, average_field: str) -> list[Any]:
     return [primary, F(average_field).desc(nulls_last=True), "repo_id", "id"]
 
 
-def _row(values: tuple[Any, ...], view: SuiteView) -> RankingRow:
-    (rank, entry_id, submission_id, repository_id, repo_id, revision, precision, model_type,
-     weight_type, parameter_count, license_id, family, merge_method, is_merge, is_synthetic,
-     submitted_at, evaluated_at, scores, stderrs, average, average_normalized, status,
-     status_path) = values  # fmt: skip
+def _row(placed: Placed, values: tuple[Any, ...], view: SuiteView) -> RankingRow:
+    (entry_id, submission_id, repo_id, revision, precision, model_type, weight_type,
+     parameter_count, license_id, family, merge_method, is_merge, is_synthetic, submitted_at,
+     evaluated_at, scores, stderrs, average, average_normalized, row_json) = values  # fmt: skip
     normalized = {
         column.key: column.normalize(scores[column.key])
         for column in view.columns
         if scores.get(column.key) is not None
     }
     return RankingRow(
-        rank=rank,
+        rank=placed.rank,
         entry_id=entry_id,
         submission_id=submission_id,
-        repository_id=repository_id,
+        repository_id=placed.repository_id,
         repo_id=repo_id,
         revision=revision,
         precision=precision,
@@ -489,9 +576,10 @@ def _row(values: tuple[Any, ...], view: SuiteView) -> RankingRow:
         stderrs=stderrs,
         average=average,
         average_normalized=average_normalized,
-        lineage_status=status,
-        status_path=status_path or [],
+        lineage_status=placed.lineage_status,
+        status_path=placed.status_path,
         normalized_scores=normalized,
+        row_json=row_json,
     )
 
 
@@ -509,11 +597,15 @@ def status_path_text(status: str, path: list[Any]) -> str:
 
 def attach_flags(rows: list[RankingRow]) -> None:
     """Fill each row's `flags` (reports and confirmed flags on its own repository)."""
-    from leaderboard.public import integrity_bridge
-
-    flags = integrity_bridge.flags_by_repository({row.repository_id for row in rows})
+    flags = _flags({row.repository_id for row in rows})
     for row in rows:
         row.flags = flags.get(row.repository_id, [])
+
+
+def _flags(repository_ids: set[int]) -> dict[int, list[dict[str, Any]]]:
+    from leaderboard.public import integrity_bridge
+
+    return integrity_bridge.flags_by_repository(repository_ids)
 
 
 # --- conditional requests ----------------------------------------------------------------------
@@ -634,7 +726,7 @@ def build_entry(
         if complete
         else None
     )
-    return RankingEntry(
+    entry = RankingEntry(
         submission_id=submission.pk,
         run_id=run.pk,
         repository_id=submission.repository_id,
@@ -659,3 +751,5 @@ def build_entry(
         average_normalized=average_normalized,
         updated_at=now,
     )
+    entry.row_json = serializers.to_json(serializers.static_row_dict(entry, view))
+    return entry

@@ -3,6 +3,7 @@ the ranking core, calls a service, and renders; a refused query is shown with it
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.conf import settings
@@ -25,6 +26,7 @@ from leaderboard.public.services import (
     default_query,
     parse_ranking_query,
     ranking,
+    ranking_for_api,
     ranking_validator,
 )
 from leaderboard.public.suites import suite_names, versions_of
@@ -271,8 +273,8 @@ def export_csv(request: HttpRequest) -> HttpResponse:
         return with_cors(HttpResponse(text + "\n", status=400, content_type="text/plain"))
 
     def build() -> HttpResponse:
-        result = ranking(query)
-        rows = [serializers.row_to_dict(row, result.view) for row in result.rows]
+        result = ranking_for_api(query)
+        rows = [json.loads(serializers.api_row_json(row)) for row in result.rows]
         response = HttpResponse(
             serializers.rows_to_csv(rows, result.view.task_keys),
             content_type="text/csv; charset=utf-8",

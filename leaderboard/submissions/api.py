@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest
-from ninja import Field, Router, Schema
+from ninja import Field, Router, Schema, Status
 
 from leaderboard.accounts.auth import api_auth
 from leaderboard.submissions.serializers import SubmissionOut, submission_to_dict
@@ -42,9 +42,9 @@ class ErrorsOut(Schema):
     description="Runs the same metadata checks as the submission form. On refusal every problem "
     "is listed at once, each with a stable code (see docs/submission.md).",
 )
-def create_submission(request: HttpRequest, payload: SubmissionIn) -> tuple[int, Any]:
+def create_submission(request: HttpRequest, payload: SubmissionIn) -> Status[Any]:
     try:
         submission = submit(SubmissionRequest(**payload.dict()), request.auth)  # type: ignore[attr-defined]
     except SubmissionRefused as refused:
-        return 400, {"errors": [item.as_dict() for item in refused.problems]}
-    return 201, submission_to_dict(submission)
+        return Status(400, {"errors": [item.as_dict() for item in refused.problems]})
+    return Status(201, submission_to_dict(submission))

@@ -88,6 +88,11 @@ def _choices(values: Iterable[str]) -> str:
     return ", ".join(values)
 
 
+def shown(value: str, limit: int = 80) -> str:
+    """A typed value quoted for a message, cut short so a pasted essay is not echoed back."""
+    return repr(value if len(value) <= limit else value[: limit - 1] + "…")
+
+
 def repo_id_error(repo_id: str, *, namespace_required: bool = True) -> str | None:
     """Why `repo_id` breaks the Hub's naming rules, or None when it follows them: `org/name`,
     each part 1-96 characters of letters, digits, `-`, `_`, `.`, starting and ending with a letter,
@@ -100,11 +105,11 @@ def repo_id_error(repo_id: str, *, namespace_required: bool = True) -> str | Non
     for part in parts:
         if not _REPO_PART.fullmatch(part):
             return (
-                f"part {part!r} must be 1-96 letters, digits, '-', '_' or '.', and must not start "
-                "or end with '-' or '.'"
+                f"part {shown(part)} must be 1-96 letters, digits, '-', '_' or '.', and must "
+                "not start or end with '-' or '.'"
             )
         if "--" in part or ".." in part:
-            return f"part {part!r} must not contain '--' or '..'"
+            return f"part {shown(part)} must not contain '--' or '..'"
     if repo_id.endswith(".git"):
         return "must not end with '.git'"
     return None
@@ -114,7 +119,7 @@ def _choice_problem(code: str, what: str, value: str, choices: list[str]) -> Pro
     if not value:
         return problem(code, f"Choose the {what}: one of {_choices(choices)}.")
     return problem(
-        code, f"The {what} {value!r} is not supported; choose one of {_choices(choices)}."
+        code, f"The {what} {shown(value)} is not supported; choose one of {_choices(choices)}."
     )
 
 
@@ -132,7 +137,7 @@ def check_input(
         problems.append(
             problem(
                 "invalid_repo_id",
-                f"The repository id {repo_id!r} {error}: enter it as in the repository's URL, "
+                f"The repository id {shown(repo_id)} {error}: enter it as in the repository's URL, "
                 f"{example}.",
             )
         )
@@ -289,7 +294,10 @@ def check_parents(
     that are well-formed and not the model itself (the ones worth looking up)."""
     parents = declared_parents(metadata)
     problems = []
-    derived = model_type != ModelType.PRETRAINED or weight_type != WeightType.ORIGINAL
+    derived = model_type != ModelType.PRETRAINED or weight_type in (
+        WeightType.ADAPTER,
+        WeightType.DELTA,
+    )
     if not parents and derived and model_type in ModelType.values:
         problems.append(
             problem(
@@ -315,7 +323,7 @@ def check_parents(
             problems.append(
                 problem(
                     "invalid_parent_id",
-                    f"base_model {parent!r} {error}: write the parent's Hub id, e.g. "
+                    f"base_model {shown(parent)} {error}: write the parent's Hub id, e.g. "
                     "meta-llama/Llama-3.1-8B, not a path or URL.",
                 )
             )
@@ -439,7 +447,7 @@ def check_adapter(
         return [
             problem(
                 "adapter_base_mismatch",
-                f"adapter_config.json's base_model_name_or_path is {base!r} but base_model in "
+                f"adapter_config.json's base_model_name_or_path is {shown(base)} but base_model in "
                 f"README.md declares {declared}: make the two name the same model.",
             )
         ]

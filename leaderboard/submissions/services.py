@@ -16,6 +16,7 @@ from django.utils import timezone
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.catalog.cards import ParsedCard, declared_datasets, relation_for_model_type
 from leaderboard.catalog.models import DeclaredIn, Relation, RepositoryKind
+from leaderboard.catalog.services import cycle_paths, record_lineage, upsert_repository
 from leaderboard.catalog.sources import (
     InvalidRepoId,
     ModelSource,
@@ -26,6 +27,7 @@ from leaderboard.catalog.sources import (
     SourceUnavailable,
     get_source,
 )
+from leaderboard.evaluations.services import create_run_for
 from leaderboard.submissions import checks
 from leaderboard.submissions.checks import Problem, problem
 from leaderboard.submissions.models import (
@@ -128,14 +130,14 @@ def _read_repository(
         return None, [problem("invalid_repo_id", f"The model source refused the id: {exc}.")]
     except RepoNotFound:
         message = (
-            f"No model repository {req.repo_id!r} on the model source: check the spelling "
-            f"(org/name, as in the repository's URL). {skipped}"
+            f"No model repository {checks.shown(req.repo_id)} on the model source: check the "
+            f"spelling (org/name, as in the repository's URL). {skipped}"
         )
         return None, [problem("repo_not_found", message)]
     except RevisionNotFound:
         message = (
-            f"Revision {req.revision!r} does not exist in {req.repo_id}: enter a branch, tag or "
-            f"commit sha of the repository (or 'main'). {skipped}"
+            f"Revision {checks.shown(req.revision)} does not exist in {req.repo_id}: enter a "
+            f"branch, tag or commit sha of the repository (or 'main'). {skipped}"
         )
         return None, [problem("revision_not_found", message)]
     except SourceUnavailable as exc:
@@ -190,8 +192,6 @@ def _check_repository(outcome: CheckOutcome, source: ModelSource) -> None:
 
 
 def _check_parents_exist(source: ModelSource, repo_id: str, parents: list[str]) -> list[Problem]:
-    from leaderboard.catalog.services import cycle_paths
-
     problems: list[Problem] = []
     for parent in parents:
         try:
@@ -304,8 +304,10 @@ def record_submission(outcome: CheckOutcome, user: Any) -> Submission:
     """Save an accepted outcome in one transaction: the repository node, the submission, its
     lineage (ancestors resolved upward) and its queued evaluation run, whose Celery message
     leaves on commit. Refusals found at this point save nothing either."""
+    if not outcome.ok:
+        raise SubmissionRefused(outcome.problems)
     req, snapshot = outcome.request, outcome.snapshot
-    assert outcome.ok and snapshot is not None and outcome.card is not None
+    assert snapshot is not None and outcome.card is not None
     try:
         with transaction.atomic():
             # Serialises one user's concurrent submissions, so two cannot both take the last slot.
@@ -330,9 +332,6 @@ def record_submission(outcome: CheckOutcome, user: Any) -> Submission:
 
 
 def _save(outcome: CheckOutcome, user: Any) -> Submission:
-    from leaderboard.catalog.services import record_lineage, upsert_repository
-    from leaderboard.evaluations.services import create_run_for
-
     req, snapshot, card = outcome.request, outcome.snapshot, outcome.card
     assert snapshot is not None and card is not None and outcome.parameter_count is not None
     metadata = card.metadata

@@ -26,7 +26,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["check"]:
             with transaction.atomic():
-                sub = graph.load_subgraph(None)
+                sub = graph.load_subgraph(None, with_stored=True)
             derived = derive(sub.nodes, sub.parents)
             drift = sorted(
                 node_id

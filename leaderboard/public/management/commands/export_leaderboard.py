@@ -3,6 +3,7 @@ ranking, flagged and tainted rows included, in the API's row format."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.http import QueryDict
 
 from leaderboard.public import serializers
-from leaderboard.public.services import RankingQueryError, parse_ranking_query, ranking
+from leaderboard.public.services import RankingQueryError, parse_ranking_query, ranking_for_api
 
 
 class Command(BaseCommand):
@@ -20,7 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--format", choices=("json", "csv"), required=True)
         parser.add_argument("--out", required=True, help="file to write ('-' for stdout)")
         parser.add_argument("--suite", help="suite name (default: TRELLIS_DEFAULT_SUITE)")
-        parser.add_argument("--version", dest="suite_version", help="suite version (latest)")
+        parser.add_argument("--suite-version", help="suite version (default: the latest)")
         parser.add_argument(
             "--filters",
             default="",
@@ -40,12 +41,12 @@ class Command(BaseCommand):
             raise CommandError(
                 "; ".join(f"{e['field']}: {e['message']}" for e in refused.errors)
             ) from None
-        result = ranking(query)
-        body = serializers.leaderboard_to_dict(result)
+        result = ranking_for_api(query)
         if options["format"] == "json":
-            text = serializers.to_json(body) + "\n"
+            text = serializers.leaderboard_json(result) + "\n"
         else:
-            text = serializers.rows_to_csv(body["rows"], result.view.task_keys)
+            rows = [json.loads(serializers.api_row_json(row)) for row in result.rows]
+            text = serializers.rows_to_csv(rows, result.view.task_keys)
         if options["out"] == "-":
             self.stdout.write(text, ending="")
             return
@@ -53,5 +54,5 @@ class Command(BaseCommand):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
         self.stderr.write(
-            f"Wrote {len(body['rows'])} rows of {query.suite} {query.version} to {out}."
+            f"Wrote {len(result.rows)} rows of {query.suite} {query.version} to {out}."
         )

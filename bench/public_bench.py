@@ -1,0 +1,124 @@
+"""Benchmark of the public read paths on a 10,000-model catalog (not a test).
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/trellis_bench_public \
+        .venv/bin/python bench/public_bench.py [--models 10000] [--repeat 40]
+
+Migrates the database, seeds the synthetic catalog when it does not hold exactly --models
+synthetic models, then times requests in-process through Django's full stack (middleware,
+URL routing, templates, serialization; no network): the ranking page (first page, default
+filters), the leaderboard JSON (every row), and a conditional request answered 304 from its
+ETag. A baseline request measured in the same run (GET /api/v1/suites: the same stack doing
+almost nothing) gives each figure as a ratio, so runs on busier or quieter machines compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "leaderboard.settings")
+
+TARGETS_MS = {"page": 150.0, "json": 300.0, "304": 20.0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=40)
+    args = parser.parse_args()
+
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test import Client
+
+    from leaderboard.public.models import RankingEntry
+    from leaderboard.public.services import default_suite
+    from leaderboard.public.suites import current_version
+
+    if connection.vendor != "postgresql":
+        print(f"warning: running on {connection.vendor}, the targets are for PostgreSQL")
+    call_command("migrate", verbosity=0)
+    suite = default_suite()
+    version = current_version(suite)
+    ranked = RankingEntry.objects.filter(
+        is_synthetic=True, suite_name=suite, suite_version=version
+    ).count()
+    if ranked != args.models:
+        print(f"seeding {args.models} synthetic models (found {ranked}) ...", flush=True)
+        call_command("seed_synthetic", "--purge", "--models", str(args.models))
+    total = RankingEntry.objects.filter(suite_name=suite, suite_version=version).count()
+    print(f"database: {connection.vendor} {settings.DATABASES['default']['NAME']}")
+    print(f"catalog: {total} ranked models on {suite} {version}; {args.repeat} timed requests each")
+
+    client = Client(HTTP_HOST="localhost")
+    full = client.get("/api/v1/leaderboard")
+    assert full.status_code == 200, full.status_code
+    etag = full["ETag"]
+    rows = len(full.json()["rows"])
+
+    def expect(status: int, path: str, **headers: str) -> Callable[[], None]:
+        def request() -> None:
+            response = client.get(path, **headers)
+            assert response.status_code == status, (path, response.status_code)
+
+        return request
+
+    cases = [
+        ("baseline", "GET /api/v1/suites", expect(200, "/api/v1/suites")),
+        ("page", "ranking page / (first page, default filters)", expect(200, "/")),
+        ("json", f"GET /api/v1/leaderboard ({rows} rows)", expect(200, "/api/v1/leaderboard")),
+        (
+            "304",
+            "GET /api/v1/leaderboard, If-None-Match hits",
+            expect(304, "/api/v1/leaderboard", HTTP_IF_NONE_MATCH=etag),
+        ),
+    ]
+    results = {}
+    for key, _label, request in cases:
+        for _ in range(3):
+            request()
+        samples = []
+        for _ in range(args.repeat):
+            started = time.perf_counter()
+            request()
+            samples.append((time.perf_counter() - started) * 1000)
+        results[key] = (statistics.median(samples), _p95(samples))
+
+    base50, base95 = results["baseline"]
+    print()
+    print(
+        f"{'request':<48} {'p50 ms':>8} {'p95 ms':>8} {'target':>8} {'p50/base':>9} {'p95/base':>9}"
+    )
+    failures = 0
+    for key, label, _request in cases:
+        p50, p95 = results[key]
+        target = TARGETS_MS.get(key)
+        verdict = ""
+        if target is not None:
+            verdict = "ok" if p95 < target else "MISSED"
+            failures += verdict == "MISSED"
+        target_text = f"<{target:.0f}" if target is not None else "-"
+        print(
+            f"{label:<48} {p50:8.1f} {p95:8.1f} {target_text:>8} {p50 / base50:9.1f} "
+            f"{p95 / base95:9.1f}  {verdict}"
+        )
+    return 1 if failures else 0
+
+
+def _p95(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,271 @@
+"""The Celery side for real: the GPU task runs the evaluator with the database out of reach and
+reports by message; the trusted web-side tasks ingest what it says; and, end to end, a
+submission through the API is evaluated by real worker processes on Redis, surviving a worker
+killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery.utils.nodenames import gethostname
+from django.db import connection
+
+from evaluator.suites import load_suite
+from leaderboard.celery import app
+from leaderboard.evaluations import tasks
+from leaderboard.evaluations.models import EvaluationRun, TaskScore
+from tests.evaluation_helpers import drain
+from tests.tiny_model import TINY_REPO_ID, build_tiny_repo
+
+ROOT = Path(__file__).resolve().parent.parent
+LIMIT = 2
+RUN_ID = 4242
+
+
+@pytest.fixture(scope="module")
+def tiny_model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("worker-models")
+    build_tiny_repo(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def gpu_reports(tiny_model_root: Path, tmp_path_factory, django_db_blocker) -> dict[str, Any]:
+    """Run the GPU task in this process with the database blocked and keep what it sent."""
+    artifact_root = tmp_path_factory.mktemp("worker-artifacts")
+    job = {
+        "run_id": RUN_ID,
+        "repo_id": TINY_REPO_ID,
+        "revision": "0" * 40,
+        "precision": "float32",
+        "suite_name": "quick",
+        "suite_version": "1",
+        "model_source": "local",
+        "model_path": str(tiny_model_root),
+        "data_source": "local",
+        "data_root": None,
+        "artifact_root": str(artifact_root),
+        "limit": LIMIT,
+        "batch_size": None,
+    }
+    drain("trellis")
+    with django_db_blocker.block():
+        outcome = tasks.evaluate.apply(args=[job, 3]).get()
+    return {"outcome": outcome, "messages": drain("trellis"), "artifact_root": artifact_root}
+
+
+def test_gpu_task_reports_by_message_without_the_database(gpu_reports):
+    messages = gpu_reports["messages"]
+    names = [name for name, _ in messages]
+    # Any database access would have raised inside the task and ended in record_failure.
+    assert gpu_reports["outcome"] == "finished"
+    assert names[0] == "evaluations.mark_started"
+    assert names[-1] == "evaluations.ingest_result"
+    assert set(names[1:-1]) == {"evaluations.record_progress"}
+    assert messages[0][1] == [RUN_ID, 3, gethostname()]
+    progress = [args for name, args in messages if name == "evaluations.record_progress"]
+    done, total = progress[-1][2:]
+    assert done == total and total > 0
+    run_id, attempt, payload = messages[-1][1]
+    assert (run_id, attempt) == (RUN_ID, 3)
+    assert payload["loglikelihood_requests"] == total
+    assert sorted(t["task"] for t in payload["tasks"]) == sorted(
+        t.key for t in load_suite("quick").tasks
+    )
+
+
+@pytest.mark.django_db
+def test_web_side_tasks_ingest_what_the_gpu_task_sent(gpu_reports, settings):
+    from tests.factories import RunFactory
+
+    settings.TRELLIS_ARTIFACT_ROOT = gpu_reports["artifact_root"]
+    RunFactory(id=RUN_ID, attempt=3, queue="gpu-small")
+    web_tasks = {
+        "evaluations.mark_started": tasks.mark_started,
+        "evaluations.record_progress": tasks.record_progress,
+        "evaluations.ingest_result": tasks.ingest_result,
+    }
+    outcomes = [web_tasks[name].apply(args=args).get() for name, args in gpu_reports["messages"]]
+    assert outcomes[0] is True
+    assert outcomes[-1] == "ingested"
+    run = EvaluationRun.objects.get(pk=RUN_ID)
+    assert (run.state, run.worker, run.submission.state) == ("finished", gethostname(), "finished")
+    payload = gpu_reports["messages"][-1][1][2]
+    stored = {s.task: s.value for s in TaskScore.objects.filter(run=run)}
+    assert stored == {t["task"]: t["value"] for t in payload["tasks"]}
+    # Redelivered, the same report changes nothing.
+    assert tasks.ingest_result.apply(args=gpu_reports["messages"][-1][1]).get() == "duplicate"
+    assert TaskScore.objects.filter(run=run).count() == len(stored)
+
+
+# --- real worker processes ------------------------------------------------------------------------
+
+
+def _database_url() -> str:
+    """The URL of the test database this process uses, for the web-side worker."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@contextmanager
+def app_broker(url: str):
+    """Point this process's Celery app at `url` (the tests default to the in-memory broker)."""
+
+    def reset() -> None:
+        if app._pool is not None:
+            app._pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    saved = app.conf.broker_url, app.conf.broker_transport_options
+    app.conf.broker_url, app.conf.broker_transport_options = url, {}
+    reset()
+    try:
+        yield
+    finally:
+        app.conf.broker_url, app.conf.broker_transport_options = saved
+        reset()
+
+
+def start_worker(name: str, queues: str, env: dict[str, str], log: Path, pool: str) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "celery", "-A", "leaderboard", "worker",
+        f"--queues={queues}", f"--hostname={name}@%h", f"--pool={pool}", "--concurrency=1",
+        "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def pool_children(process: subprocess.Popen) -> list[int]:
+    import psutil
+
+    return [child.pid for child in psutil.Process(process.pid).children()]
+
+
+def wait_for(predicate, timeout: float, what: str, logs: list[Path]):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    tails = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}\n{tails}")
+
+
+@pytest.fixture
+def workers(redis_url, transactional_db, tmp_path, tiny_model_root, settings):
+    """A web-side worker with the test database, and a GPU worker whose database URL points at
+    nothing: if the GPU side touched the database the run could not finish. Queue names are
+    unique, so nothing else on the same Redis interferes."""
+    suffix = uuid.uuid4().hex[:8]
+    web_queue, gpu_queue = f"trellis-{suffix}", f"gpu-small-{suffix}"
+    artifact_root = tmp_path / "artifacts"
+    artifact_root.mkdir()
+    settings.TRELLIS_MODEL_SOURCE = "local"
+    settings.TRELLIS_MODEL_ROOT = tiny_model_root
+    settings.TRELLIS_ARTIFACT_ROOT = artifact_root
+    settings.TRELLIS_QUEUE_SMALL = gpu_queue
+    settings.TRELLIS_EVAL_LIMIT = LIMIT
+    from leaderboard.catalog.sources import _source_for
+
+    _source_for.cache_clear()
+    common = {
+        **os.environ,
+        "CELERY_BROKER_URL": redis_url,
+        "CELERY_RESULT_BACKEND": "cache+memory://",
+        "TRELLIS_WEB_QUEUE": web_queue,
+        "TRELLIS_QUEUE_SMALL": gpu_queue,
+        "TRELLIS_ARTIFACT_ROOT": str(artifact_root),
+        "TRELLIS_VAR_DIR": str(tmp_path / "var"),
+        "TRELLIS_MODEL_SOURCE": "local",
+        "TRELLIS_MODEL_ROOT": str(tiny_model_root),
+        "TRELLIS_DB_CONN_MAX_AGE": "0",
+    }
+    web_env = common | {"DATABASE_URL": _database_url()}
+    gpu_env = common | {"DATABASE_URL": "sqlite:////nonexistent/the-gpu-worker-has-no-database"}
+    logs = [tmp_path / "web-worker.log", tmp_path / "gpu-worker.log"]
+    web = start_worker(f"web-{suffix}", web_queue, web_env, logs[0], "solo")
+    gpu = start_worker(f"gpu-{suffix}", gpu_queue, gpu_env, logs[1], "prefork")
+    try:
+        with app_broker(redis_url):
+            yield {"gpu": gpu, "queue": gpu_queue, "logs": logs, "artifact_root": artifact_root}
+    finally:
+        stop(gpu)
+        stop(web)
+        _source_for.cache_clear()
+        import redis
+
+        redis.Redis.from_url(redis_url).delete(web_queue, gpu_queue)
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_submission_is_evaluated_by_real_workers_and_survives_a_killed_worker(
+    workers, submitter, anonymous_client
+):
+    from leaderboard.accounts.models import ApiToken
+
+    _, token = ApiToken.issue(submitter)
+    response = anonymous_client.post(
+        "/api/v1/submissions",
+        {"repo_id": TINY_REPO_ID, "precision": "float32", "model_type": "pretrained"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+    )
+    assert response.status_code == 201, response.content
+    submission_id = response.json()["id"]
+    run = EvaluationRun.objects.get(submission_id=submission_id)
+    assert (run.state, run.queue) == ("queued", workers["queue"])
+    logs = workers["logs"]
+
+    def state() -> str:
+        return EvaluationRun.objects.values_list("state", flat=True).get(pk=run.pk)
+
+    wait_for(lambda: state() == "running", 60, "the run to start", logs)
+    first_start = EvaluationRun.objects.get(pk=run.pk).started_at
+    # Kill the pool process mid-evaluation: late acknowledgement and reject-on-worker-lost put
+    # the message back, a fresh pool process takes it, and the run finishes exactly once.
+    children = pool_children(workers["gpu"])
+    assert len(children) == 1
+    os.kill(children[0], signal.SIGKILL)
+
+    wait_for(lambda: state() in ("finished", "failed"), 150, "the run to finish", logs)
+    run.refresh_from_db()
+    assert run.state == "finished", (run.failure_reason, run.log_tail)
+    assert run.attempt == 1
+    assert run.started_at > first_start  # started again after the kill
+    suite = load_suite("quick")
+    scores = list(TaskScore.objects.filter(run=run))
+    assert sorted(s.task for s in scores) == sorted(t.key for t in suite.tasks)
+    assert all(0.0 <= s.value <= 1.0 for s in scores)
+    assert (workers["artifact_root"] / run.artifact_path).is_file()
+    assert run.payload["loglikelihood_requests"] == run.progress_total > 0
+
+    body = anonymous_client.get(f"/api/v1/submissions/{submission_id}").json()
+    assert body["state"] == "finished"
+    assert len(body["runs"][0]["scores"]) == len(suite.tasks)
+    assert "WorkerLostError" in logs[1].read_text()
