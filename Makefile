@@ -33,9 +33,15 @@ demo-data: migrate
 web: migrate
 	$(PY) manage.py runserver $(HOST):$(PORT)
 
+# One worker for every queue (the web-side tasks and both evaluation queues) with the
+# reconciler's beat embedded (-B). Two pool processes, so a run's progress is recorded while the
+# other process evaluates; prefork, so the evaluation time limits are enforced.
+WORKER_CONCURRENCY ?= 2
+WORKER_QUEUES ?= $${TRELLIS_WEB_QUEUE:-trellis},$${TRELLIS_QUEUE_SMALL:-gpu-small},$${TRELLIS_QUEUE_LARGE:-gpu-large}
 worker: setup
-	$(BIN)/celery -A leaderboard worker --loglevel=INFO --concurrency=1 --pool=solo \
-		--queues=$${TRELLIS_WORKER_QUEUES:-trellis,gpu-small,gpu-large} --hostname=trellis@%h
+	$(BIN)/celery -A leaderboard worker -B --schedule=$${TRELLIS_VAR_DIR:-var}/celerybeat-schedule \
+		--loglevel=INFO --pool=prefork --concurrency=$(WORKER_CONCURRENCY) \
+		--queues=$(WORKER_QUEUES) --hostname=trellis@%h
 
 # The embedded default: SQLite, the filesystem broker, one worker, the web server.
 demo: export TRELLIS_DEBUG := 1
@@ -62,4 +68,4 @@ pytest: setup
 test: lint pytest
 
 clean:
-	rm -rf var/broker var/celery-results var/staticfiles
+	rm -rf var/broker var/celery-results var/staticfiles var/celerybeat-schedule*

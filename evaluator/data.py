@@ -153,7 +153,9 @@ def leaf_stock_yamls(task: MirroredTask, tasks_dir: Path) -> dict[str, Path]:
     if task.subtask_glob is None:
         path = _stock_yaml_of(task.name, tasks_dir / task.stock_dir)
         return {task.name: path}
-    return {path.stem: path for path in sorted((tasks_dir / task.stock_dir).glob(task.subtask_glob))}
+    return {
+        path.stem: path for path in sorted((tasks_dir / task.stock_dir).glob(task.subtask_glob))
+    }
 
 
 def group_stock_yamls(task: MirroredTask, tasks_dir: Path) -> list[Path]:
@@ -194,7 +196,9 @@ def mirror_files(task: MirroredTask, leaf: str, mirror_root: Path) -> dict[str, 
     return files
 
 
-def override_yaml(leaf: str, stock_yaml: Path, files: dict[str, list[Path]], task: MirroredTask) -> str:
+def override_yaml(
+    leaf: str, stock_yaml: Path, files: dict[str, list[Path]], task: MirroredTask
+) -> str:
     data_files = {
         split: [str(p) for p in paths] if len(paths) > 1 else str(paths[0])
         for split, paths in files.items()

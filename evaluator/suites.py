@@ -79,7 +79,9 @@ def _parse(path: Path) -> Suite:
         raise SuiteError(f"{path.name}: task keys repeat: {', '.join(duplicates)}")
     name, version = str(raw["name"]), str(raw["version"])
     if path.name != f"{name}@{version}.yaml":
-        raise SuiteError(f"{path.name}: a suite file is named <name>@<version>.yaml: {name}@{version}.yaml")
+        raise SuiteError(
+            f"{path.name}: a suite file is named <name>@<version>.yaml: {name}@{version}.yaml"
+        )
     return Suite(
         name=name,
         version=version,

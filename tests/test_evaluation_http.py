@@ -11,7 +11,6 @@ import pytest
 from django.utils import timezone
 
 from evaluator.suites import load_suite
-
 from leaderboard.evaluations import services
 from leaderboard.evaluations.models import EvaluationRun
 from tests.evaluation_helpers import QUEUES, drain, quick_payload
@@ -66,7 +65,10 @@ def test_queued_run_shows_its_position_and_polls(anonymous_client, submission):
     html = response.content.decode()
     assert "<h1>acme/tiny-chat" in html
     assert 'data-state="queued"' in html
-    assert 'Position <strong class="queue-position">2</strong> in the <code>gpu-small</code> queue' in html
+    assert (
+        'Position <strong class="queue-position">2</strong> in the <code>gpu-small</code> queue'
+        in html
+    )
     assert f'hx-get="/runs/submission/{submission.pk}/live/" hx-trigger="every 3s"' in html
 
 
@@ -74,7 +76,9 @@ def test_queued_run_shows_its_position_and_polls(anonymous_client, submission):
 def test_running_run_shows_progress_and_elapsed_time(anonymous_client, submission):
     run = RunFactory(submission=submission, queue="gpu-small")
     services.mark_started(run.pk, 1, "celery@gpu-box")
-    EvaluationRun.objects.filter(pk=run.pk).update(started_at=timezone.now() - timedelta(seconds=125))
+    EvaluationRun.objects.filter(pk=run.pk).update(
+        started_at=timezone.now() - timedelta(seconds=125)
+    )
     services.record_progress(run.pk, 1, 300, 1200)
     response = anonymous_client.get(f"/runs/submission/{submission.pk}/live/")
     assert response.status_code == 200
@@ -131,7 +135,9 @@ def test_unknown_submission_is_404(anonymous_client):
 
 
 @pytest.mark.django_db
-def test_artifact_streams_with_content_type_and_filename(anonymous_client, submission, artifact_root):
+def test_artifact_streams_with_content_type_and_filename(
+    anonymous_client, submission, artifact_root
+):
     run = finished_run(submission, artifact_root)
     response = anonymous_client.get(f"/runs/{run.pk}/artifact/")
     assert response.status_code == 200
@@ -145,7 +151,9 @@ def test_artifact_streams_with_content_type_and_filename(anonymous_client, submi
 
 
 @pytest.mark.django_db
-def test_artifact_of_an_unfinished_or_missing_run_is_404(anonymous_client, submission, artifact_root):
+def test_artifact_of_an_unfinished_or_missing_run_is_404(
+    anonymous_client, submission, artifact_root
+):
     queued = RunFactory(submission=submission)
     assert anonymous_client.get(f"/runs/{queued.pk}/artifact/").status_code == 404
     run = finished_run(SubmissionFactory(), artifact_root)
@@ -157,7 +165,9 @@ def test_artifact_of_an_unfinished_or_missing_run_is_404(anonymous_client, submi
 
 
 @pytest.mark.django_db
-def test_page_requeue_matrix(anonymous_client, submitter_client, maintainer_client, other_submitter, submission):
+def test_page_requeue_matrix(
+    anonymous_client, submitter_client, maintainer_client, other_submitter, submission
+):
     from django.test import Client
 
     run = failed_run(submission)
@@ -191,7 +201,9 @@ def test_page_requeue_matrix(anonymous_client, submitter_client, maintainer_clie
 
 
 @pytest.mark.django_db
-def test_api_returns_the_submission_with_its_finished_run(anonymous_client, submission, artifact_root):
+def test_api_returns_the_submission_with_its_finished_run(
+    anonymous_client, submission, artifact_root
+):
     run = finished_run(submission, artifact_root)
     response = anonymous_client.get(f"/api/v1/submissions/{submission.pk}")
     assert response.status_code == 200
@@ -203,7 +215,12 @@ def test_api_returns_the_submission_with_its_finished_run(anonymous_client, subm
     got = body["runs"][0]
     assert got["id"] == run.pk
     assert got["suite"] == {"name": "quick", "version": "1"}
-    assert (got["state"], got["queue"], got["attempt"], got["position"]) == ("finished", "gpu-small", 1, None)
+    assert (got["state"], got["queue"], got["attempt"], got["position"]) == (
+        "finished",
+        "gpu-small",
+        1,
+        None,
+    )
     assert got["worker"] == "celery@gpu-box"
     assert got["failure"] is None
     suite = load_suite("quick")
@@ -226,9 +243,16 @@ def test_api_returns_the_submission_with_its_finished_run(anonymous_client, subm
         },
     ]
     assert [score["task"] for score in got["scores"]] == [
-        "arc_challenge", "arc_easy", "hellaswag", "mmlu", "winogrande"
+        "arc_challenge",
+        "arc_easy",
+        "hellaswag",
+        "mmlu",
+        "winogrande",
     ]
-    assert got["reproduce"]["command"] == "lm_eval --model hf --model_args pretrained=x --tasks arc_easy"
+    assert (
+        got["reproduce"]["command"]
+        == "lm_eval --model hf --model_args pretrained=x --tasks arc_easy"
+    )
     assert got["configuration"] == {
         "dtype": "bfloat16",
         "device": "cpu",
@@ -249,13 +273,17 @@ def test_api_shows_queue_position_progress_and_failure(anonymous_client, submiss
     run = RunFactory(submission=submission, queue="gpu-small", enqueued_at=timezone.now())
     got = anonymous_client.get(f"/api/v1/submissions/{submission.pk}").json()["runs"][0]
     assert (got["state"], got["position"], got["progress"]) == (
-        "queued", 1, {"done": 0, "total": 0, "share": None}
+        "queued",
+        1,
+        {"done": 0, "total": 0, "share": None},
     )
     services.mark_started(run.pk, 1, "w1")
     services.record_progress(run.pk, 1, 1, 8)
     got = anonymous_client.get(f"/api/v1/submissions/{submission.pk}").json()["runs"][0]
     assert (got["state"], got["position"], got["progress"]) == (
-        "running", None, {"done": 1, "total": 8, "share": 0.125}
+        "running",
+        None,
+        {"done": 1, "total": 8, "share": 0.125},
     )
     assert got["elapsed_seconds"] >= 0
     services.record_failure(run.pk, 1, "out_of_memory", "", "tail")
@@ -273,7 +301,9 @@ def test_api_unknown_submission_is_404_in_the_error_shape(anonymous_client):
     response = anonymous_client.get("/api/v1/submissions/424242")
     assert response.status_code == 404
     assert response.json() == {
-        "errors": [{"code": "not_found", "field": "id", "message": "There is no submission 424242."}]
+        "errors": [
+            {"code": "not_found", "field": "id", "message": "There is no submission 424242."}
+        ]
     }
 
 

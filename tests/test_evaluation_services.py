@@ -10,13 +10,11 @@ import pytest
 from django.utils import timezone
 
 from evaluator.suites import load_suite
-
 from leaderboard.evaluations import services
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 from leaderboard.submissions.models import Submission
 from tests.evaluation_helpers import DELETE, QUEUES, changed, drain, quick_payload
 from tests.factories import RunFactory, SubmissionFactory
-
 
 
 @pytest.fixture
@@ -61,7 +59,12 @@ def test_create_run_for_routes_by_size_and_sends_on_commit(
     assert broker(queue) == []
     assert len(callbacks) == 1
 
-    assert (run.suite_name, run.suite_version, run.state, run.queue) == ("quick", "1", "queued", queue)
+    assert (run.suite_name, run.suite_version, run.state, run.queue) == (
+        "quick",
+        "1",
+        "queued",
+        queue,
+    )
     assert run.attempt == 1 and run.sent_at is None and run.enqueued_at is not None
     assert Submission.objects.get(pk=submission.pk).state == "queued"
 
@@ -165,7 +168,9 @@ def test_progress_updates_running_runs_of_the_current_attempt_only():
 @pytest.mark.django_db
 def test_record_failure_keeps_words_and_log_but_never_undoes_a_finished_run():
     run = running_run()
-    assert services.record_failure(run.pk, 1, "out_of_memory", "CUDA OOM at 2 GiB", "l1\nl2") is True
+    assert (
+        services.record_failure(run.pk, 1, "out_of_memory", "CUDA OOM at 2 GiB", "l1\nl2") is True
+    )
     run.refresh_from_db()
     assert run.state == "failed"
     assert run.failure_code == "out_of_memory"
@@ -208,7 +213,9 @@ def test_ingest_stores_scores_payload_and_artifact_in_one_go(artifact_root):
     assert run.progress_done == 1234 and run.finished_at is not None
     assert run.submission.state == "finished"
     shots = {task.key: task.num_fewshot for task in load_suite("quick").tasks}
-    scores = {s.task: (s.metric, s.value, s.stderr, s.n_samples, s.num_fewshot) for s in run.scores.all()}
+    scores = {
+        s.task: (s.metric, s.value, s.stderr, s.n_samples, s.num_fewshot) for s in run.scores.all()
+    }
     assert scores == {
         "arc_easy": ("acc", 0.62, 0.05, 4, shots["arc_easy"]),
         "arc_challenge": ("acc_norm", 0.5, 0.05, 4, shots["arc_challenge"]),
@@ -249,6 +256,7 @@ def test_a_result_for_a_reaped_run_is_still_taken(artifact_root):
     assert (run.state, run.failure_code, run.failure_reason) == ("finished", "", "")
 
 
+HELLASWAG_SHOTS = load_suite("quick").task("hellaswag").num_fewshot
 BAD_PAYLOADS = [
     ("tasks.0.value", 1.2, "tasks.0.value: Input should be less than or equal to 1"),
     ("tasks.0.value", -0.1, "tasks.0.value: Input should be greater than or equal to 0"),
@@ -259,7 +267,7 @@ BAD_PAYLOADS = [
     (
         "tasks.2.num_fewshot",
         10,
-        f"tasks: hellaswag ran 10-shot, the suite says {load_suite('quick').task('hellaswag').num_fewshot}",
+        f"tasks: hellaswag ran 10-shot, the suite says {HELLASWAG_SHOTS}",
     ),
     ("tasks.0.task", "gsm8k", "tasks: gsm8k is not a task of quick@1"),
     ("tasks.0.task", "mmlu", "tasks: mmlu is reported twice"),
@@ -303,7 +311,10 @@ def test_a_missing_task_is_named(artifact_root):
 def test_a_payload_that_is_not_a_mapping_is_rejected(artifact_root):
     run = running_run()
     assert services.ingest_result(run.pk, 1, ["not", "a", "payload"]) == "rejected"
-    assert "payload: Input should be a valid dictionary" in EvaluationRun.objects.get(pk=run.pk).log_tail
+    assert (
+        "payload: Input should be a valid dictionary"
+        in EvaluationRun.objects.get(pk=run.pk).log_tail
+    )
 
 
 # --- requeue ----------------------------------------------------------------------------------
@@ -340,7 +351,12 @@ def test_submitter_requeues_once_maintainer_any_time(
     with django_capture_on_commit_callbacks(execute=True):
         run = services.requeue(failed_run, submitter)
     assert (run.state, run.attempt, run.submitter_requeues) == ("queued", 2, 1)
-    assert (run.failure_code, run.failure_reason, run.log_tail, run.requeued_by) == ("", "", "", submitter)
+    assert (run.failure_code, run.failure_reason, run.log_tail, run.requeued_by) == (
+        "",
+        "",
+        "",
+        submitter,
+    )
     assert run.submission.state == "queued"
     messages = broker("gpu-small")
     assert [(name, args[1]) for name, args in messages] == [("evaluations.evaluate", 2)]
@@ -445,14 +461,16 @@ def test_reconciler_reaps_runs_whose_heartbeat_stopped(settings, failed_run, sub
     over_time = running_run(
         started_at=now - timedelta(hours=5), heartbeat_at=now - timedelta(hours=4, minutes=30)
     )
-    alive = running_run(started_at=now - timedelta(hours=1), heartbeat_at=now - timedelta(seconds=60))
+    alive = running_run(
+        started_at=now - timedelta(hours=1), heartbeat_at=now - timedelta(seconds=60)
+    )
 
     report = services.reconcile_runs(now)
     assert sorted(report.reaped) == sorted([silent.pk, over_time.pk])
     silent.refresh_from_db()
     assert (silent.state, silent.failure_code) == ("failed", "worker_lost")
     assert silent.failure_reason == (
-        "The worker stopped reporting (killed or lost); the run can be re-queued. "
+        "The worker stopped reporting: it was killed or lost its connection. "
         "No progress for 900 seconds."
     )
     assert silent.submission.state == "failed"

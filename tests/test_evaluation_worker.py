@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from celery.utils.nodenames import gethostname
 from django.db import connection
+from django.test import override_settings
 
 from evaluator.suites import load_suite
 from leaderboard.celery import app
@@ -58,8 +59,13 @@ def gpu_reports(tiny_model_root: Path, tmp_path_factory, django_db_blocker) -> d
         "batch_size": None,
     }
     drain("trellis")
-    with django_db_blocker.block():
-        outcome = tasks.evaluate.apply(args=[job, 3]).get()
+    # The worker's own paths win over the job's (they describe the web host).
+    job_paths = {"artifact_root": "/web-host/artifacts", "model_path": "/web-host/models"}
+    here = override_settings(
+        TRELLIS_ARTIFACT_ROOT=artifact_root, TRELLIS_MODEL_ROOT=tiny_model_root
+    )
+    with django_db_blocker.block(), here:
+        outcome = tasks.evaluate.apply(args=[job | job_paths, 3]).get()
     return {"outcome": outcome, "messages": drain("trellis"), "artifact_root": artifact_root}
 
 
@@ -81,6 +87,37 @@ def test_gpu_task_reports_by_message_without_the_database(gpu_reports):
     assert sorted(t["task"] for t in payload["tasks"]) == sorted(
         t.key for t in load_suite("quick").tasks
     )
+
+
+def test_gpu_task_reports_a_model_that_cannot_load(tmp_path, django_db_blocker):
+    job = {
+        "run_id": RUN_ID,
+        "repo_id": "nobody/missing-model",
+        "revision": "0" * 40,
+        "precision": "float32",
+        "suite_name": "quick",
+        "suite_version": "1",
+        "model_source": "local",
+        "model_path": str(tmp_path),
+        "data_source": "local",
+        "data_root": None,
+        "artifact_root": str(tmp_path),
+        "limit": LIMIT,
+        "batch_size": None,
+    }
+    drain("trellis")
+    models = tmp_path / "models"  # holds no repository
+    paths_here = {"TRELLIS_ARTIFACT_ROOT": tmp_path, "TRELLIS_MODEL_ROOT": models}
+    with django_db_blocker.block(), override_settings(**paths_here):
+        assert tasks.evaluate.apply(args=[job, 1]).get() == "failed"
+    messages = drain("trellis")
+    assert [name for name, _ in messages] == [
+        "evaluations.mark_started",
+        "evaluations.record_failure",
+    ]
+    run_id, attempt, code, message, _log_tail = messages[-1][1]
+    assert (run_id, attempt, code) == (RUN_ID, 1, "model_load")
+    assert message == f"There is no repository folder for nobody/missing-model at {models}."
 
 
 @pytest.mark.django_db
@@ -121,7 +158,8 @@ def _database_url() -> str:
 
 @contextmanager
 def app_broker(url: str):
-    """Point this process's Celery app at `url` (the tests default to the in-memory broker)."""
+    """Point this process's Celery app at `url` (the tests default to the in-memory broker).
+    Celery reads CELERY_BROKER_URL from the environment before its configuration."""
 
     def reset() -> None:
         if app._pool is not None:
@@ -129,17 +167,24 @@ def app_broker(url: str):
         app._pool = None
         app.amqp._producer_pool = None
 
-    saved = app.conf.broker_url, app.conf.broker_transport_options
-    app.conf.broker_url, app.conf.broker_transport_options = url, {}
+    saved = os.environ.get("CELERY_BROKER_URL"), app.conf.broker_transport_options
+    os.environ["CELERY_BROKER_URL"] = url
+    app.conf.broker_transport_options = {}
     reset()
     try:
         yield
     finally:
-        app.conf.broker_url, app.conf.broker_transport_options = saved
+        if saved[0] is None:
+            del os.environ["CELERY_BROKER_URL"]
+        else:
+            os.environ["CELERY_BROKER_URL"] = saved[0]
+        app.conf.broker_transport_options = saved[1]
         reset()
 
 
-def start_worker(name: str, queues: str, env: dict[str, str], log: Path, pool: str) -> subprocess.Popen:
+def start_worker(
+    name: str, queues: str, env: dict[str, str], log: Path, pool: str
+) -> subprocess.Popen:
     command = [
         sys.executable, "-m", "celery", "-A", "leaderboard", "worker",
         f"--queues={queues}", f"--hostname={name}@%h", f"--pool={pool}", "--concurrency=1",
@@ -178,10 +223,11 @@ def wait_for(predicate, timeout: float, what: str, logs: list[Path]):
 
 
 @pytest.fixture
-def workers(redis_url, transactional_db, tmp_path, tiny_model_root, settings):
+def workers(request, redis_url, transactional_db, tmp_path, tiny_model_root, settings):
     """A web-side worker with the test database, and a GPU worker whose database URL points at
     nothing: if the GPU side touched the database the run could not finish. Queue names are
-    unique, so nothing else on the same Redis interferes."""
+    unique, so nothing else on the same Redis interferes. Indirect parameters are extra
+    environment variables of the GPU worker."""
     suffix = uuid.uuid4().hex[:8]
     web_queue, gpu_queue = f"trellis-{suffix}", f"gpu-small-{suffix}"
     artifact_root = tmp_path / "artifacts"
@@ -208,6 +254,7 @@ def workers(redis_url, transactional_db, tmp_path, tiny_model_root, settings):
     }
     web_env = common | {"DATABASE_URL": _database_url()}
     gpu_env = common | {"DATABASE_URL": "sqlite:////nonexistent/the-gpu-worker-has-no-database"}
+    gpu_env |= getattr(request, "param", {})
     logs = [tmp_path / "web-worker.log", tmp_path / "gpu-worker.log"]
     web = start_worker(f"web-{suffix}", web_queue, web_env, logs[0], "solo")
     gpu = start_worker(f"gpu-{suffix}", gpu_queue, gpu_env, logs[1], "prefork")
@@ -269,3 +316,32 @@ def test_submission_is_evaluated_by_real_workers_and_survives_a_killed_worker(
     assert body["state"] == "finished"
     assert len(body["runs"][0]["scores"]) == len(suite.tasks)
     assert "WorkerLostError" in logs[1].read_text()
+
+
+@pytest.mark.parametrize(
+    "workers",
+    [{"TRELLIS_EVAL_SOFT_TIME_LIMIT": "10", "TRELLIS_EVAL_TIME_LIMIT": "25"}],
+    indirect=True,
+)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_an_evaluation_past_its_time_limit_fails_with_that_reason(workers, settings):
+    from leaderboard.evaluations.services import create_run_for
+    from tests.factories import RepositoryFactory, SubmissionFactory
+
+    # The suite's own limits: far more than the 10 seconds the worker allows.
+    settings.TRELLIS_EVAL_LIMIT = 0
+    submission = SubmissionFactory(
+        repository=RepositoryFactory(repo_id=TINY_REPO_ID), precision="float32"
+    )
+    run = create_run_for(submission)
+
+    def state() -> str:
+        return EvaluationRun.objects.values_list("state", flat=True).get(pk=run.pk)
+
+    wait_for(lambda: state() == "failed", 90, "the run to fail", workers["logs"])
+    run.refresh_from_db()
+    assert run.failure_code == "time_limit"
+    assert run.failure_reason.startswith("The evaluation ran past its time limit.")
+    assert run.log_tail != ""
+    assert TaskScore.objects.filter(run=run).count() == 0
+    assert run.submission.state == "failed"

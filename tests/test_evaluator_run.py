@@ -382,30 +382,43 @@ def test_a_time_limit_during_scoring_fails_as_time_limit_with_the_log_tail(tiny_
     with pytest.raises(EvaluationFailure) as caught:
         run_job(make_job(tiny_repo, tmp_path / "artifacts"), progress=progress)
     assert caught.value.reason == "time_limit"
-    assert caught.value.message == "The evaluation ran past the worker's time limit and was stopped."
+    assert (
+        caught.value.message == "The evaluation ran past the worker's time limit and was stopped."
+    )
     assert isinstance(caught.value.__cause__, SoftTimeLimitExceeded)
-    tail = caught.value.log_tail.splitlines()
-    assert any(
-        line.endswith("evaluator.run: scoring arc_easy, arc_challenge, hellaswag, mmlu, winogrande, 1-shot")
-        for line in tail
-    )
-    assert tail[-1].endswith(
-        "evaluator.run: evaluation of run 7 failed (time_limit): SoftTimeLimitExceeded()"
-    )
+    tail = [line.split(" ", 2)[2] for line in caught.value.log_tail.splitlines()]
+    assert tail == [
+        f"INFO evaluator.run: loading {REPO_ID}@0123456789abcdef0123456789abcdef01234567 in "
+        "float32 on cpu",
+        "INFO evaluator.run: 484 loglikelihood requests to score",
+        "INFO evaluator.run: scoring arc_easy, arc_challenge, hellaswag, mmlu, winogrande, 1-shot",
+        "WARNING lm_eval.evaluator: Overwriting default num_fewshot of arc_easy from None to 1 "
+        "[and 60 more like it]",
+        "ERROR evaluator.run: evaluation of run 7 failed (time_limit): SoftTimeLimitExceeded()",
+    ]
     assert not (tmp_path / "artifacts").exists()
 
 
 @pytest.mark.parametrize(
     ("error", "reason", "message"),
     [
-        (TimeoutError(), "time_limit", "The evaluation ran past the worker's time limit and was stopped."),
+        (
+            TimeoutError(),
+            "time_limit",
+            "The evaluation ran past the worker's time limit and was stopped.",
+        ),
         (
             RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 8 GB"),
             "out_of_memory",
             "The model ran out of memory on the worker (DefaultCPUAllocator: can't allocate "
             "memory: you tried 8 GB). It needs a worker with more memory.",
         ),
-        (MemoryError(), "out_of_memory", "The model ran out of memory on the worker (MemoryError). It needs a worker with more memory."),
+        (
+            MemoryError(),
+            "out_of_memory",
+            "The model ran out of memory on the worker (MemoryError). It needs a worker with "
+            "more memory.",
+        ),
         (ValueError("boom"), "error", "The evaluation failed: ValueError: boom"),
     ],
 )

@@ -20,12 +20,6 @@ pytestmark = pytest.mark.django_db
 EVIDENCE = "Benchmark test items appear verbatim in the SFT mix."
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    # The fixed cast is created with real password hashing; these tests never log in by password.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def family():
     root = RepositoryFactory(repo_id="org/root")

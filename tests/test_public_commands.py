@@ -13,6 +13,7 @@ from leaderboard.catalog.models import LineageEdge, Repository
 from leaderboard.evaluations.models import EvaluationRun, TaskScore
 from leaderboard.public.models import RankingEntry
 from leaderboard.public.serializers import rows_from_csv
+from leaderboard.public.suites import forget_stored_versions
 from leaderboard.submissions.models import Submission
 from tests.public_factories import SUITE, edge, flag, ranked
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _default_suite(settings):
     settings.TRELLIS_DEFAULT_SUITE = SUITE
+    forget_stored_versions()  # per-process cache; each test has its own database
 
 
 @pytest.fixture
@@ -80,8 +82,12 @@ def test_seed_builds_a_plausible_marked_catalog_and_purge_removes_only_it(capsys
 
     models = Repository.objects.filter(is_synthetic=True, kind="model")
     assert models.count() == 60
-    assert all(repo_id.startswith("synthetic-") for repo_id in models.values_list("repo_id", flat=True))
-    types = Counter(Submission.objects.filter(is_synthetic=True).values_list("model_type", flat=True))
+    assert all(
+        repo_id.startswith("synthetic-") for repo_id in models.values_list("repo_id", flat=True)
+    )
+    types = Counter(
+        Submission.objects.filter(is_synthetic=True).values_list("model_type", flat=True)
+    )
     assert types["pretrained"] == 3
     assert types["merge"] >= 5 and types["fine-tuned"] >= 10
     merges = Submission.objects.filter(is_synthetic=True, model_type="merge")
@@ -119,7 +125,9 @@ def test_seed_can_flag_and_purge_takes_the_reports_along(maintainer, capsys):
         "seed_synthetic", "--models", "40", "--flags", "2", "--confirm-as", maintainer.username
     )
     assert "Filed 2 contamination reports (confirmed)." in capsys.readouterr().out
-    statuses = Counter(Repository.objects.filter(is_synthetic=True).values_list("status", flat=True))
+    statuses = Counter(
+        Repository.objects.filter(is_synthetic=True).values_list("status", flat=True)
+    )
     assert statuses["flagged"] == 2
     call_command("seed_synthetic", "--purge")
     from leaderboard.integrity.models import Report

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from leaderboard.public.serializers import rows_from_csv
+from leaderboard.public.suites import forget_stored_versions
 from tests.public_factories import SUITE, VERSION, edge, flag, ranked, repository
 
 pytestmark = pytest.mark.django_db
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _default_suite(settings):
     settings.TRELLIS_DEFAULT_SUITE = SUITE
+    forget_stored_versions()  # per-process cache; each test has its own database
 
 
 def figure(html: str, name: str) -> dict:
@@ -35,7 +37,9 @@ def test_ranking_page_lists_rows_with_explained_headers(anonymous_client):
     html = response.content.decode()
     assert rows_in(html) == ["org/alpha", "org/beta"]
     assert 'title="AI2 Reasoning Challenge' in html
-    assert "lm-eval task arc_challenge, 25-shot, metric acc_norm; random guessing scores 25.0." in html
+    assert (
+        "lm-eval task arc_challenge, 25-shot, metric acc_norm; random guessing scores 25.0." in html
+    )
     assert '<span class="badge synthetic"' in html
     assert 'href="/models/org/alpha/"' in html
     assert 'src="/static/plotly/plotly.min.js"' in html
@@ -89,7 +93,10 @@ def test_model_page_shows_scores_run_config_lineage_and_sanitized_card(anonymous
         "loglikelihood_requests": 4000,
         "reproduce": {"command": "lm_eval --model hf --model_args pretrained=org/tuned"},
     }
-    card = "# Tuned\n\n<script>alert(1)</script><a href=\"javascript:alert(2)\">x</a> <b onclick=\"x()\">ok</b>"
+    card = (
+        "# Tuned\n\n<script>alert(1)</script>"
+        '<a href="javascript:alert(2)">x</a> <b onclick="x()">ok</b>'
+    )
     submission = ranked(
         "org/tuned", 0.6, payload=payload, artifact_path="runs/1/details.jsonl.gz", card_text=card
     )
@@ -139,9 +146,7 @@ def test_compare_page_differences_and_common_ancestor(anonymous_client):
     html = response.content.decode()
     # +10 points on arc_challenge; combined stderr = 100 * sqrt(0.01² + 0.02²) = 2.24.
     assert '<td class="num significant">+10.00 <small>± 2.24</small></td>' in html
-    assert (
-        "common ancestor org/base (1 step above org/a, 1 step above org/b)" in html
-    )
+    assert "common ancestor org/base (1 step above org/a, 1 step above org/b)" in html
     assert 'data-figure="figure-compare"' in html
 
 
@@ -173,7 +178,12 @@ def test_plots_page_honours_filters(anonymous_client):
         "merge (1)",
     ]
     merges = figure(everything, "merges")["data"]
-    assert [trace["name"] for trace in merges] == ["SLERP (0)", "TIES (1)", "DARE-TIES (0)", "linear (0)"]
+    assert [trace["name"] for trace in merges] == [
+        "SLERP (0)",
+        "TIES (1)",
+        "DARE-TIES (0)",
+        "linear (0)",
+    ]
 
 
 def test_csv_export_honours_filters_and_round_trips(anonymous_client):

@@ -17,6 +17,7 @@ from leaderboard.public.services import (
     ranking_validator,
     refresh_entries_for,
 )
+from leaderboard.public.suites import forget_stored_versions
 from tests.public_factories import SUITE, VERSION, edge, flag, ranked, report, repository
 
 pytestmark = pytest.mark.django_db
@@ -25,6 +26,13 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _default_suite(settings):
     settings.TRELLIS_DEFAULT_SUITE = SUITE
+    forget_stored_versions()  # per-process cache; each test has its own database
+
+
+def shipped_suites() -> str:
+    from evaluator.suites import list_suites
+
+    return ", ".join(sorted({suite.name for suite in list_suites()}))
 
 
 def rank(**params):
@@ -70,7 +78,7 @@ def test_unknown_suite_version_and_sort_are_refused_with_the_choices():
         {
             "code": "unknown_suite",
             "field": "suite",
-            "message": f"No suite named 'nope'; known suites: {SUITE}.",
+            "message": f"No suite named 'nope'; known suites: {shipped_suites()}.",
         }
     ]
     with pytest.raises(RankingQueryError) as refused:
@@ -289,3 +297,29 @@ def test_validator_changes_with_data_and_query_but_not_otherwise(maintainer):
 )
 def test_license_families(license_id, family):
     assert license_family(license_id) == family
+
+
+def test_incomplete_runs_sort_last_both_ways():
+    ranked("org/partial", {"arc_challenge": 0.99})
+    ranked("org/low", 0.3)
+    ranked("org/high", 0.6)
+    assert names(rank()) == ["org/high", "org/low", "org/partial"]
+    assert names(rank(dir="asc")) == ["org/low", "org/high", "org/partial"]
+    assert [row.rank for row in rank(dir="asc").rows] == [2, 1, 3]
+
+
+def test_a_version_the_evaluator_no_longer_ships_still_ranks_from_stored_scores():
+    ranked("org/old", 0.5, version="0")
+    ranked("org/new", 0.6)
+    query = parse_ranking_query({"version": "0"})
+    result = ranking(query)
+    assert names(result) == ["org/old"]
+    assert result.view.defined is False
+    assert result.view.task_keys == ["arc_challenge", "hellaswag", "mmlu", "winogrande"]
+    # Without a chance rate, normalized equals raw.
+    assert result.rows[0].normalized_scores["mmlu"] == pytest.approx(50.0)
+    with pytest.raises(RankingQueryError) as refused:
+        parse_ranking_query({"version": "7"})
+    assert refused.value.errors[0]["message"] == (
+        f"Suite '{SUITE}' has no version '7'; choose one of {VERSION}, 0."
+    )

@@ -22,7 +22,10 @@ REL = 'rel="nofollow noopener noreferrer"'
         ('<a href="JaVaScRiPt:alert(1)">x</a>', f"<p><a {REL}>x</a></p>"),
         ('<a href="jav&#x09;ascript:alert(1)">tab</a>', f"<p><a {REL}>tab</a></p>"),
         ('<a href=" javascript:alert(1)">space</a>', f"<p><a {REL}>space</a></p>"),
-        ("[d](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)", f"<p><a {REL}>d</a></p>"),
+        (
+            "[d](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+            f"<p><a {REL}>d</a></p>",
+        ),
         (
             "![pixel](data:image/png;base64,iVBORw0KGgo=)",
             '<p><img alt="pixel" referrerpolicy="no-referrer"></p>',
@@ -52,10 +55,12 @@ def test_honest_markdown_survives():
         f'<p>Trained on <a href="https://example.org/data" {REL}>the data</a>.</p>\n'
         "<table>\n<thead>\n<tr>\n<th>task</th>\n<th>score</th>\n</tr>\n</thead>\n"
         "<tbody>\n<tr>\n<td>arc</td>\n<td>41.3</td>\n</tr>\n</tbody>\n</table>\n"
-        '<pre><code class="language-python">print(\'hi\')\n</code></pre>'
+        "<pre><code class=\"language-python\">print('hi')\n</code></pre>"
     )
 
 
 def test_front_matter_is_not_rendered_but_a_later_rule_is():
-    assert strip_front_matter("---\nlicense: mit\n---\nbody\n\n---\n\nmore") == "body\n\n---\n\nmore"
+    assert (
+        strip_front_matter("---\nlicense: mit\n---\nbody\n\n---\n\nmore") == "body\n\n---\n\nmore"
+    )
     assert strip_front_matter("no front matter\n---\n") == "no front matter\n---\n"

@@ -59,7 +59,13 @@ def get_submission(request: HttpRequest, submission_id: int) -> Any:
 @router.post(
     "/submissions/{submission_id}/requeue",
     auth=api_auth,
-    response={200: SubmissionDetailOut, 401: ErrorsOut, 403: ErrorsOut, 404: ErrorsOut, 409: ErrorsOut},
+    response={
+        200: SubmissionDetailOut,
+        401: ErrorsOut,
+        403: ErrorsOut,
+        404: ErrorsOut,
+        409: ErrorsOut,
+    },
     summary="Re-queue the submission's failed evaluation run",
     description="The submitter may re-queue a failed run once; a maintainer any time.",
 )

@@ -102,11 +102,12 @@ def check_against_suite(payload: ResultPayload, suite: Any, suite_version: str) 
             problems.append(f"tasks: {result.task} is not a task of {suite.name}@{suite_version}")
             continue
         if result.metric != spec.metric:
-            problems.append(f"tasks: {result.task} reports {result.metric}, the suite counts {spec.metric}")
-        if result.num_fewshot != spec.num_fewshot:
             problems.append(
-                f"tasks: {result.task} ran {result.num_fewshot}-shot, the suite says {spec.num_fewshot}"
+                f"tasks: {result.task} reports {result.metric}, the suite counts {spec.metric}"
             )
+        if result.num_fewshot != spec.num_fewshot:
+            ran, says = result.num_fewshot, spec.num_fewshot
+            problems.append(f"tasks: {result.task} ran {ran}-shot, the suite says {says}")
     missing = sorted(set(expected) - seen)
     if missing:
         problems.append(f"tasks: missing {', '.join(missing)}")
@@ -125,7 +126,9 @@ def check_artifact(artifact: Artifact, artifact_root: Path) -> tuple[Path | None
     """The artifact file must be under the artifact root with the size and sha256 reported."""
     path = resolve_artifact(artifact_root, artifact.path)
     if path is None:
-        return None, [f"artifact.path: {artifact.path} is outside the artifact root {artifact_root}"]
+        return None, [
+            f"artifact.path: {artifact.path} is outside the artifact root {artifact_root}"
+        ]
     if not path.is_file():
         return None, [f"artifact.path: no file at {path}"]
     size = path.stat().st_size
@@ -136,5 +139,7 @@ def check_artifact(artifact: Artifact, artifact_root: Path) -> tuple[Path | None
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != artifact.sha256:
-        return None, [f"artifact.sha256: the file's sha256 is {digest.hexdigest()}, not the one reported"]
+        return None, [
+            f"artifact.sha256: the file's sha256 is {digest.hexdigest()}, not the one reported"
+        ]
     return path, []

@@ -36,7 +36,7 @@ FAILURE_REASONS = {
     "tokenizer_missing": "The tokenizer is missing or would not load.",
     "time_limit": "The evaluation ran past its time limit.",
     "unsafe_weights": "The repository has no safetensors weights; workers never load pickles.",
-    "worker_lost": "The worker stopped reporting (killed or lost); the run can be re-queued.",
+    "worker_lost": "The worker stopped reporting: it was killed or lost its connection.",
     "invalid_result": "The worker's result did not pass validation.",
     "data_missing": "The task data could not be found.",
     "error": "The evaluation failed with an unexpected error.",
@@ -261,10 +261,14 @@ def validate_result(run: EvaluationRun, payload: Any) -> tuple[Any, Any]:
         raise InvalidResult([f"run_id: the result is for run {result.run_id}, not {run.pk}"])
     try:
         suite = load_suite(run.suite_name, run.suite_version)
-    except Exception as exc:  # noqa: BLE001
-        raise InvalidResult([f"suite: {run.suite_name}@{run.suite_version} unknown: {exc}"]) from None
+    except Exception as exc:
+        raise InvalidResult(
+            [f"suite: {run.suite_name}@{run.suite_version} unknown: {exc}"]
+        ) from None
     problems = check_against_suite(result, suite, run.suite_version)
-    artifact_path, artifact_problems = check_artifact(result.artifact, settings.TRELLIS_ARTIFACT_ROOT)
+    artifact_path, artifact_problems = check_artifact(
+        result.artifact, settings.TRELLIS_ARTIFACT_ROOT
+    )
     problems += artifact_problems
     if problems:
         raise InvalidResult(problems)
@@ -274,9 +278,9 @@ def validate_result(run: EvaluationRun, payload: Any) -> tuple[Any, Any]:
 def _mirror_submission(run_id: int, submission_id: int | None, state: str) -> None:
     """Submission.state follows its newest run, so lists can show it without a join."""
     if submission_id is None:
-        submission_id = EvaluationRun.objects.filter(pk=run_id).values_list(
-            "submission_id", flat=True
-        ).first()
+        submission_id = (
+            EvaluationRun.objects.filter(pk=run_id).values_list("submission_id", flat=True).first()
+        )
         if submission_id is None:
             return
     newer = EvaluationRun.objects.filter(submission_id=submission_id, pk__gt=run_id)
@@ -369,7 +373,7 @@ def reconcile_runs(now: datetime | None = None) -> ReconcileReport:
         try:
             if send_run(run_id, attempt):
                 report.resent.append(run_id)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("run %s: re-send failed; next pass tries again", run_id)
     report.reaped = _reap_silent_runs(now)
     if report.resent or report.reaped:

@@ -13,7 +13,7 @@ from django.conf import settings
 
 from leaderboard.celery import app
 from leaderboard.evaluations import services
-from leaderboard.evaluations.worker import run_evaluation
+from leaderboard.evaluations.worker import localize_job, run_evaluation
 
 # Web-side tasks are short and idempotent; their limits are far below an evaluation's.
 WEB_TASK = {"ignore_result": True, "soft_time_limit": 240, "time_limit": 300}
@@ -32,8 +32,14 @@ class EvaluationTask(Task):
 def evaluate(self: Task, job: dict[str, Any], attempt: int) -> str:
     heartbeat = max(5.0, min(120.0, settings.TRELLIS_HEARTBEAT_TIMEOUT / 5))
     send = partial(_report, job["run_id"], attempt)
+    local_job = localize_job(
+        job,
+        artifact_root=settings.TRELLIS_ARTIFACT_ROOT,
+        data_root=settings.TRELLIS_DATA_ROOT,
+        model_root=settings.TRELLIS_MODEL_ROOT,
+    )
     return run_evaluation(
-        job, self.request.hostname or "unknown", send, heartbeat_interval=heartbeat
+        local_job, self.request.hostname or "unknown", send, heartbeat_interval=heartbeat
     )
 
 

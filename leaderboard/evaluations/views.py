@@ -63,9 +63,7 @@ def submission_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 def submission_live(request: HttpRequest, pk: int) -> HttpResponse:
-    return render(
-        request, "evaluations/_run_panel.html", _panel_context(request, _submission(pk))
-    )
+    return render(request, "evaluations/_run_panel.html", _panel_context(request, _submission(pk)))
 
 
 @require_POST

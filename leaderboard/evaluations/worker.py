@@ -9,6 +9,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -77,11 +78,26 @@ class ProgressReporter:
     def _emit(self) -> None:
         try:
             self._send("progress", *self._latest)
-        except Exception:  # noqa: BLE001
+        except Exception:
             # A lost progress message costs nothing but a stale bar; the evaluation goes on.
             logger.exception("could not send progress")
         self._sent = self._latest
         self._last_sent = self._clock()
+
+
+def localize_job(
+    job: dict[str, Any], *, artifact_root: Path, data_root: str, model_root: Path
+) -> dict[str, Any]:
+    """The job with this host's paths: where the artifact store is mounted, where the task data
+    mirror and (local source) the model root are. The web side's paths in the message describe
+    its own host, which on a many-host deployment is not this one."""
+    local = dict(job)
+    local["artifact_root"] = str(artifact_root)
+    if data_root:
+        local["data_root"] = data_root
+    if job.get("model_source") == "local":
+        local["model_path"] = str(model_root)
+    return local
 
 
 def run_evaluation(
@@ -107,7 +123,7 @@ def run_evaluation(
     except EvaluationFailure as failure:
         send("failure", failure.reason, failure.message, failure.log_tail or _log_tail())
         return "failed"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         # Anything the evaluator did not classify still ends the run with words and a log,
         # instead of leaving it "running" until the reconciler reaps it.
         logger.exception("evaluation of run %s crashed", job_dict.get("run_id"))

@@ -1,6 +1,6 @@
 """Reading and writing the lineage graph for integrity: the recompute subgraph (a change's
-node and all its descendants, loaded with recursive CTEs in a handful of queries), the status
-writer, and the bounded neighbourhood walk behind the lineage page and API."""
+node and all its descendants, found by one recursive CTE and loaded in a handful of queries),
+the status writer, and the bounded neighbourhood walk behind the lineage page and API."""
 
 from __future__ import annotations
 
@@ -46,16 +46,6 @@ def descendants_sql(seed_count: int) -> str:
         f"SELECT id FROM {REPO} WHERE id IN ({marks}) "
         f"UNION SELECT e.child_id FROM {EDGE} e JOIN affected a ON e.parent_id = a.id"
         f") SELECT id FROM affected"
-    )
-
-
-def ancestors_sql(seed_count: int) -> str:
-    marks = ", ".join(["%s"] * seed_count)
-    return (
-        f"WITH RECURSIVE above(id) AS ("
-        f"SELECT id FROM {REPO} WHERE id IN ({marks}) "
-        f"UNION SELECT e.parent_id FROM {EDGE} e JOIN above a ON e.child_id = a.id"
-        f") SELECT id FROM above"
     )
 
 
@@ -252,11 +242,28 @@ def count_ranked_below(target_ids: Iterable[int]) -> dict[int, int]:
     return {target: int(counts.get(target, 0)) for target in ids}
 
 
-def count_descendants(repo_id: int) -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT COUNT(*) - 1 FROM ({descendants_sql(1)}) d", [repo_id])
-        (count,) = cursor.fetchone()
-    return int(count)
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """The fields of a Repository the lineage views read (a full model row carries its card)."""
+
+    pk: int
+    kind: str
+    repo_id: str
+    status: str
+    status_path: list[dict[str, Any]]
+    lineage_resolved: bool
+    resolution_note: str
+
+
+_VIEW_FIELDS = (
+    "pk",
+    "kind",
+    "repo_id",
+    "status",
+    "status_path",
+    "lineage_resolved",
+    "resolution_note",
+)
 
 
 @dataclass
@@ -265,7 +272,7 @@ class Neighbourhood:
     # id -> signed generation: negative above the focus, positive below, 0 for the focus.
     depth: dict[int, int]
     edges: list[tuple[int, int, str]]
-    nodes: dict[int, Repository]
+    nodes: dict[int, NodeView]
     submitted: set[int]
     # Nodes found at the edge of the walk but not taken because of max_nodes.
     left_out: int
@@ -299,10 +306,11 @@ def neighbourhood(
                     child, parent = (near_id, far_id) if sign < 0 else (far_id, near_id)
                     edges[(child, parent)] = relation
             frontier = found
-    nodes: dict[int, Repository] = {}
+    nodes: dict[int, NodeView] = {}
     submitted: set[int] = set()
     for batch in chunks(sorted(seen)):
-        nodes.update(Repository.objects.in_bulk(batch))
+        for row in Repository.objects.filter(pk__in=batch).order_by().values_list(*_VIEW_FIELDS):
+            nodes[row[0]] = NodeView(*row)
         submitted.update(
             Submission.objects.filter(repository_id__in=batch).values_list(
                 "repository_id", flat=True

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 
 from leaderboard.catalog.models import LineageStatus, Relation, Repository, RepositoryKind
 from leaderboard.integrity import graph
+from leaderboard.integrity.graph import NodeView
 from leaderboard.integrity.status import path_text
 
 # The same colours as the status badges in static/css/trellis.css.
@@ -29,7 +30,7 @@ EDGE_COLOUR = "#a9b1c0"
 LABELS_UP_TO = 60
 
 
-def _symbol(repository: Repository, submitted: bool) -> str:
+def _symbol(repository: NodeView, submitted: bool) -> str:
     base = "square" if repository.kind == RepositoryKind.DATASET else "circle"
     # Open markers: referenced by someone's lineage, never submitted here (external).
     return base if submitted else f"{base}-open"
@@ -147,7 +148,7 @@ def lineage_figure(
     return json.loads(figure.to_json())
 
 
-def _hover(node: Repository, submitted: bool) -> str:
+def _hover(node: NodeView, submitted: bool) -> str:
     lines = [
         f"<b>{html.escape(node.repo_id)}</b>",
         f"{node.kind}, {'submitted' if submitted else 'never submitted (external)'}",

@@ -407,7 +407,7 @@ def recompute_all() -> Recomputed:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def taint_path_text(repository: Repository) -> str:
+def taint_path_text(repository: Repository | graph.NodeView) -> str:
     """The stored explaining path as one line, '' for a clean node."""
     return path_text(repository.status_path) if repository.status_path else ""
 
@@ -513,7 +513,7 @@ def list_reports(
     return list(reports.order_by("-created_at", "-id")[offset : offset + limit])
 
 
-def node_dict(repository: Repository, *, depth: int, submitted: bool) -> dict[str, Any]:
+def node_dict(repository: graph.NodeView, *, depth: int, submitted: bool) -> dict[str, Any]:
     return {
         "type": repository.kind,
         "repo_id": repository.repo_id,

@@ -97,7 +97,7 @@ class RunResult:
 def _duration(seconds: Any) -> str | None:
     if not isinstance(seconds, int | float):
         return None
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
@@ -204,7 +204,9 @@ def _run_results(runs: list[EvaluationRun]) -> list[RunResult]:
     return results
 
 
-def _run_result(run: EvaluationRun, view: SuiteView | None, scores: dict[str, TaskScore]) -> RunResult:
+def _run_result(
+    run: EvaluationRun, view: SuiteView | None, scores: dict[str, TaskScore]
+) -> RunResult:
     tasks = []
     columns = list(view.columns) if view is not None else []
     for column in columns:
@@ -486,4 +488,3 @@ def _descends(child: Repository, parent: Repository, steps: int) -> str:
 
 def _steps(n: int) -> str:
     return "1 step" if n == 1 else f"{n} steps"
-

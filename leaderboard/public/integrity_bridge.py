@@ -3,7 +3,7 @@ the time of the last integrity event (for validators), and status paths as text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ LIVE_REPORT_STATUSES = (ReportStatus.OPEN, ReportStatus.CONFIRMED)
 _IN_LIMIT = 500
 
 
-def flag_to_dict(report: dict[str, Any]) -> dict[str, Any]:
+def flag_to_dict(report: Mapping[str, Any]) -> dict[str, Any]:
     """A report as a ranking row's `flags` item (the full record is on the model page)."""
     return {
         "report": report["id"],

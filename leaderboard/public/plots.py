@@ -21,11 +21,11 @@ from leaderboard.public.suites import SuiteView
 # Upper bounds (parameters) of the size buckets the z-scores are computed within.
 SIZE_BUCKETS: tuple[tuple[float, str], ...] = (
     (1e9, "< 1B"),
-    (3e9, "1–3B"),
-    (7e9, "3–7B"),
-    (14e9, "7–14B"),
-    (35e9, "14–35B"),
-    (75e9, "35–75B"),
+    (3e9, "1-3B"),
+    (7e9, "3-7B"),
+    (14e9, "7-14B"),
+    (35e9, "14-35B"),
+    (75e9, "35-75B"),
     (math.inf, "≥ 75B"),
 )
 # Fewer models than this in a bucket: no z-score (a spread of two points says nothing).
@@ -48,7 +48,7 @@ def figure_json(figure: go.Figure | dict[str, Any]) -> SafeString:
     """JSON for a <script type="application/json"> block, escaped like Django's json_script."""
     text = pio.to_json(figure, validate=False, pretty=False)
     escaped = text.replace("&", "\\u0026").replace("<", "\\u003C").replace(">", "\\u003E")
-    return mark_safe(escaped)  # noqa: S308 - escaped above; JSON inside a non-executed script
+    return mark_safe(escaped)
 
 
 def size_bucket(parameters: int) -> str:
@@ -145,7 +145,8 @@ def score_vs_size(rows: Sequence[RankingRow], normalized: bool, threshold: float
 
 def _hover(s: Scored) -> str:
     z = f"{s.z:+.2f}" if s.z is not None else "n/a"
-    return f"{s.row.repo_id}<br>{s.row.parameter_count / 1e9:.2f}B · {s.score:.2f}<br>z {z} ({s.bucket})"
+    size = s.row.parameter_count / 1e9
+    return f"{s.row.repo_id}<br>{size:.2f}B · {s.score:.2f}<br>z {z} ({s.bucket})"
 
 
 def _score_label(normalized: bool) -> str:
@@ -177,7 +178,7 @@ def task_correlation(rows: Sequence[RankingRow], view: SuiteView) -> go.Figure:
             reversescale=True,
             text=[[f"{v:.2f}" if v is not None else "" for v in line] for line in matrix],
             texttemplate="%{text}",
-            hovertemplate="%{y} × %{x}: %{z:.3f}<extra></extra>",
+            hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
         )
     )
     figure.update_layout(**_LAYOUT, title="Correlation between tasks across models")

@@ -4,11 +4,13 @@ API, the CSV export and the export command alike. Every score is a percentage.""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from django.urls import reverse
 
@@ -21,8 +23,18 @@ if TYPE_CHECKING:
 
 
 def model_url(repo_id: str) -> str:
+    """`reverse("public:model", ...)` without resolving the URLconf once per row."""
     org, name = repo_id.split("/", 1)
-    return reverse("public:model", kwargs={"org": org, "name": name})
+    return _MODEL_URL().format(org=quote(org, safe=_SAFE), name=quote(name, safe=_SAFE))
+
+
+_SAFE = "-._~!$&'()*+,;=:@"
+
+
+@functools.cache
+def _MODEL_URL() -> str:
+    placeholder = reverse("public:model", kwargs={"org": "ORG", "name": "NAME"})
+    return placeholder.replace("ORG", "{org}", 1).replace("NAME", "{name}", 1)
 
 
 def column_to_dict(column: Column) -> dict[str, Any]:

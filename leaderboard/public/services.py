@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, FloatField, Max, Q, QuerySet, TextField, Window
+from django.db.models import Count, F, FloatField, Max, QuerySet, TextField, Window
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Rank
 from django.utils import timezone
@@ -24,8 +24,18 @@ from leaderboard.catalog.models import LineageStatus, Repository
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 from leaderboard.public import serializers
 from leaderboard.public.licenses import license_family
-from leaderboard.public.models import LicenseFamily, RankingEntry
-from leaderboard.public.suites import SuiteView, suite_names, suite_view, versions_of
+from leaderboard.public.models import MISSING_AVERAGE, LicenseFamily, RankingEntry
+from leaderboard.public.suites import (
+    SuiteView,
+    current_version,
+    defined_versions,
+    forget_stored_versions,
+    is_defined,
+    latest_version,
+    suite_names,
+    suite_view,
+    versions_of,
+)
 from leaderboard.submissions.models import ModelType, Precision, Submission
 
 # Bumped whenever the shape of a serialized row changes: it is part of every ETag.
@@ -46,6 +56,7 @@ SORT_COLUMNS: dict[str, str] = {
 }
 TEXT_SORTS = {"model", "model_type", "precision", "license", "status"}
 HIDDEN_BY_DEFAULT = (LineageStatus.FLAGGED, LineageStatus.TAINTED)
+NOT_CLEAN = [status.value for status in LineageStatus if status != LineageStatus.CLEAN]
 
 
 class RankingQueryError(ValueError):
@@ -136,6 +147,8 @@ LIST_FIELDS = ("model_type", "precision", "license")
 def default_suite() -> str:
     """TRELLIS_DEFAULT_SUITE when it is known, else the first known suite (a fresh install
     whose default suite has not shipped yet still ranks what it has)."""
+    if defined_versions(settings.TRELLIS_DEFAULT_SUITE):
+        return settings.TRELLIS_DEFAULT_SUITE
     names = suite_names()
     if settings.TRELLIS_DEFAULT_SUITE in names or not names:
         return settings.TRELLIS_DEFAULT_SUITE
@@ -201,10 +214,11 @@ def _pydantic_errors(exc: ValidationError) -> list[dict[str, str]]:
 
 
 def _resolve(query: RankingQuery) -> tuple[RankingQuery, list[dict[str, str]]]:
-    """Check what needs the suite: it exists, the version exists, the sort key is a column."""
+    """Check what needs the suite: it exists, the version exists, the sort key is a column.
+    A suite and version the evaluator ships resolve without touching the database."""
     errors: list[dict[str, str]] = []
-    versions = versions_of(query.suite)
-    if not versions:
+    version = query.version or current_version(query.suite) or latest_version(query.suite)
+    if version is None:
         known = ", ".join(suite_names()) or "none yet"
         errors.append(
             {
@@ -214,14 +228,13 @@ def _resolve(query: RankingQuery) -> tuple[RankingQuery, list[dict[str, str]]]:
             }
         )
         return query, errors
-    version = query.version or versions[0]
-    if version not in versions:
+    if version not in versions_of(query.suite):
         errors.append(
             {
                 "code": "unknown_version",
                 "field": "version",
                 "message": f"Suite '{query.suite}' has no version '{version}'; "
-                f"choose one of {', '.join(versions)}.",
+                f"choose one of {', '.join(versions_of(query.suite))}.",
             }
         )
         return query, errors
@@ -307,6 +320,10 @@ class RankingRow:
     def taint_path(self) -> str:
         return status_path_text(self.lineage_status, self.status_path)
 
+    @property
+    def url(self) -> str:
+        return serializers.model_url(self.repo_id)
+
     def shown_average(self, normalized: bool) -> float | None:
         return self.average_normalized if normalized else self.average
 
@@ -316,14 +333,14 @@ class RankingRow:
         for column in view.columns:
             raw = self.scores.get(column.key)
             if raw is None:
-                cells.append({"key": column.key, "value": None, "title": "not scored"})
+                cells.append({"key": column.key, "text": "—", "title": "not scored"})
                 continue
             value = self.normalized_scores[column.key] if normalized else 100 * raw
             stderr = self.stderrs.get(column.key)
             title = f"raw {100 * raw:.2f}" + (f" ± {100 * stderr:.2f}" if stderr else "")
             if normalized:
                 title += f", normalized {self.normalized_scores[column.key]:.2f}"
-            cells.append({"key": column.key, "value": value, "title": title})
+            cells.append({"key": column.key, "text": f"{value:.2f}", "title": title})
         return cells
 
 
@@ -356,7 +373,7 @@ class Ranking(Generic[RowT]):
         return self.first_index + len(self.rows) - 1 if self.rows else 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Placed:
     """A row's place in a ranking, with its live lineage fields, before its contents are read."""
 
@@ -367,7 +384,7 @@ class Placed:
     status_path: list[Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class ApiRow:
     """A row as the full-leaderboard API sends it: live fields plus the stored JSON."""
 
@@ -438,19 +455,23 @@ def _select(
             [{"code": "unknown_version", "field": "version", "message": str(query.version)}]
         )
     entries = filtered_entries(query)
-    counts = entries.aggregate(
-        total=Count("id"),
-        flagged=Count("id", filter=Q(repository__status=LineageStatus.FLAGGED)),
-        tainted=Count("id", filter=Q(repository__status=LineageStatus.TAINTED)),
+    # Two cheap counts rather than one join over every row: the total (index-only with the
+    # default filters) and the few rows whose repository is flagged or tainted (status index).
+    total = entries.aggregate(n=Count("*"))["n"]
+    by_status = dict(
+        entries.filter(repository__status__in=HIDDEN_BY_DEFAULT)
+        .values_list("repository__status")
+        .annotate(n=Count("*"))
+        .order_by()
     )
-    hidden_flagged = 0 if query.show_flagged else counts["flagged"]
-    hidden_tainted = 0 if query.show_tainted else counts["tainted"]
-    count = counts["total"] - hidden_flagged - hidden_tainted
-    average_field = "average_normalized" if query.normalized else "average"
+    hidden_flagged = 0 if query.show_flagged else by_status.get(LineageStatus.FLAGGED, 0)
+    hidden_tainted = 0 if query.show_tainted else by_status.get(LineageStatus.TAINTED, 0)
+    count = total - hidden_flagged - hidden_tainted
+    key = "normalized_key" if query.normalized else "average_key"
     ordered = (
         entries.exclude(repository__status__in=query.hidden_statuses)
-        .annotate(rank=Window(Rank(), order_by=F(average_field).desc(nulls_last=True)))
-        .order_by(*_ordering(query, average_field))
+        .annotate(rank=Window(Rank(), order_by=F(key).desc()))
+        .order_by(*_ordering(query, key))
         .values_list(
             "id",
             "rank",
@@ -501,14 +522,16 @@ def ranking(query: RankingQuery) -> Ranking[RankingRow]:
     (when `query.page` is set) paginated, with how many rows the status filters hid."""
     placed, entries = _select(query)
     contents = _contents(placed, entries, _ENTRY_FIELDS)
-    rows = [_row(p, contents[p.entry_id], placed.view) for p in placed.rows if p.entry_id in contents]
+    rows = [
+        _row(p, contents[p.entry_id], placed.view) for p in placed.rows if p.entry_id in contents
+    ]
     attach_flags(rows)
     return _with_rows(placed, rows)
 
 
 def ranking_for_api(query: RankingQuery) -> Ranking[ApiRow]:
     """The same rows as `ranking`, as stored JSON plus live fields (see serializers)."""
-    placed, entries = _select(query)
+    placed, entries = _select(query) if query.page is not None else _select_all(query)
     contents = _contents(placed, entries, ("id", "row_json"))
     flags = _flags({p.repository_id for p in placed.rows})
     rows = [
@@ -517,6 +540,58 @@ def ranking_for_api(query: RankingQuery) -> Ranking[ApiRow]:
         if p.entry_id in contents
     ]
     return _with_rows(placed, rows)
+
+
+def _select_all(query: RankingQuery) -> tuple[Ranking[Placed], QuerySet[RankingEntry]]:
+    """`_select` for every row at once (the full leaderboard): the lineage filter and the
+    rank are applied here rather than in SQL, so the database only walks the ordering index
+    and reads the few repositories that are not clean (by the status index); a join and a
+    window over every row cost more than the rows themselves."""
+    view = suite_view(query.suite, query.version or "")
+    if view is None:
+        raise RankingQueryError(
+            [{"code": "unknown_version", "field": "version", "message": str(query.version)}]
+        )
+    entries = filtered_entries(query)
+    key = "normalized_key" if query.normalized else "average_key"
+    lineage = {
+        repository_id: (status, path or [])
+        for repository_id, status, path in Repository.objects.filter(
+            status__in=NOT_CLEAN
+        ).values_list("id", "status", "status_path")
+    }
+    clean: tuple[str, list[Any]] = (LineageStatus.CLEAN.value, [])
+    hidden = set(query.hidden_statuses)
+    ordered = entries.order_by(*_ordering(query, key)).values_list("id", "repository_id", key)
+    visible = []
+    hidden_flagged = hidden_tainted = total = 0
+    for entry_id, repository_id, sort_key in ordered:
+        total += 1
+        status, path = lineage.get(repository_id, clean)
+        if status in hidden:
+            hidden_flagged += status == LineageStatus.FLAGGED
+            hidden_tainted += status == LineageStatus.TAINTED
+            continue
+        visible.append((entry_id, repository_id, sort_key, status, path))
+    # Competition ranking ("1, 2, 2, 4") by the average among the shown rows, as SQL RANK().
+    rank_of: dict[float, int] = {}
+    for position, sort_key in enumerate(sorted((v[2] for v in visible), reverse=True), 1):
+        rank_of.setdefault(sort_key, position)
+    placed = [
+        Placed(entry_id, rank_of[sort_key], repository_id, status, path)
+        for entry_id, repository_id, sort_key, status, path in visible
+    ]
+    ranking = Ranking(
+        query=query,
+        view=view,
+        rows=placed,
+        count=total - hidden_flagged - hidden_tainted,
+        hidden_flagged=hidden_flagged,
+        hidden_tainted=hidden_tainted,
+        page=None,
+        pages=1,
+    )
+    return ranking, entries
 
 
 def _with_rows(placed: Ranking[Placed], rows: list[RowT]) -> Ranking[RowT]:
@@ -532,17 +607,23 @@ def _with_rows(placed: Ranking[Placed], rows: list[RowT]) -> Ranking[RowT]:
     )
 
 
-def _ordering(query: RankingQuery, average_field: str) -> list[Any]:
-    if query.sort in SORT_COLUMNS:
-        column = average_field if query.sort == "average" else SORT_COLUMNS[query.sort]
-        expression: Any = F(column)
+def _ordering(query: RankingQuery, key: str) -> list[Any]:
+    """Sort column, then the average (best first), then name and id for a stable order.
+    The default (average, descending) reads the never-null key in index order."""
+    if query.sort == "average" and query.direction == "desc":
+        primary: Any = F(key).desc()
     else:
-        expression = Cast(KeyTextTransform(query.sort, "scores"), FloatField())
-    if query.direction == "desc":
-        primary = expression.desc(nulls_last=True)
-    else:
-        primary = expression.asc(nulls_last=True)
-    return [primary, F(average_field).desc(nulls_last=True), "repo_id", "id"]
+        if query.sort == "average":
+            expression: Any = F("average_normalized" if query.normalized else "average")
+        elif query.sort in SORT_COLUMNS:
+            expression = F(SORT_COLUMNS[query.sort])
+        else:
+            expression = Cast(KeyTextTransform(query.sort, "scores"), FloatField())
+        if query.direction == "desc":
+            primary = expression.desc(nulls_last=True)
+        else:
+            primary = expression.asc(nulls_last=True)
+    return [primary, F(key).desc(), "repo_id", "id"]
 
 
 def _row(placed: Placed, values: tuple[Any, ...], view: SuiteView) -> RankingRow:
@@ -624,7 +705,7 @@ def ranking_validator(query: RankingQuery, *, extra: str = "") -> Validator:
 
     entries = RankingEntry.objects.filter(
         suite_name=query.suite, suite_version=query.version
-    ).aggregate(n=Count("id"), last=Max("updated_at"))
+    ).aggregate(n=Count("*"), last=Max("updated_at"))
     statuses = Repository.objects.aggregate(last=Max("status_updated_at"))
     flags_last = integrity_bridge.last_change()
     stamps = [entries["last"], statuses["last"], flags_last]
@@ -687,9 +768,9 @@ def _refresh_chunk(ids: list[int]) -> int:
         scores.setdefault(run_id, {})[task] = (value, stderr)
     submissions = {
         s.pk: s
-        for s in Submission.objects.filter(pk__in=ids).select_related("repository").defer(
-            "card_text", "card_metadata"
-        )
+        for s in Submission.objects.filter(pk__in=ids)
+        .select_related("repository")
+        .defer("card_text", "card_metadata")
     }
     now = timezone.now()
     views: dict[tuple[str, str], SuiteView | None] = {}
@@ -706,6 +787,8 @@ def _refresh_chunk(ids: list[int]) -> int:
     with transaction.atomic():
         RankingEntry.objects.filter(submission_id__in=ids).delete()
         RankingEntry.objects.bulk_create(entries, batch_size=1000)
+    if any(not is_defined(name, version) for name, version in views):
+        forget_stored_versions()
     return len(entries)
 
 
@@ -749,6 +832,8 @@ def build_entry(
         stderrs=stderrs,
         average=average,
         average_normalized=average_normalized,
+        average_key=MISSING_AVERAGE if average is None else average,
+        normalized_key=MISSING_AVERAGE if average_normalized is None else average_normalized,
         updated_at=now,
     )
     entry.row_json = serializers.to_json(serializers.static_row_dict(entry, view))

@@ -60,11 +60,7 @@ class SuiteView:
 
 def suite_names() -> list[str]:
     """Every suite the evaluator defines, plus those that only stored runs remember."""
-    from leaderboard.public.models import RankingEntry
-
-    names = set(_defined_versions())
-    names.update(RankingEntry.objects.values_list("suite_name", flat=True).distinct())
-    return sorted(names)
+    return sorted(set(_defined_versions()) | set(_stored_only_versions()))
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,23 +74,51 @@ def _defined_versions() -> dict[str, tuple[str, ...]]:
     return {name: tuple(found) for name, found in versions.items()}
 
 
+@functools.lru_cache(maxsize=1)
+def _stored_only_versions() -> dict[str, tuple[str, ...]]:
+    """Versions with ranked rows that the evaluator no longer ships. Runs are ingested only
+    for shipped versions, so this set changes only when a deploy removes a suite file (a new
+    process) or `refresh_entries_for` writes such a version (it calls forget_stored_versions):
+    one query per process instead of a DISTINCT over the ranking on every request."""
+    from leaderboard.public.models import RankingEntry
+
+    defined = _defined_versions()
+    stored: dict[str, list[str]] = {}
+    pairs = RankingEntry.objects.values_list("suite_name", "suite_version").distinct()
+    for name, version in pairs:
+        if version not in defined.get(name, ()):
+            stored.setdefault(name, []).append(version)
+    return {name: tuple(found) for name, found in stored.items()}
+
+
+def forget_stored_versions() -> None:
+    _stored_only_versions.cache_clear()
+
+
+def is_defined(name: str, version: str) -> bool:
+    return version in _defined_versions().get(name, ())
+
+
 def current_version(name: str) -> str | None:
     """The newest version the evaluator ships, or None when it does not know the suite."""
     defined = _defined_versions().get(name)
     return max(defined, key=_version_key) if defined else None
 
 
+def defined_versions(name: str) -> tuple[str, ...]:
+    """The versions the evaluator ships (no database access)."""
+    return _defined_versions().get(name, ())
+
+
 def versions_of(name: str) -> list[str]:
     """Every version the evaluator ships or that has ranked rows, newest first."""
-    from leaderboard.public.models import RankingEntry
-
-    versions = set(
-        RankingEntry.objects.filter(suite_name=name)
-        .values_list("suite_version", flat=True)
-        .distinct()
-    )
-    versions.update(_defined_versions().get(name, ()))
+    versions = {*defined_versions(name), *_stored_only_versions().get(name, ())}
     return sorted(versions, key=_version_key, reverse=True)
+
+
+def latest_version(name: str) -> str | None:
+    versions = versions_of(name)
+    return versions[0] if versions else None
 
 
 def _version_key(version: str) -> tuple[tuple[int, object], ...]:
@@ -116,7 +140,7 @@ def _defined_suite(name: str, version: str | None) -> SuiteView | None:
 
     try:
         suite = load_suite(name, version) if version is not None else load_suite(name)
-    except Exception as exc:  # noqa: BLE001 - any unknown name/version is "not defined" here
+    except Exception as exc:
         logger.debug("suite %s@%s is not defined by the evaluator: %s", name, version, exc)
         return None
     if version is not None and str(suite.version) != version:

@@ -115,9 +115,7 @@ def seed(count: int, *, rng_seed: int = 0, now: datetime | None = None) -> Seede
     if count < 1:
         raise SyntheticError("--models must be at least 1.")
     if Repository.objects.filter(is_synthetic=True).exists():
-        raise SyntheticError(
-            "Synthetic rows exist already; run with --purge to replace them."
-        )
+        raise SyntheticError("Synthetic rows exist already; run with --purge to replace them.")
     columns = _columns()
     if not columns:
         raise SyntheticError("No suite is defined: there is nothing to score the models on.")
@@ -228,7 +226,9 @@ def _root(
     index: int, columns: list[tuple[str, str, str, float]], rng: random.Random, datasets: list[str]
 ) -> _Model:
     lab = LABS[index % len(LABS)]
-    size = SIZES_B[(index // len(LABS)) % len(SIZES_B)] * (1 + 0.05 * (index // 96))
+    # Stride 5 through the 12 sizes: even three roots span small, medium and large.
+    cycle, position = divmod(index, len(SIZES_B))
+    size = SIZES_B[(position * 5) % len(SIZES_B)] * (1 + 0.05 * cycle)
     parameters = int(size * 1e9)
     # Bigger models score higher, with diminishing returns; each lab has its own strengths.
     ability = 0.15 + 0.11 * math.log10(parameters / 1e8)
@@ -266,29 +266,41 @@ def _derive(
         others = [models[i] for i in family if i != first.index]
         parents += rng.sample(others, k=min(len(others), rng.choice((1, 1, 2))))
     merge_method = rng.choice(MERGE_METHODS) if model_type == ModelType.MERGE else ""
-    jump = rng.random() < JUMP_RATE
+    # A contaminated model jumps on the benchmarks it saw, not across the board.
+    jumped = (
+        set(rng.sample(sorted({task for _s, _v, task, _b in columns}), k=2))
+        if rng.random() < JUMP_RATE
+        else set()
+    )
     skill = {}
     for suite, version, task, baseline in columns:
         key = _key(suite, version, task)
         inherited = sum(p.skill[key] for p in parents) / len(parents)
-        delta = {
-            ModelType.MERGE: rng.gauss(0.012, 0.012),
+        deltas: dict[str, float] = {
+            ModelType.MERGE: rng.gauss(0.006, 0.01),
             ModelType.QUANTIZED: -abs(rng.gauss(0.004, 0.003)),
-            ModelType.ADAPTER: rng.gauss(0.004, 0.01),
-        }.get(model_type, rng.gauss(0.006, 0.015))
-        if jump:
-            delta += rng.uniform(0.12, 0.22)  # contaminated, the way real jumps look
-        skill[key] = min(0.98, max(baseline, inherited + delta))
+            ModelType.ADAPTER: rng.gauss(0.002, 0.008),
+            ModelType.CHAT: rng.gauss(0.0, 0.012),
+        }
+        delta = deltas.get(model_type, rng.gauss(0.003, 0.012))
+        ceiling = baseline + (1 - baseline) * 0.9
+        if task in jumped:
+            skill[key] = min(0.98, inherited + rng.uniform(0.2, 0.3))
+        else:
+            # Descendants of a jump inherit it (that is how it spreads); honest gains stop
+            # below the ceiling.
+            skill[key] = min(max(ceiling, inherited), max(baseline, inherited + delta))
     org = f"{ORG_PREFIX}user{rng.randrange(max(8, len(models) // 20)):03d}"
     stem = models[first.family].repo_id.split("/", 1)[1].split("-base-")[0]
-    suffix = {
+    suffixes: dict[str, str] = {
         ModelType.FINE_TUNED: "ft",
         ModelType.CHAT: "chat",
         ModelType.MERGE: merge_method.replace("_", "-"),
         ModelType.ADAPTER: "lora",
         ModelType.QUANTIZED: "q8",
         ModelType.CONTINUED_PRETRAINING: "cpt",
-    }[model_type]
+    }
+    suffix = suffixes[model_type]
     declares_data = model_type in (ModelType.FINE_TUNED, ModelType.CHAT) or (
         model_type == ModelType.CONTINUED_PRETRAINING
     )

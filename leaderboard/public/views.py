@@ -108,8 +108,8 @@ def _table_context(result: Ranking) -> dict[str, Any]:
     for key in ("model", "model_type", "parameters", "precision", "license", "average"):
         headers.append(_header(query, key, SORT_LABELS[key], SORT_TITLES.get(key, "")))
     task_headers = [
-        _header(query, column.key, column.key, column.tooltip) | {"shots": column.shots_label,
-                                                                  "metric": column.metric}
+        _header(query, column.key, column.key, column.tooltip)
+        | {"shots": column.shots_label, "metric": column.metric}
         for column in result.view.columns
     ]
     tail = [
@@ -117,8 +117,12 @@ def _table_context(result: Ranking) -> dict[str, Any]:
         for key in ("status", "submitted")
     ]
     rows = [
-        {"row": row, "cells": row.cells(result.view, query.normalized),
-         "average": row.shown_average(query.normalized)}
+        {
+            "row": row,
+            "cells": row.cells(result.view, query.normalized),
+            "average": row.shown_average(query.normalized),
+            "status_title": status_title(row.lineage_status, row.taint_path),
+        }
         for row in result.rows
     ]
     pages = {}
@@ -142,6 +146,21 @@ def _table_context(result: Ranking) -> dict[str, Any]:
         "permalink": query.querystring(),
         "plots_link": query.querystring(page=None, per_page=50),
     }
+
+
+def status_title(status: str, path_text: str) -> str:
+    """A status badge's tooltip: the explaining path, or what `clean` means."""
+    if path_text:
+        return path_text
+    if status == "clean":
+        return CLEAN_TITLE
+    return status
+
+
+CLEAN_TITLE = (
+    "No confirmed flag, open report or unresolved lineage on this model or its declared "
+    "ancestors and datasets"
+)
 
 
 def _header(query: RankingQuery, key: str, label: str, title: str) -> dict[str, Any]:
