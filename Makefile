@@ -30,27 +30,35 @@ migrate: setup
 demo-data: migrate
 	TRELLIS_DEBUG=1 TRELLIS_MODEL_SOURCE=local $(PY) manage.py demo_setup
 
+WEB_COMMAND = $(PY) manage.py runserver $(RUNSERVER_FLAGS) $(HOST):$(PORT)
 web: migrate
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	$(WEB_COMMAND)
 
 # One worker for every queue (the web-side tasks and both evaluation queues) with the
 # reconciler's beat embedded (-B). Two pool processes, so a run's progress is recorded while the
 # other process evaluates; prefork, so the evaluation time limits are enforced.
 WORKER_CONCURRENCY ?= 2
 WORKER_QUEUES ?= $${TRELLIS_WEB_QUEUE:-trellis},$${TRELLIS_QUEUE_SMALL:-gpu-small},$${TRELLIS_QUEUE_LARGE:-gpu-large}
+WORKER_COMMAND = $(BIN)/celery -A leaderboard worker -B \
+	--schedule=$${TRELLIS_VAR_DIR:-var}/celerybeat-schedule --loglevel=INFO --pool=prefork \
+	--concurrency=$(WORKER_CONCURRENCY) --queues=$(WORKER_QUEUES) --hostname=trellis@%h
 worker: setup
-	$(BIN)/celery -A leaderboard worker -B --schedule=$${TRELLIS_VAR_DIR:-var}/celerybeat-schedule \
-		--loglevel=INFO --pool=prefork --concurrency=$(WORKER_CONCURRENCY) \
-		--queues=$(WORKER_QUEUES) --hostname=trellis@%h
+	$(WORKER_COMMAND)
 
-# The embedded default: SQLite, the filesystem broker, one worker, the web server.
+# The embedded default: SQLite, the filesystem broker, and the commands of `make worker` and
+# `make web` side by side (the web server without auto-reload, so one signal stops it). On
+# Ctrl-C, or when either stops, both get SIGTERM: a warm shutdown that lets the worker stop
+# its own pool processes rather than having them killed under it.
 demo: export TRELLIS_DEBUG := 1
 demo: export TRELLIS_MODEL_SOURCE := local
+demo: RUNSERVER_FLAGS := --noreload
 demo: demo-data
 	@echo "Trellis at http://$(HOST):$(PORT)/ (maintainer: demo-maintainer / demo-maintainer-pw, submitter: demo-submitter / demo-submitter-pw)"
-	@trap 'kill 0' INT TERM EXIT; \
-	$(MAKE) --no-print-directory worker & \
-	$(MAKE) --no-print-directory web
+	@$(WORKER_COMMAND) & worker=$$!; \
+	$(WEB_COMMAND) & web=$$!; \
+	trap 'kill -TERM $$web $$worker 2>/dev/null; wait' EXIT; \
+	trap 'exit 130' INT TERM; \
+	while kill -0 $$web 2>/dev/null && kill -0 $$worker 2>/dev/null; do sleep 1; done
 
 lint: setup
 	$(BIN)/ruff check .

@@ -72,6 +72,8 @@ TOKENIZER_FILES = (
 )
 
 Progress = Callable[[int, int], None]
+# Payload name -> distribution whose version the payload reports.
+VERSIONED = {"lm_eval": "lm_eval", "transformers": "transformers", "torch": "torch"}
 
 
 class EvaluationFailure(Exception):
@@ -149,28 +151,8 @@ def _run(job: EvaluationJob, progress: Progress | None, work: Path, started: flo
     except DataMissing as exc:
         raise EvaluationFailure("data_missing", f"Task data is missing: {exc}") from exc
     pretrained = check_repository(job)
-
-    import torch
-    from lm_eval.tasks import TaskManager
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    batch_size: int | str = job.batch_size or ("auto" if device == "cuda" else CPU_BATCH_SIZE)
-    model_args: dict[str, Any] = {"pretrained": pretrained}
-    if job.model_source == "hub":
-        model_args["revision"] = job.revision
-    model_args |= {"dtype": job.precision, "trust_remote_code": False, "use_safetensors": True}
-
-    logger.info("loading %s@%s in %s on %s", job.repo_id, job.revision, job.precision, device)
-    lm = _model_class().create_from_arg_obj(
-        model_args, {"batch_size": batch_size, "device": device}
-    )
-    manager = TaskManager(include_path=[str(p) for p in data.include_path], include_defaults=False)
-    try:
-        loaded = [manager.load([task.lm_eval_task for task in stage.tasks]) for stage in stages]
-    except Exception as exc:
-        raise EvaluationFailure(
-            "data_missing", f"The task data could not be loaded: {_first_line(exc)}"
-        ) from exc
+    lm, model_args, device, batch_size = _load_model(job, pretrained)
+    manager, loaded = _load_tasks(data, stages)
 
     counter = _ProgressCounter(progress)
     lm.on_scored = counter.add
@@ -227,7 +209,37 @@ def _run(job: EvaluationJob, progress: Progress | None, work: Path, started: flo
     }
 
 
-VERSIONED = {"lm_eval": "lm_eval", "transformers": "transformers", "torch": "torch"}
+def _load_model(job: EvaluationJob, pretrained: str) -> tuple[Any, dict[str, Any], str, int | str]:
+    """lm-eval's HFLM as the stock `--model hf --model_args ...` would build it."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch_size: int | str = job.batch_size or ("auto" if device == "cuda" else CPU_BATCH_SIZE)
+    model_args: dict[str, Any] = {"pretrained": pretrained}
+    if job.model_source == "hub":
+        model_args["revision"] = job.revision
+    model_args |= {"dtype": job.precision, "trust_remote_code": False, "use_safetensors": True}
+    logger.info("loading %s@%s in %s on %s", job.repo_id, job.revision, job.precision, device)
+    lm = _model_class().create_from_arg_obj(
+        model_args, {"batch_size": batch_size, "device": device}
+    )
+    return lm, model_args, device, batch_size
+
+
+def _load_tasks(data: TaskData, stages: list[Stage]) -> tuple[Any, list[dict[str, Any]]]:
+    """The task manager and, per stage, lm-eval's loaded tasks (datasets read here)."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=[str(p) for p in data.include_path], include_defaults=False)
+    try:
+        loaded = [manager.load([task.lm_eval_task for task in stage.tasks]) for stage in stages]
+    except Exception as exc:
+        if classify(exc)[0] != "error":  # a time limit or out of memory while reading data
+            raise
+        raise EvaluationFailure(
+            "data_missing", f"The task data could not be loaded: {_first_line(exc)}"
+        ) from exc
+    return manager, loaded
 
 
 # --- The repository ----------------------------------------------------------------------------
@@ -403,6 +415,7 @@ def _count_requests(stage: Stage, loaded: dict[str, Any]) -> int:
                 raise RuntimeError(f"{leaf.task_name} is not a multiple-choice task")
             docs = leaf.eval_docs
             count = len(docs) if stage.limit is None else min(stage.limit, len(docs))
+            # acc_mutual_info adds an unconditional request per choice (none of our suites).
             per_choice = 2 if "acc_mutual_info" in leaf._metric_fn_list else 1
             total += per_choice * sum(len(leaf.doc_to_choice(docs[i])) for i in range(count))
     return total
@@ -485,14 +498,17 @@ def write_artifact(
     """Gzip JSON lines under <artifact_root>/<run_id>/; a new name per attempt, so a redelivered
     run never overwrites the file an earlier payload points at."""
     relative = Path(str(run_id)) / (
-        f"{suite.name}@{suite.version}-{time.strftime('%Y%m%dT%H%M%S')}-"
+        f"{suite.name}@{suite.version}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-"
         f"{uuid.uuid4().hex[:8]}.details.jsonl.gz"
     )
     path = artifact_root / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    # mtime=0 keeps the gzip bytes a function of the rows alone.
-    with open(partial, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+    # No file name and mtime=0 in the gzip header: the bytes are a function of the rows alone.
+    with (
+        open(partial, "wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out,
+    ):
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
     os.replace(partial, path)

@@ -40,9 +40,6 @@ class SuiteTask:
     splits_note: str  # how its splits differ from the original leaderboard's
     dataset: str = ""  # the Hub dataset the stock task reads
 
-    def __post_init__(self) -> None:
-        self.metric = str(self.metric)
-
 
 @dataclass
 class Suite:

@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 
 from evaluator.suites import load_suite
+from leaderboard.celery import app
 from leaderboard.evaluations import services
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 from leaderboard.submissions.models import Submission
@@ -69,6 +70,13 @@ def test_create_run_for_routes_by_size_and_sends_on_commit(
     assert Submission.objects.get(pk=submission.pk).state == "queued"
 
     callbacks[0]()
+    with app.connection_for_write() as conn:
+        simple = conn.SimpleQueue(queue)
+        message = simple.get(timeout=1)
+        # The evaluation's time limits travel with it: the web side's settings decide them.
+        assert message.headers["timelimit"] == [4 * 3600 + 300, 4 * 3600]
+        message.requeue()
+        simple.close()
     messages = broker(queue)
     assert [name for name, _ in messages] == ["evaluations.evaluate"]
     job, attempt = messages[0][1]

@@ -19,6 +19,7 @@ import pytest
 from celery.utils.nodenames import gethostname
 from django.db import connection
 from django.test import override_settings
+from kombu import pools
 
 from evaluator.suites import load_suite
 from leaderboard.celery import app
@@ -120,6 +121,24 @@ def test_gpu_task_reports_a_model_that_cannot_load(tmp_path, django_db_blocker):
     assert message == f"There is no repository folder for nobody/missing-model at {models}."
 
 
+def test_an_evaluation_killed_at_the_hard_time_limit_is_reported(django_db_blocker):
+    from billiard.exceptions import TimeLimitExceeded, WorkerLostError
+
+    job = {"run_id": RUN_ID}
+    drain("trellis")
+    with django_db_blocker.block():
+        # What the pool's main process calls when it kills the task at the hard limit.
+        tasks.evaluate.on_failure(TimeLimitExceeded(25), "task-id", [job, 2], {}, None)
+        # A lost worker is not a failure: its message goes back to the queue.
+        tasks.evaluate.on_failure(WorkerLostError("killed"), "task-id", [job, 2], {}, None)
+    assert drain("trellis") == [
+        (
+            "evaluations.record_failure",
+            [RUN_ID, 2, "time_limit", "It was stopped at the hard limit of 25 s.", ""],
+        )
+    ]
+
+
 @pytest.mark.django_db
 def test_web_side_tasks_ingest_what_the_gpu_task_sent(gpu_reports, settings):
     from tests.factories import RunFactory
@@ -162,8 +181,9 @@ def app_broker(url: str):
     Celery reads CELERY_BROKER_URL from the environment before its configuration."""
 
     def reset() -> None:
-        if app._pool is not None:
-            app._pool.force_close_all()
+        # kombu keeps connection and producer pools per broker URL process-wide: drop them
+        # all, then the app builds new ones for the current URL.
+        pools.reset()
         app._pool = None
         app.amqp._producer_pool = None
 
@@ -223,11 +243,10 @@ def wait_for(predicate, timeout: float, what: str, logs: list[Path]):
 
 
 @pytest.fixture
-def workers(request, redis_url, transactional_db, tmp_path, tiny_model_root, settings):
+def workers(redis_url, transactional_db, tmp_path, tiny_model_root, settings):
     """A web-side worker with the test database, and a GPU worker whose database URL points at
     nothing: if the GPU side touched the database the run could not finish. Queue names are
-    unique, so nothing else on the same Redis interferes. Indirect parameters are extra
-    environment variables of the GPU worker."""
+    unique, so nothing else on the same Redis interferes."""
     suffix = uuid.uuid4().hex[:8]
     web_queue, gpu_queue = f"trellis-{suffix}", f"gpu-small-{suffix}"
     artifact_root = tmp_path / "artifacts"
@@ -254,7 +273,6 @@ def workers(request, redis_url, transactional_db, tmp_path, tiny_model_root, set
     }
     web_env = common | {"DATABASE_URL": _database_url()}
     gpu_env = common | {"DATABASE_URL": "sqlite:////nonexistent/the-gpu-worker-has-no-database"}
-    gpu_env |= getattr(request, "param", {})
     logs = [tmp_path / "web-worker.log", tmp_path / "gpu-worker.log"]
     web = start_worker(f"web-{suffix}", web_queue, web_env, logs[0], "solo")
     gpu = start_worker(f"gpu-{suffix}", gpu_queue, gpu_env, logs[1], "prefork")
@@ -318,18 +336,16 @@ def test_submission_is_evaluated_by_real_workers_and_survives_a_killed_worker(
     assert "WorkerLostError" in logs[1].read_text()
 
 
-@pytest.mark.parametrize(
-    "workers",
-    [{"TRELLIS_EVAL_SOFT_TIME_LIMIT": "10", "TRELLIS_EVAL_TIME_LIMIT": "25"}],
-    indirect=True,
-)
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_an_evaluation_past_its_time_limit_fails_with_that_reason(workers, settings):
     from leaderboard.evaluations.services import create_run_for
     from tests.factories import RepositoryFactory, SubmissionFactory
 
-    # The suite's own limits: far more than the 10 seconds the worker allows.
+    # The suite's own document limits: far more work than the 10 seconds the run is allowed.
+    # The limits are the sender's: they travel in the message.
     settings.TRELLIS_EVAL_LIMIT = 0
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 10
+    settings.CELERY_TASK_TIME_LIMIT = 25
     submission = SubmissionFactory(
         repository=RepositoryFactory(repo_id=TINY_REPO_ID), precision="float32"
     )

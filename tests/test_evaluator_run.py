@@ -18,7 +18,7 @@ import pytest
 
 from evaluator.data import default_mirror_root
 from evaluator.jobs import EvaluationJob
-from evaluator.run import EvaluationFailure, classify, run_job
+from evaluator.run import EvaluationFailure, classify, run_job, write_artifact
 from evaluator.suites import load_suite
 
 REPO_ID = "trellis-tests/tiny-llama"
@@ -199,6 +199,18 @@ def test_details_artifact_holds_one_row_per_document_and_reproduces_each_score(q
     assert {row["doc_id"] for row in rows if row["task"] == "arc_easy"} == {0, 1}
 
 
+def test_the_artifact_bytes_depend_on_the_rows_alone(quick_run, tmp_path):
+    payload = quick_run["payload"]
+    rows = read_rows(quick_run["artifact_root"], payload)
+    again = write_artifact(tmp_path, 7, load_suite("quick", "1"), rows)
+    assert again["path"] != payload["artifact"]["path"]
+    assert (again["sha256"], again["size"], again["rows"]) == (
+        payload["artifact"]["sha256"],
+        payload["artifact"]["size"],
+        122,
+    )
+
+
 def test_progress_counts_every_loglikelihood_request_once_in_order(quick_run):
     calls, payload = quick_run["progress"], quick_run["payload"]
     total = payload["loglikelihood_requests"]
@@ -370,6 +382,15 @@ def test_a_mirror_without_the_task_data_fails_as_data_missing(tiny_repo, tmp_pat
         "Task data is missing: the local data mirror has no validation split for hellaswag: "
         f"no .arrow file in {mirror / 'hellaswag/none/validation'}"
     )
+
+
+def test_hub_task_data_out_of_reach_fails_as_data_missing(tiny_repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(EvaluationFailure) as caught:
+        run_job(make_job(tiny_repo, tmp_path / "artifacts", data_source="hub"))
+    assert caught.value.reason == "data_missing"
+    assert caught.value.message.startswith("The task data could not be loaded: ")
+    assert "allenai/ai2_arc" in caught.value.message
 
 
 def test_a_time_limit_during_scoring_fails_as_time_limit_with_the_log_tail(tiny_repo, tmp_path):

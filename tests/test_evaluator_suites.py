@@ -67,8 +67,8 @@ def test_quick_runs_arc_easy_and_the_same_four_with_one_shot_and_small_limits():
     assert task_table(suite) == [
         ("arc_easy", "arc_easy", 1, "acc", 100, 0.25),
         ("arc_challenge", "arc_challenge", 1, "acc_norm", 100, 0.25),
-        ("hellaswag", "hellaswag", 1, "acc_norm", 50, 0.25),
-        ("mmlu", "mmlu", 1, "acc", 1, 0.25),
+        ("hellaswag", "hellaswag", 1, "acc_norm", 60, 0.25),
+        ("mmlu", "mmlu", 1, "acc", 2, 0.25),
         ("winogrande", "winogrande", 1, "acc", 100, 0.5),
     ]
 
@@ -173,8 +173,8 @@ def test_stages_group_tasks_by_shots_and_limit():
     quick = load_suite("quick")
     assert [(s.num_fewshot, s.limit, [t.key for t in s.tasks]) for s in plan_stages(quick)] == [
         (1, 100, ["arc_easy", "arc_challenge", "winogrande"]),
-        (1, 50, ["hellaswag"]),
-        (1, 1, ["mmlu"]),
+        (1, 60, ["hellaswag"]),
+        (1, 2, ["mmlu"]),
     ]
     assert [(s.limit, len(s.tasks)) for s in plan_stages(quick, limit=3)] == [(3, 5)]
 

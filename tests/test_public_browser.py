@@ -86,6 +86,32 @@ VISIBLE = [
 ]
 
 
+BY_SIZE = [
+    "delta/big",
+    "acme/chat-7b",
+    "acme/base-7b",
+    "beta/unlicensed",
+    "beta/fp16-tune",
+    "beta/nc-tune",
+    "gamma/slerp-mix",
+    "gamma/ties-mix",
+    "synthetic-demo/fake",
+    "acme/tiny",
+]
+BY_SIZE_ASCENDING = [
+    "acme/tiny",
+    "gamma/slerp-mix",
+    "gamma/ties-mix",
+    "synthetic-demo/fake",
+    "beta/nc-tune",
+    "beta/fp16-tune",
+    "beta/unlicensed",
+    "acme/chat-7b",
+    "acme/base-7b",
+    "delta/big",
+]
+
+
 def rows(page: Any) -> list[str]:
     return page.eval_on_selector_all(
         "#ranking-table tbody tr[data-model]", "rows => rows.map(r => r.dataset.model)"
@@ -118,12 +144,11 @@ def test_ranking_loads_and_sorts(page, catalog):
     assert "25-shot, metric acc_norm" in header.get_attribute("title")
 
     settle(page, lambda: page.click('th[data-sort="parameters"] a'))
-    by_size = rows(page)
-    assert by_size[0] == "delta/big" and by_size[-1] == "acme/tiny"
+    # Equal sizes fall back to the average, best first, in both directions.
+    wait_rows(page, BY_SIZE)
     assert "sort=parameters" in page.url
     settle(page, lambda: page.click('th[data-sort="parameters"] a'))
-    wait_rows(page, list(reversed(by_size[:-3])) and rows(page))
-    assert rows(page)[0] == "acme/tiny"
+    wait_rows(page, BY_SIZE_ASCENDING)
     assert "dir=asc" in page.url
     settle(page, lambda: page.click('th[data-sort="model"] a'))
     wait_rows(page, sorted(VISIBLE))
@@ -245,11 +270,21 @@ def test_model_page_shows_scores_and_lineage_graph(page, catalog):
 
 @pytest.fixture
 def at_scale(django_user_model: Any) -> None:
-    """400 synthetic models, three of them flagged (their descendants tainted)."""
+    """400 synthetic models; two of the best flagged, a third reported, and three more flagged
+    among the earliest (their descendants tainted)."""
+    from leaderboard.public.models import RankingEntry
     from leaderboard.public.synthetic import flag_some, seed
+    from tests.public_factories import report
 
     seed(400)
     maintainer = django_user_model.objects.create_superuser("root", "root@example.org", "pw")
+    best = [
+        entry.repository
+        for entry in RankingEntry.objects.filter(suite_name=SUITE).order_by("-average_key")[:5]
+    ]
+    flag(best[1], maintainer)
+    flag(best[3], maintainer)
+    report(best[4])
     flag_some(3, maintainer)
 
 
@@ -257,6 +292,7 @@ def test_ranking_and_model_pages_at_scale(page, at_scale):
     """Pagination over a larger catalog, a tainted model's page; the README's screenshots."""
     from leaderboard.catalog.models import Repository
 
+    page.set_viewport_size({"width": 1720, "height": 1000})
     page.goto(page.base + "/?show_tainted=1&show_flagged=1")
     page.wait_for_selector("#ranking-table tbody tr[data-model]")
     assert page.inner_text("#ranking-count").startswith("Showing 1\u201350 of 400 models")
@@ -293,6 +329,7 @@ def test_plots_page_renders_every_chart(page):
     page.screenshot(path=str(SCREENSHOTS / "plots.png"), full_page=True)
 
     settle(page, lambda: page.check('input[name="model_type"][value="chat"]'))
-    page.wait_for_selector("#plot-types.js-plotly-plot")
+    # The swapped-in chart is drawn after htmx settles: wait for public.js to mark it done.
+    page.wait_for_selector("#plot-types.js-plotly-plot[data-rendered]")
     names = page.eval_on_selector("#plot-types", "el => el.data.map(t => t.name)")
     assert len(names) == 1 and names[0].startswith("chat (")

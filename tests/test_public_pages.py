@@ -148,6 +148,12 @@ def test_compare_page_differences_and_common_ancestor(anonymous_client):
     assert '<td class="num significant">+10.00 <small>± 2.24</small></td>' in html
     assert "common ancestor org/base (1 step above org/a, 1 step above org/b)" in html
     assert 'data-figure="figure-compare"' in html
+    # The shared parent was never submitted: its page says so instead of failing.
+    base_page = anonymous_client.get("/models/org/base/")
+    assert base_page.status_code == 200
+    assert (
+        "No finished evaluation of this model on open-llm-v1 1 yet." in base_page.content.decode()
+    )
 
 
 def test_compare_refuses_bad_model_lists(anonymous_client):

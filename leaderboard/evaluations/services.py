@@ -99,7 +99,14 @@ def send_run(run_id: int, attempt: int) -> bool:
     )
     if run is None:
         return False
-    evaluate.apply_async(args=[build_job(run), attempt], queue=run.queue)
+    # The limits travel in the message (Celery's sender decides them), so they are the web
+    # side's TRELLIS_EVAL_*_TIME_LIMIT whatever a GPU worker's own settings say.
+    evaluate.apply_async(
+        args=[build_job(run), attempt],
+        queue=run.queue,
+        soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
+        time_limit=settings.CELERY_TASK_TIME_LIMIT,
+    )
     EvaluationRun.objects.filter(pk=run_id, attempt=attempt).update(sent_at=timezone.now())
     return True
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Task, shared_task
 from django.conf import settings
 
@@ -26,6 +27,21 @@ class EvaluationTask(Task):
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """The task ended without reporting: the pool killed it at the hard time limit (Celery
+        calls this in the worker's main process then), or an exception escaped. Report it, so
+        the run fails now with its reason instead of being reaped later. A lost worker is not
+        reported: its message is re-delivered."""
+        if isinstance(exc, WorkerLostError) or len(args) < 2:
+            return
+        job, attempt = args[0], args[1]
+        if isinstance(exc, TimeLimitExceeded):
+            code, message = "time_limit", f"It was stopped at the hard limit of {exc.args[0]} s."
+        else:
+            code, message = "error", f"{type(exc).__name__}: {exc}"
+        tail = "\n".join(str(einfo or "").rstrip().splitlines()[-40:])
+        _report(job["run_id"], attempt, "failure", code, message, tail)
 
 
 @shared_task(bind=True, base=EvaluationTask, name="evaluations.evaluate")

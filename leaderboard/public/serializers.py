@@ -124,16 +124,15 @@ def row_to_dict(row: RankingRow) -> dict[str, Any]:
 def api_row_json(row: ApiRow, _clean: dict[str, str] = {}) -> str:  # noqa: B006 - a memo
     """The JSON text of `row_to_dict` for a row, spliced from the stored part and the live
     part (the same keys in the same order) without parsing the stored part."""
-    placed = row.placed
-    if not row.flags and not placed.status_path:
-        live = _clean.get(placed.lineage_status)
+    if not row.flags and not row.status_path:
+        live = _clean.get(row.lineage_status)
         if live is None:
-            live = _clean[placed.lineage_status] = to_json(
-                live_row_dict(placed.lineage_status, "", [])
-            )[1:-1]
+            live = _clean[row.lineage_status] = to_json(live_row_dict(row.lineage_status, "", []))[
+                1:-1
+            ]
     else:
-        live = to_json(live_row_dict(placed.lineage_status, row.taint_path, row.flags))[1:-1]
-    return f'{{"rank":{placed.rank},{row.row_json[1:-1]},{live}}}'
+        live = to_json(live_row_dict(row.lineage_status, row.taint_path, row.flags))[1:-1]
+    return f'{{"rank":{row.rank},{row.row_json[1:-1]},{live}}}'
 
 
 def leaderboard_header(result: Ranking[Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from django.db.models.functions import Cast, Rank
 from django.utils import timezone
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from leaderboard.catalog.models import LineageStatus, Repository
+from leaderboard.catalog.models import LineageStatus, Repository, RepositoryKind
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 from leaderboard.public import serializers
 from leaderboard.public.licenses import license_family
@@ -388,13 +388,16 @@ class Placed:
 class ApiRow:
     """A row as the full-leaderboard API sends it: live fields plus the stored JSON."""
 
-    placed: Placed
+    rank: int
+    repository_id: int
+    lineage_status: str
+    status_path: list[Any]
     row_json: str
-    flags: list[dict[str, Any]]
+    flags: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def taint_path(self) -> str:
-        return status_path_text(self.placed.lineage_status, self.placed.status_path)
+        return status_path_text(self.lineage_status, self.status_path)
 
 
 _ENTRY_FIELDS = (
@@ -531,67 +534,76 @@ def ranking(query: RankingQuery) -> Ranking[RankingRow]:
 
 def ranking_for_api(query: RankingQuery) -> Ranking[ApiRow]:
     """The same rows as `ranking`, as stored JSON plus live fields (see serializers)."""
-    placed, entries = _select(query) if query.page is not None else _select_all(query)
-    contents = _contents(placed, entries, ("id", "row_json"))
-    flags = _flags({p.repository_id for p in placed.rows})
-    rows = [
-        ApiRow(p, contents[p.entry_id][1], flags.get(p.repository_id, []))
-        for p in placed.rows
-        if p.entry_id in contents
-    ]
-    return _with_rows(placed, rows)
+    if query.page is None:
+        result = _select_all(query)
+    else:
+        placed, entries = _select(query)
+        contents = dict(_contents(placed, entries, ("id", "row_json")).values())
+        rows = [
+            ApiRow(p.rank, p.repository_id, p.lineage_status, p.status_path, contents[p.entry_id])
+            for p in placed.rows
+            if p.entry_id in contents
+        ]
+        result = _with_rows(placed, rows)
+    flags = _flags({row.repository_id for row in result.rows})
+    if flags:
+        for row in result.rows:
+            row.flags = flags.get(row.repository_id, [])
+    return result
 
 
-def _select_all(query: RankingQuery) -> tuple[Ranking[Placed], QuerySet[RankingEntry]]:
+def _select_all(query: RankingQuery) -> Ranking[ApiRow]:
     """`_select` for every row at once (the full leaderboard): the lineage filter and the
     rank are applied here rather than in SQL, so the database only walks the ordering index
-    and reads the few repositories that are not clean (by the status index); a join and a
-    window over every row cost more than the rows themselves."""
+    (reading each row's stored JSON) and the few repositories that are not clean (by the
+    status index); a join and a window over every row cost more than the rows themselves."""
     view = suite_view(query.suite, query.version or "")
     if view is None:
         raise RankingQueryError(
             [{"code": "unknown_version", "field": "version", "message": str(query.version)}]
         )
-    entries = filtered_entries(query)
     key = "normalized_key" if query.normalized else "average_key"
     lineage = {
         repository_id: (status, path or [])
         for repository_id, status, path in Repository.objects.filter(
-            status__in=NOT_CLEAN
+            kind=RepositoryKind.MODEL, status__in=NOT_CLEAN
         ).values_list("id", "status", "status_path")
     }
     clean: tuple[str, list[Any]] = (LineageStatus.CLEAN.value, [])
     hidden = set(query.hidden_statuses)
-    ordered = entries.order_by(*_ordering(query, key)).values_list("id", "repository_id", key)
+    ordered = (
+        filtered_entries(query)
+        .order_by(*_ordering(query, key))
+        .values_list("repository_id", key, "row_json")
+    )
     visible = []
     hidden_flagged = hidden_tainted = total = 0
-    for entry_id, repository_id, sort_key in ordered:
+    for repository_id, sort_key, row_json in ordered:
         total += 1
         status, path = lineage.get(repository_id, clean)
         if status in hidden:
             hidden_flagged += status == LineageStatus.FLAGGED
             hidden_tainted += status == LineageStatus.TAINTED
             continue
-        visible.append((entry_id, repository_id, sort_key, status, path))
+        visible.append((repository_id, sort_key, status, path, row_json))
     # Competition ranking ("1, 2, 2, 4") by the average among the shown rows, as SQL RANK().
     rank_of: dict[float, int] = {}
-    for position, sort_key in enumerate(sorted((v[2] for v in visible), reverse=True), 1):
+    for position, sort_key in enumerate(sorted((v[1] for v in visible), reverse=True), 1):
         rank_of.setdefault(sort_key, position)
-    placed = [
-        Placed(entry_id, rank_of[sort_key], repository_id, status, path)
-        for entry_id, repository_id, sort_key, status, path in visible
+    rows = [
+        ApiRow(rank_of[sort_key], repository_id, status, path, row_json)
+        for repository_id, sort_key, status, path, row_json in visible
     ]
-    ranking = Ranking(
+    return Ranking(
         query=query,
         view=view,
-        rows=placed,
+        rows=rows,
         count=total - hidden_flagged - hidden_tainted,
         hidden_flagged=hidden_flagged,
         hidden_tainted=hidden_tainted,
         page=None,
         pages=1,
     )
-    return ranking, entries
 
 
 def _with_rows(placed: Ranking[Placed], rows: list[RowT]) -> Ranking[RowT]:
