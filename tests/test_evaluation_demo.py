@@ -46,6 +46,18 @@ def test_demo_setup_creates_accounts_and_submits_the_demo_model_once(built_demo_
         "bfloat16",
     )
     assert (built_demo_model.parent / "SmolLM2-135M" / "README.md").is_file()
+    # Parent and declared datasets are shipped as card-only repositories: the lineage resolves.
+    repository = submission.repository
+    repository.refresh_from_db()
+    assert (repository.status, repository.status_path) == ("clean", [])
+    assert sorted(
+        (edge.parent.kind, edge.parent.repo_id, edge.parent.lineage_resolved)
+        for edge in repository.parent_edges.select_related("parent")
+    ) == [
+        ("dataset", "HuggingFaceH4/ultrafeedback_binarized", True),
+        ("dataset", "HuggingFaceTB/smol-smoltalk", True),
+        ("model", "HuggingFaceTB/SmolLM2-135M", True),
+    ]
     run = EvaluationRun.objects.get()
     assert (run.suite_name, run.state) == ("quick", "queued")
 

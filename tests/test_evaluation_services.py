@@ -234,6 +234,21 @@ def test_ingest_stores_scores_payload_and_artifact_in_one_go(artifact_root):
 
 
 @pytest.mark.django_db
+def test_ingested_scores_enter_the_public_ranking(artifact_root, client):
+    run = running_run()
+    payload = quick_payload(run.pk, artifact_root, {"arc_easy": 0.62, "winogrande": 0.51})
+    query = {"suite": "quick", "version": "1"}
+    assert client.get("/api/v1/leaderboard", query).json()["rows"] == []
+
+    assert services.ingest_result(run.pk, 1, payload) == "ingested"
+
+    rows = client.get("/api/v1/leaderboard", query).json()["rows"]
+    assert [row["model"] for row in rows] == [run.submission.repository.repo_id]
+    # The API shows percentages.
+    assert (rows[0]["scores"]["arc_easy"], rows[0]["scores"]["winogrande"]) == (62.0, 51.0)
+
+
+@pytest.mark.django_db
 def test_ingesting_twice_changes_nothing_the_second_time(artifact_root):
     run = running_run()
     payload = quick_payload(run.pk, artifact_root)

@@ -25,6 +25,7 @@ from leaderboard.evaluations.payload import (
     check_artifact,
     parse_payload,
 )
+from leaderboard.public.services import refresh_entries_for
 from leaderboard.submissions.models import Submission
 
 logger = logging.getLogger(__name__)
@@ -256,6 +257,8 @@ def ingest_result(run_id: int, attempt: int, payload: Any) -> str:
             for task in result.tasks
         )
         _mirror_submission(run_id, run.submission_id, RunState.FINISHED)
+        # The ranking reads a denormalized table; the new scores enter it in the same commit.
+        refresh_entries_for([run.submission_id])
     return INGESTED
 
 
