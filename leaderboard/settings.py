@@ -158,7 +158,6 @@ else:
     }
 if CELERY_RESULT_BACKEND.startswith("file://"):
     Path(CELERY_RESULT_BACKEND.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-CELERY_TASK_ALWAYS_EAGER = env_bool("TRELLIS_CELERY_EAGER", False)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -202,7 +201,8 @@ SECURE_PROXY_SSL_HEADER = (
 TRELLIS_SCORE_Z_OUTLIER = env_float("TRELLIS_SCORE_Z_OUTLIER", 2.5)
 
 # --- Model sources (catalog/sources): the Hub's address and how long one Hub call may take -----
-HF_ENDPOINT = env_str("HF_ENDPOINT", "")  # empty: huggingface_hub's default (https://huggingface.co)
+# Empty: huggingface_hub's default (https://huggingface.co).
+HF_ENDPOINT = env_str("HF_ENDPOINT", "")
 TRELLIS_HUB_TIMEOUT = env_float("TRELLIS_HUB_TIMEOUT", 20.0)
 
 # --- Evaluations: the reconciler (evaluations area) ---------------------------------------------

@@ -24,10 +24,16 @@ def signup(request: HttpRequest) -> HttpResponse:
     return render(request, "registration/signup.html", {"form": form})
 
 
+def _render_profile(request: HttpRequest, new_token: str = "") -> HttpResponse:
+    user_id = request.user.pk
+    assert user_id is not None  # every caller is behind login_required
+    tokens = ApiToken.objects.filter(user_id=user_id)
+    return render(request, "accounts/profile.html", {"tokens": tokens, "new_token": new_token})
+
+
 @login_required
 def profile(request: HttpRequest) -> HttpResponse:
-    tokens = ApiToken.objects.filter(user_id=request.user.pk)
-    return render(request, "accounts/profile.html", {"tokens": tokens})
+    return _render_profile(request)
 
 
 @login_required
@@ -35,8 +41,7 @@ def profile(request: HttpRequest) -> HttpResponse:
 def create_token(request: HttpRequest) -> HttpResponse:
     name = (request.POST.get("name") or "default").strip()[:100] or "default"
     _, raw = ApiToken.issue(request.user, name=name)
-    tokens = ApiToken.objects.filter(user_id=request.user.pk)
-    return render(request, "accounts/profile.html", {"tokens": tokens, "new_token": raw})
+    return _render_profile(request, new_token=raw)
 
 
 @login_required
