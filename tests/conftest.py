@@ -89,6 +89,15 @@ def maintainer_client(maintainer) -> Client:
 
 
 @pytest.fixture
+def artifact_root(tmp_path: Path, settings) -> Path:
+    """Where ingested runs' details artifacts live, for the test."""
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    settings.TRELLIS_ARTIFACT_ROOT = root
+    return root
+
+
+@pytest.fixture
 def model_root(tmp_path: Path, settings) -> Path:
     """A local model source rooted in a temp dir, active for the test."""
     from leaderboard.catalog.sources import _source_for

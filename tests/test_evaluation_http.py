@@ -25,14 +25,6 @@ def _clean_broker():
 
 
 @pytest.fixture
-def artifact_root(tmp_path, settings):
-    root = tmp_path / "artifacts"
-    root.mkdir()
-    settings.TRELLIS_ARTIFACT_ROOT = root
-    return root
-
-
-@pytest.fixture
 def submission(submitter):
     return SubmissionFactory(submitter=submitter, repository__repo_id="acme/tiny-chat")
 

@@ -27,14 +27,6 @@ def broker():
         drain(queue)
 
 
-@pytest.fixture
-def artifact_root(tmp_path, settings):
-    root = tmp_path / "artifacts"
-    root.mkdir()
-    settings.TRELLIS_ARTIFACT_ROOT = root
-    return root
-
-
 def running_run(**kwargs) -> EvaluationRun:
     now = timezone.now()
     defaults = {"state": RunState.RUNNING, "queue": "gpu-small", "started_at": now}

@@ -20,69 +20,15 @@ from evaluator.data import default_mirror_root
 from evaluator.jobs import EvaluationJob
 from evaluator.run import EvaluationFailure, classify, run_job, write_artifact
 from evaluator.suites import load_suite
+from tests.tiny_model import build_tiny_repo
 
 REPO_ID = "trellis-tests/tiny-llama"
 LIMIT = 2
 
 
-def _train_tokenizer(out: Path) -> Any:
-    """A byte-level BPE tokenizer (1,024 tokens) trained on the mirror's own questions: real
-    tokenization, and a vocabulary small enough that the tiny model scores fast."""
-    import datasets
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    mirror = default_mirror_root()
-    arc = datasets.load_from_disk(str(mirror / "ai2_arc/ARC-Easy/validation"))
-    hellaswag = datasets.load_from_disk(str(mirror / "hellaswag/none/validation")).select(
-        range(1000)
-    )
-    texts = [row["question"] + " " + " ".join(row["choices"]["text"]) for row in arc]
-    texts += [row["ctx"] + " " + " ".join(row["endings"]) for row in hellaswag]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1024,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    special = "<|endoftext|>"
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=special,
-        eos_token=special,
-        unk_token=special,
-        pad_token=special,
-    )
-    fast.save_pretrained(out)
-    return fast
-
-
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("evaluator-models") / REPO_ID
-    tokenizer = _train_tokenizer(path)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path
+    return build_tiny_repo(tmp_path_factory.mktemp("evaluator-models"), REPO_ID)
 
 
 def make_job(model_root: Path, artifact_root: Path, **overrides: Any) -> EvaluationJob:

@@ -31,6 +31,7 @@ from leaderboard.integrity.models import (
     ReportSupport,
 )
 from leaderboard.integrity.status import derive, path_text
+from leaderboard.problems import Problem
 
 DAY = timedelta(days=1)
 EVIDENCE_MAX = 10_000
@@ -39,16 +40,6 @@ LINKS_MAX = 10
 LINK_MAX = 500
 # Past this many seeds the recursive CTE's IN list stops paying off: recompute everything.
 SEEDS_MAX = 5_000
-
-
-@dataclass(frozen=True)
-class Problem:
-    code: str
-    field: str
-    message: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"code": self.code, "field": self.field, "message": self.message}
 
 
 class ReportRefused(Exception):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from leaderboard.catalog.cards import (
@@ -19,6 +18,7 @@ from leaderboard.catalog.cards import (
     parse_card,
 )
 from leaderboard.catalog.sources import RepoSnapshot
+from leaderboard.problems import Problem
 from leaderboard.submissions.models import ModelType, Precision, WeightType
 
 # Every code a refusal can carry, with the field it is reported on. docs/submission.md documents
@@ -68,16 +68,6 @@ DATASETS_REQUIRED = frozenset(
 )
 
 _REPO_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?", re.ASCII)
-
-
-@dataclass(frozen=True)
-class Problem:
-    code: str
-    field: str
-    message: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"code": self.code, "field": self.field, "message": self.message}
 
 
 def problem(code: str, message: str) -> Problem:
