@@ -563,10 +563,14 @@ def _select_all(query: RankingQuery) -> Ranking[ApiRow]:
             [{"code": "unknown_version", "field": "version", "message": str(query.version)}]
         )
     key = "normalized_key" if query.normalized else "average_key"
+    # Only the non-clean repositories that have a row here: in a large catalog most non-clean
+    # nodes are never ranked, and decoding their paths cost more than the ranked rows did.
     lineage = {
         repository_id: (status, path or [])
         for repository_id, status, path in Repository.objects.filter(
-            kind=RepositoryKind.MODEL, status__in=NOT_CLEAN
+            kind=RepositoryKind.MODEL,
+            status__in=NOT_CLEAN,
+            id__in=filtered_entries(query).values("repository_id"),
         ).values_list("id", "status", "status_path")
     }
     clean: tuple[str, list[Any]] = (LineageStatus.CLEAN.value, [])
