@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,33 +80,41 @@ def upsert_repository(
 # --- traversal ---------------------------------------------------------------------------------
 
 
-def _reachable(start: Iterable[int], *, upward: bool) -> set[int]:
-    """Every node reachable from `start` along parent edges (upward) or child edges, one query
-    per level; the visited set makes it terminate on any graph, cyclic or not."""
+def _distances(start: int, *, upward: bool, max_depth: int | None = None) -> dict[int, int]:
+    """Every node reachable from `start` along parent edges (upward) or child edges, with its
+    shortest distance in edges; one query per level, and the visited set makes it terminate on
+    any graph, cyclic or not. `start` itself is left out."""
     follow, collect = ("child_id", "parent_id") if upward else ("parent_id", "child_id")
-    seen: set[int] = set()
-    frontier = set(start)
-    while frontier:
+    distance: dict[int, int] = {}
+    frontier = {start}
+    depth = 0
+    while frontier and (max_depth is None or depth < max_depth):
+        depth += 1
         found = set(
             LineageEdge.objects.filter(**{f"{follow}__in": frontier}).values_list(
                 collect, flat=True
             )
         )
-        frontier = found - seen
-        seen |= frontier
-    return seen
+        frontier = found - distance.keys() - {start}
+        distance.update(dict.fromkeys(frontier, depth))
+    return distance
+
+
+def ancestor_distances(repository: Repository, max_depth: int | None = None) -> dict[int, int]:
+    """Primary key → shortest number of edges up, for every node `repository` derives from."""
+    return _distances(repository.pk, upward=True, max_depth=max_depth)
 
 
 def ancestors(repository: Repository) -> set[int]:
     """Primary keys of every node `repository` derives from: parent models, theirs, and the
     datasets any of them declares (all the way up, whatever the depth)."""
-    return _reachable([repository.pk], upward=True) - {repository.pk}
+    return set(ancestor_distances(repository))
 
 
 def descendants(repository: Repository) -> set[int]:
     """Primary keys of every node that derives from `repository`, directly or not (for a
     dataset: the models trained on it and everything derived from those)."""
-    return _reachable([repository.pk], upward=False) - {repository.pk}
+    return set(_distances(repository.pk, upward=False))
 
 
 def _path_up(start: int, goal: int) -> list[int] | None:

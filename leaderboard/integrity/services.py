@@ -400,7 +400,7 @@ def recompute_all() -> Recomputed:
 
 def taint_path_text(repository: Repository | graph.NodeView) -> str:
     """The stored explaining path as one line, '' for a clean node."""
-    return path_text(repository.status_path) if repository.status_path else ""
+    return path_text(repository.status_path)
 
 
 def report_url(repository: Repository, kind: str = "") -> str:

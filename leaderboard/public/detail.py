@@ -11,9 +11,11 @@ from typing import Any
 from django.db.models import Count, Max, Q
 
 from leaderboard.catalog.models import LineageEdge, Repository, RepositoryKind
+from leaderboard.catalog.services import ancestor_distances
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
+from leaderboard.integrity.status import path_text
 from leaderboard.public.models import RankingEntry
-from leaderboard.public.services import RankingQuery, Validator, status_path_text
+from leaderboard.public.services import RankingQuery, Validator
 from leaderboard.public.suites import SuiteView, suite_view
 from leaderboard.submissions.models import Submission
 
@@ -129,7 +131,7 @@ class ModelDetail:
 
     @property
     def taint_path(self) -> str:
-        return status_path_text(self.repository.status, self.repository.status_path)
+        return path_text(self.repository.status_path)
 
 
 def find_model(repo_id: str) -> Repository | None:
@@ -421,18 +423,9 @@ def _average_difference(a: RunResult, b: RunResult, normalized: bool) -> Differe
 
 def ancestors(start: Repository) -> dict[int, tuple[int, Repository]]:
     """Every node above `start` with its distance (shortest number of edges)."""
-    found: dict[int, tuple[int, Repository]] = {}
-    frontier = {start.pk}
-    depth = 0
-    while frontier and depth < ANCESTOR_DEPTH:
-        depth += 1
-        edges = LineageEdge.objects.filter(child_id__in=frontier).select_related("parent")
-        frontier = set()
-        for edge in edges:
-            if edge.parent_id not in found and edge.parent_id != start.pk:
-                found[edge.parent_id] = (depth, edge.parent)
-                frontier.add(edge.parent_id)
-    return found
+    distances = ancestor_distances(start, max_depth=ANCESTOR_DEPTH)
+    nodes = Repository.objects.in_bulk(list(distances))
+    return {pk: (depth, nodes[pk]) for pk, depth in distances.items()}
 
 
 def relationships(repositories: Iterable[Repository]) -> list[Relationship]:

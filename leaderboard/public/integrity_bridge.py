@@ -1,5 +1,5 @@
 """What the public views read from the integrity app: the flags of many repositories at once,
-the time of the last integrity event (for validators), and status paths as text."""
+and the time of the last integrity event (for validators)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from django.db.models import Max
 
 from leaderboard.catalog.models import Repository
 from leaderboard.integrity.models import AuditEntry, Report, ReportStatus
-from leaderboard.integrity.status import path_text as _path_text
 
 # Reports that matter to a reader of the ranking: allegations under review, and flags.
 LIVE_REPORT_STATUSES = (ReportStatus.OPEN, ReportStatus.CONFIRMED)
@@ -68,7 +67,3 @@ def reports_for(repository: Repository) -> list[dict[str, Any]]:
         .prefetch_related("supports__user")
     )
     return [report.to_dict() for report in reports]
-
-
-def path_text(status: str, path: list[Any]) -> str:
-    return _path_text(path) if path else ""

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from leaderboard.catalog.models import LineageStatus, Repository, RepositoryKind
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
+from leaderboard.integrity.status import path_text
 from leaderboard.public import serializers
 from leaderboard.public.licenses import license_family
 from leaderboard.public.models import MISSING_AVERAGE, LicenseFamily, RankingEntry
@@ -318,7 +319,7 @@ class RankingRow:
 
     @property
     def taint_path(self) -> str:
-        return status_path_text(self.lineage_status, self.status_path)
+        return path_text(self.status_path)
 
     @property
     def url(self) -> str:
@@ -397,7 +398,7 @@ class ApiRow:
 
     @property
     def taint_path(self) -> str:
-        return status_path_text(self.lineage_status, self.status_path)
+        return path_text(self.status_path)
 
 
 _ENTRY_FIELDS = (
@@ -681,15 +682,6 @@ def _row(placed: Placed, values: tuple[Any, ...], view: SuiteView) -> RankingRow
 
 
 # --- lineage status and flags, read live from catalog and integrity ----------------------------
-
-
-def status_path_text(status: str, path: list[Any]) -> str:
-    """The explaining path of a derived status as one line, e.g. `a/b ← c/d ← dataset:x/y`."""
-    if not path:
-        return ""
-    from leaderboard.public import integrity_bridge
-
-    return integrity_bridge.path_text(status, path)
 
 
 def attach_flags(rows: list[RankingRow]) -> None:
