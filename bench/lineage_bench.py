@@ -398,7 +398,7 @@ def main() -> None:
     for phase, seconds in load_timings.items():
         print(f"{phase}: {seconds:.1f} s")
 
-    from leaderboard.public.services import rebuild_all_entries
+    from leaderboard.public.projection import rebuild_all_entries
 
     entries_time, entries = timed(rebuild_all_entries)
     print(f"ranking read table: {entries:,} rows rebuilt in {entries_time:.1f} s")

@@ -11,7 +11,7 @@ from leaderboard.accounts.roles import is_maintainer
 from leaderboard.evaluations.models import EvaluationRun
 from leaderboard.submissions.models import Submission
 from tests.builders import make_model_repo
-from tests.evaluation_helpers import QUEUES, drain
+from tests.factories import QUEUES, drain
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ from django.utils import timezone
 from evaluator.suites import load_suite
 from leaderboard.evaluations import services
 from leaderboard.evaluations.models import EvaluationRun
-from tests.evaluation_helpers import QUEUES, drain, quick_payload
-from tests.factories import RunFactory, SubmissionFactory
+from tests.factories import QUEUES, RunFactory, SubmissionFactory, drain, quick_payload
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,15 @@ from leaderboard.celery import app
 from leaderboard.evaluations import services
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 from leaderboard.submissions.models import Submission
-from tests.evaluation_helpers import DELETE, QUEUES, changed, drain, quick_payload
-from tests.factories import RunFactory, SubmissionFactory
+from tests.factories import (
+    DELETE,
+    QUEUES,
+    RunFactory,
+    SubmissionFactory,
+    changed,
+    drain,
+    quick_payload,
+)
 
 
 @pytest.fixture

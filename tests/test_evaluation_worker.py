@@ -25,7 +25,7 @@ from evaluator.suites import load_suite
 from leaderboard.celery import app
 from leaderboard.evaluations import tasks
 from leaderboard.evaluations.models import EvaluationRun, TaskScore
-from tests.evaluation_helpers import drain
+from tests.factories import drain
 from tests.tiny_model import TINY_REPO_ID, build_tiny_repo
 
 ROOT = Path(__file__).resolve().parent.parent

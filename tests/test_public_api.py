@@ -12,7 +12,7 @@ from django.utils.http import http_date
 from jsonschema import Draft202012Validator
 
 from leaderboard.public.suites import forget_stored_versions
-from tests.public_factories import SUITE, VERSION, edge, flag, ranked, repository
+from tests.factories import SUITE, VERSION, edge, flag, ranked, repository
 
 pytestmark = pytest.mark.django_db
 

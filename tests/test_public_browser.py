@@ -14,7 +14,7 @@ import pytest
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop
 
 from leaderboard.public.suites import forget_stored_versions
-from tests.public_factories import SUITE, edge, flag, ranked, repository
+from tests.factories import SUITE, edge, flag, ranked, repository
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -274,7 +274,7 @@ def at_scale(django_user_model: Any) -> None:
     among the earliest (their descendants tainted)."""
     from leaderboard.public.models import RankingEntry
     from leaderboard.public.synthetic import flag_some, seed
-    from tests.public_factories import report
+    from tests.factories import report
 
     seed(400)
     maintainer = django_user_model.objects.create_superuser("root", "root@example.org", "pw")

@@ -15,7 +15,7 @@ from leaderboard.public.models import RankingEntry
 from leaderboard.public.serializers import rows_from_csv
 from leaderboard.public.suites import forget_stored_versions
 from leaderboard.submissions.models import Submission
-from tests.public_factories import SUITE, edge, flag, ranked
+from tests.factories import SUITE, edge, flag, ranked
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ import pytest
 
 from leaderboard.public.serializers import rows_from_csv
 from leaderboard.public.suites import forget_stored_versions
-from tests.public_factories import SUITE, VERSION, edge, flag, ranked, repository
+from tests.factories import SUITE, VERSION, edge, flag, ranked, repository
 
 pytestmark = pytest.mark.django_db
 

@@ -18,7 +18,7 @@ from leaderboard.public.services import (
     refresh_entries_for,
 )
 from leaderboard.public.suites import forget_stored_versions
-from tests.public_factories import SUITE, VERSION, edge, flag, ranked, report, repository
+from tests.factories import SUITE, VERSION, edge, flag, ranked, report, repository
 
 pytestmark = pytest.mark.django_db
 

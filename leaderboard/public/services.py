@@ -6,38 +6,32 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Count, F, FloatField, Max, QuerySet, TextField, Window
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Rank
-from django.utils import timezone
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from leaderboard.catalog.models import LineageStatus, Repository, RepositoryKind
-from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 from leaderboard.integrity.status import path_text
 from leaderboard.public import serializers
-from leaderboard.public.licenses import license_family
-from leaderboard.public.models import MISSING_AVERAGE, LicenseFamily, RankingEntry
+from leaderboard.public.models import LicenseFamily, RankingEntry
 from leaderboard.public.suites import (
     SuiteView,
     current_version,
     defined_versions,
-    forget_stored_versions,
-    is_defined,
     latest_version,
     suite_names,
     suite_view,
     versions_of,
 )
-from leaderboard.submissions.models import ModelType, Precision, Submission
+from leaderboard.submissions.models import ModelType, Precision
 
 # Bumped whenever the shape of a serialized row changes: it is part of every ETag.
 ROW_SCHEMA_VERSION = "1"
@@ -730,119 +724,6 @@ def ranking_validator(query: RankingQuery, *, extra: str = "") -> Validator:
     return Validator(etag=hashlib.sha256(fingerprint.encode()).hexdigest()[:32], last_modified=last)
 
 
-# --- keeping the read table in step ------------------------------------------------------------
-
-_CHUNK = 2000
-
-
-def refresh_entries_for(submission_ids: Iterable[int]) -> int:
-    """Rebuild the ranking rows of these submissions from their latest finished run on each
-    suite version. Call it after a run is ingested (finished) or a submission is deleted or
-    edited; it is idempotent. Returns how many rows now exist for them."""
-    ids = sorted(set(submission_ids))
-    written = 0
-    for start in range(0, len(ids), _CHUNK):
-        written += _refresh_chunk(ids[start : start + _CHUNK])
-    return written
-
-
-def rebuild_all_entries() -> int:
-    """Rebuild the whole read table (after a restore, or to recover from a missed refresh)."""
-    RankingEntry.objects.exclude(
-        submission_id__in=EvaluationRun.objects.filter(state=RunState.FINISHED).values(
-            "submission_id"
-        )
-    ).delete()
-    ids = EvaluationRun.objects.filter(state=RunState.FINISHED).values_list(
-        "submission_id", flat=True
-    )
-    return refresh_entries_for(ids)
-
-
-def _refresh_chunk(ids: list[int]) -> int:
-    latest: dict[tuple[int, str, str], EvaluationRun] = {}
-    runs = (
-        EvaluationRun.objects.filter(submission_id__in=ids, state=RunState.FINISHED)
-        .only("id", "submission_id", "suite_name", "suite_version", "finished_at")
-        .order_by("submission_id", "suite_name", "suite_version", "-finished_at", "-id")
-    )
-    for run in runs:
-        latest.setdefault((run.submission_id, run.suite_name, run.suite_version), run)
-    scores: dict[int, dict[str, tuple[float, float | None]]] = {}
-    run_ids = [run.pk for run in latest.values()]
-    for run_id, task, value, stderr in TaskScore.objects.filter(run_id__in=run_ids).values_list(
-        "run_id", "task", "value", "stderr"
-    ):
-        scores.setdefault(run_id, {})[task] = (value, stderr)
-    submissions = {
-        s.pk: s
-        for s in Submission.objects.filter(pk__in=ids)
-        .select_related("repository")
-        .defer("card_text", "card_metadata")
-    }
-    now = timezone.now()
-    views: dict[tuple[str, str], SuiteView | None] = {}
-    entries = []
-    for (submission_id, suite_name, version), run in latest.items():
-        key = (suite_name, version)
-        if key not in views:
-            views[key] = suite_view(suite_name, version)
-        view = views[key]
-        submission = submissions.get(submission_id)
-        if view is None or submission is None:
-            continue
-        entries.append(build_entry(submission, run, view, scores.get(run.pk, {}), now))
-    with transaction.atomic():
-        RankingEntry.objects.filter(submission_id__in=ids).delete()
-        RankingEntry.objects.bulk_create(entries, batch_size=1000)
-    if any(not is_defined(name, version) for name, version in views):
-        forget_stored_versions()
-    return len(entries)
-
-
-def build_entry(
-    submission: Submission,
-    run: EvaluationRun,
-    view: SuiteView,
-    scores: Mapping[str, tuple[float, float | None]],
-    now: datetime,
-) -> RankingEntry:
-    """The read-table row of one submission's run (unsaved)."""
-    values = {key: scores[key][0] for key in view.task_keys if key in scores}
-    stderrs = {key: scores[key][1] for key in view.task_keys if key in scores}
-    complete = len(values) == len(view.columns) and bool(view.columns)
-    average = sum(100 * v for v in values.values()) / len(values) if complete else None
-    average_normalized = (
-        sum(column.normalize(values[column.key]) for column in view.columns) / len(view.columns)
-        if complete
-        else None
-    )
-    entry = RankingEntry(
-        submission_id=submission.pk,
-        run_id=run.pk,
-        repository_id=submission.repository_id,
-        suite_name=view.name,
-        suite_version=view.version,
-        repo_id=submission.repository.repo_id,
-        revision=submission.revision,
-        precision=submission.precision,
-        model_type=submission.model_type,
-        weight_type=submission.weight_type,
-        parameter_count=submission.parameter_count,
-        license=submission.license,
-        license_family=license_family(submission.license),
-        merge_method=submission.merge_method,
-        is_merge=submission.model_type == ModelType.MERGE or bool(submission.merge_method),
-        is_synthetic=submission.is_synthetic,
-        submitted_at=submission.created_at,
-        evaluated_at=run.finished_at,
-        scores=values,
-        stderrs=stderrs,
-        average=average,
-        average_normalized=average_normalized,
-        average_key=MISSING_AVERAGE if average is None else average,
-        normalized_key=MISSING_AVERAGE if average_normalized is None else average_normalized,
-        updated_at=now,
-    )
-    entry.row_json = serializers.to_json(serializers.static_row_dict(entry, view))
-    return entry
+# Still imported here by evaluations.services and tests/factories.py until leaderboard/flow.py
+# takes over the hand-off; this module is being split and goes away with it.
+from leaderboard.public.projection import refresh_entries_for as refresh_entries_for  # noqa: E402

@@ -26,7 +26,7 @@ from leaderboard.catalog.models import (
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 from leaderboard.integrity.models import AuditEntry, Report
 from leaderboard.public.models import RankingEntry
-from leaderboard.public.services import refresh_entries_for
+from leaderboard.public.projection import refresh_entries_for
 from leaderboard.public.suites import suite_names, suite_view, versions_of
 from leaderboard.submissions.models import (
     ModelType,

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from leaderboard.public.services import rebuild_all_entries
+from leaderboard.public.projection import rebuild_all_entries
 
 
 class Command(BaseCommand):
