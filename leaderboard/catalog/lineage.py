@@ -1,11 +1,23 @@
-"""Lineage graph writes: nodes for every referenced repository, declared edges, and upward
-resolution of ancestors from their own cards (bounded, cycle-safe, idempotent)."""
+"""The lineage graph: nodes for every referenced repository, declared edges, traversal, and the
+two steps of recording a submission's lineage (see docs/architecture.md):
+
+1. `read_card` / `read_cards` read the declared parents' and datasets' cards from the model
+   source once, before any transaction (the submission checks keep them in their outcome);
+2. `record_declared` writes what the submitted model and those cards declare, from the
+   snapshots alone, inside the submission's transaction, and marks the model `ancestors_pending`
+   when ancestors above its declared parents are left to read;
+3. `resolve_ancestors` (after commit, in a retried task) reads those ancestors from their own
+   cards, bounded, cycle-safe and idempotent; each read happens outside any transaction and only
+   the writes it leads to are in one.
+
+Nothing here derives status: the caller hands the ids that changed on to integrity."""
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
@@ -33,7 +45,6 @@ from leaderboard.catalog.sources.base import (
     SourceError,
     SourceUnavailable,
 )
-from leaderboard.integrity.services import recompute_after_edges
 
 logger = logging.getLogger(__name__)
 
@@ -238,63 +249,172 @@ def _mark(repository: Repository, resolved: bool, note: str) -> None:
         repository.save(update_fields=["lineage_resolved", "resolution_note", "updated_at"])
 
 
-def _read_card(
-    source: ModelSource, repository: Repository
-) -> tuple[RepoSnapshot | None, dict[str, Any] | None, str]:
-    """The node's snapshot and front matter from the source, or why they could not be read."""
+# --- step 1: reading cards (network; never inside a transaction) -------------------------------
+
+
+@dataclass(frozen=True)
+class CardRead:
+    """One repository's card as the source gave it: the snapshot (None when it could not be
+    read), its front matter (None when missing or unparseable), and why when either is None."""
+
+    snapshot: RepoSnapshot | None
+    metadata: dict[str, Any] | None
+    why: str = ""
+
+
+def read_card(source: ModelSource, repo_id: str, kind: Kind) -> CardRead:
+    """The repository's card at its default revision (card only: a gated or private
+    repository's public card is still readable). Raises nothing a source raises on purpose."""
     where = f"on the {getattr(source, 'name', 'model')} source"
     try:
-        kind: Kind = "dataset" if repository.kind == RepositoryKind.DATASET else "model"
-        snapshot = source.snapshot(repository.repo_id, kind=kind, card_only=True)
+        snapshot = source.snapshot(repo_id, kind=kind, card_only=True)
     except RevisionNotFound as exc:
-        return None, None, f"default revision not readable {where}: {exc}"
+        return CardRead(None, None, f"default revision not readable {where}: {exc}")
     except SourceUnavailable as exc:
-        return None, None, f"source unavailable while reading its card: {exc}"
+        return CardRead(None, None, f"source unavailable while reading its card: {exc}")
     except RepoNotFound as exc:
-        return None, None, f"not found {where}: {exc}"
+        return CardRead(None, None, f"not found {where}: {exc}")
     except SourceError as exc:  # any other refusal a source defines
-        return None, None, f"card not readable {where}: {exc}"
+        return CardRead(None, None, f"card not readable {where}: {exc}")
+    return card_of(snapshot, where)
+
+
+def card_of(snapshot: RepoSnapshot, where: str = "") -> CardRead:
+    """A snapshot read elsewhere (the submission checks) as a CardRead."""
+    where = where or "on the model source"
     if not snapshot.card_text:
-        return snapshot, None, f"no model card (README.md) {where}"
+        return CardRead(snapshot, None, f"no model card (README.md) {where}")
     try:
         metadata = parse_card(snapshot.card_text).metadata
     except CardError as exc:
-        return snapshot, None, f"card front matter is not parseable: {exc}"
-    return snapshot, metadata, ""
+        return CardRead(snapshot, None, f"card front matter is not parseable: {exc}")
+    return CardRead(snapshot, metadata)
 
 
-def record_lineage(
+def read_cards(source: ModelSource, repo_ids: Iterable[str], kind: Kind) -> dict[str, CardRead]:
+    return {repo_id: read_card(source, repo_id, kind) for repo_id in dict.fromkeys(repo_ids)}
+
+
+# --- step 2: what the submission declares (database only, in the submission's transaction) -----
+
+
+@dataclass
+class Recorded:
+    """What a lineage write changed: the nodes whose parents or resolution may differ now (their
+    status must be re-derived), and whether ancestors are left for `resolve_ancestors`."""
+
+    touched: set[int] = field(default_factory=set)
+    pending: bool = False
+
+
+def _record_node(node: Repository, card: CardRead) -> tuple[list[Repository], str]:
+    """Write a node from its card: the revision and front matter, its own declared edges, and
+    whether they resolved. Returns the nodes it declares and '' or why it stays unresolved."""
+    if card.metadata is None or card.snapshot is None:
+        if card.snapshot is not None:
+            upsert_repository(node.repo_id, node.kind, snapshot=card.snapshot)
+            node.refresh_from_db()
+        _mark(node, False, card.why)
+        return [], card.why
+    upsert_repository(node.repo_id, node.kind, snapshot=card.snapshot, metadata=card.metadata)
+    node.refresh_from_db()
+    if node.kind == RepositoryKind.DATASET:
+        _mark(node, True, "")
+        return [], ""
+    parents, datasets, problems = _declare(
+        node,
+        parents=declared_parents(card.metadata),
+        relation=declared_relation(card.metadata),
+        declared_in=DeclaredIn.CARD,
+        datasets=declared_datasets(card.metadata),
+    )
+    # A refused declaration (a cycle, an impossible id) leaves the lineage unresolved.
+    why = "; ".join(problems)
+    _mark(node, not problems, why)
+    return [*parents, *datasets], why
+
+
+def record_declared(
     repository: Repository,
     *,
     parents: list[str],
     relation: str,
     declared_in: str,
     datasets: list[str],
-    source: ModelSource,
+    cards: Mapping[tuple[str, str], CardRead],
     max_depth: int,
-) -> None:
-    """Record what `repository` declares, then resolve its ancestors upward from their cards.
+) -> Recorded:
+    """Record what `repository` declares and, from `cards` (keyed by (kind, repo_id), read
+    before the transaction), what each declared parent and dataset declares in turn. Reads
+    nothing from a source. Nodes already resolved are left as they are; a declared node
+    without a card in `cards` is left for `resolve_ancestors`."""
+    declared_parents_, declared_datasets_, problems = _declare(
+        repository,
+        parents=parents,
+        relation=relation,
+        declared_in=declared_in,
+        datasets=datasets,
+    )
+    # The caller read this repository's card: its own declarations are resolved.
+    _mark(repository, not problems, "; ".join(problems))
+    recorded = Recorded(touched={repository.pk})
+    for node in [*declared_parents_, *declared_datasets_]:
+        recorded.touched.add(node.pk)
+        if node.lineage_resolved:
+            continue
+        card = cards.get((node.kind, node.repo_id))
+        if card is not None:
+            _record_node(node, card)
+    recorded.pending = _unread_within(repository, max_depth)
+    if recorded.pending != repository.ancestors_pending:
+        repository.ancestors_pending = recorded.pending
+        repository.save(update_fields=["ancestors_pending", "updated_at"])
+    return recorded
 
-    Breadth-first from the declared parents (depth 1) and datasets, up to `max_depth` levels.
-    A node whose card is read gets lineage_resolved=True (a pretrained root without base_model
-    included); one that cannot be read (missing, unparseable, unreachable, beyond the depth)
-    keeps lineage_resolved=False with a resolution_note saying why. Nodes already resolved are
-    not read again, but their recorded parents are still walked, so a later, shallower path
-    can resolve what an earlier one left beyond the depth limit. Edges that would close a
-    cycle are not added and the declaring node's note says so. Running it twice adds nothing.
-    """
-    with transaction.atomic():
-        parent_nodes, dataset_nodes, problems = _declare(
-            repository,
-            parents=parents,
-            relation=relation,
-            declared_in=declared_in,
-            datasets=datasets,
+
+def _unread_within(repository: Repository, max_depth: int) -> bool:
+    """Whether `resolve_ancestors` has a card to read: an unresolved node above the declared
+    parents within the depth limit, or one without a note beyond it."""
+    frontier = {repository.pk}
+    seen = {repository.pk}
+    depth = 0
+    while frontier:
+        depth += 1
+        rows = list(
+            Repository.objects.filter(child_edges__child_id__in=frontier)
+            .distinct()
+            .values_list("pk", "lineage_resolved", "resolution_note")
         )
-        # The caller read this repository's card: its own declarations are resolved.
-        _mark(repository, not problems, "; ".join(problems))
+        frontier = set()
+        for pk, resolved, note in rows:
+            if pk in seen:
+                continue
+            seen.add(pk)
+            if depth > 1 and not resolved and (depth <= max_depth or not note):
+                return True
+            if depth <= max_depth:
+                frontier.add(pk)
+    return False
 
-    queue: deque[_Pending] = deque(_Pending(node, 1) for node in [*parent_nodes, *dataset_nodes])
+
+# --- step 3: ancestors above the declared parents (after commit; reads outside transactions) ---
+
+
+def resolve_ancestors(repository: Repository, *, source: ModelSource, max_depth: int) -> set[int]:
+    """Resolve the ancestors above `repository`'s declared parents upward from their own cards.
+
+    Breadth-first from the nodes the declared parents and datasets declare (depth 2), up to
+    `max_depth` levels; the declared nodes themselves (depth 1) were read by the submission and
+    are not read again. A node whose card is read gets lineage_resolved=True (a pretrained root
+    without base_model included); one that cannot be read (missing, unparseable, unreachable,
+    beyond the depth) keeps lineage_resolved=False with a resolution_note saying why. Nodes
+    already resolved are not read again, but their recorded parents are still walked, so a
+    later, shallower path can resolve what an earlier one left beyond the depth limit. Edges
+    that would close a cycle are not added and the declaring node's note says so. Running it
+    twice adds nothing. Each card is read with no transaction open; the writes it leads to are
+    one short transaction per node. Returns the ids of every node walked (status to re-derive).
+    """
+    queue: deque[_Pending] = deque(_Pending(p, 1) for p in _recorded_parents(repository))
     visited: set[int] = {repository.pk}
     while queue:
         item = queue.popleft()
@@ -302,8 +422,9 @@ def record_lineage(
         if node.pk in visited:
             continue
         visited.add(node.pk)
-        if node.lineage_resolved:
-            # Read before; walk what it declared then to reach nodes still unresolved.
+        if node.lineage_resolved or item.depth == 1:
+            # Read before (or by the submission itself): walk what it declared then to reach
+            # nodes still unresolved.
             if item.depth <= max_depth:
                 queue.extend(_Pending(p, item.depth + 1) for p in _recorded_parents(node))
             continue
@@ -312,32 +433,19 @@ def record_lineage(
             if not node.resolution_note:
                 _mark(node, False, f"beyond the lineage depth limit ({max_depth} levels)")
             continue
-        snapshot, metadata, why = _read_card(source, node)
-        if metadata is None or snapshot is None:
-            if snapshot is not None:
-                upsert_repository(node.repo_id, node.kind, snapshot=snapshot)
-            _mark(node, False, why)
-            continue
+        kind: Kind = "dataset" if node.kind == RepositoryKind.DATASET else "model"
+        card = read_card(source, node.repo_id, kind)
         with transaction.atomic():
-            upsert_repository(node.repo_id, node.kind, snapshot=snapshot, metadata=metadata)
-            node.refresh_from_db()
-            if node.kind == RepositoryKind.DATASET:
-                _mark(node, True, "")
-                continue
-            node_parents, node_datasets, problems = _declare(
-                node,
-                parents=declared_parents(metadata),
-                relation=declared_relation(metadata),
-                declared_in=DeclaredIn.CARD,
-                datasets=declared_datasets(metadata),
-            )
-            # A refused declaration (a cycle, an impossible id) leaves the lineage unresolved.
-            _mark(node, not problems, "; ".join(problems))
-        queue.extend(_Pending(n, item.depth + 1) for n in [*node_parents, *node_datasets])
+            declared, _why = _record_node(node, card)
+        queue.extend(_Pending(n, item.depth + 1) for n in declared)
+    return visited
 
-    # Integrity: re-derive the status of every node this walk declared or (un)resolved, and
-    # carry any change down to their descendants.
-    recompute_after_edges(visited)
+
+def finish_resolving(repository_id: int) -> None:
+    """The walk above `repository_id` is done: its status no longer says `resolving`."""
+    Repository.objects.filter(pk=repository_id, ancestors_pending=True).update(
+        ancestors_pending=False
+    )
 
 
 def _recorded_parents(repository: Repository) -> list[Repository]:

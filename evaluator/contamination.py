@@ -1,0 +1,342 @@
+"""Contamination statistics: plain numbers in, an estimate and a p-value out (numpy and scipy only).
+
+Four signals, each a function of what the worker measured (see `evaluator.reference`) or of the
+stored scores; none of them flags anything, they are read by a maintainer:
+
+1. `performance_vs_reference`: after ConStat (Dekoninck et al., NeurIPS 2024). Across a
+   population of reference models, a monotone curve maps the score on a reference set (perturbed
+   copies of the items, a sibling benchmark) to the expected benchmark score; a contaminated
+   model sits above the curve. Inflation delta and a bootstrap p-value (items and models
+   resampled).
+2. `lineage_differential`: the per-item gain in log-likelihood of question + gold answer from a
+   declared parent to the child, on the benchmark items against the same gain on reference
+   items. Permutation test (paired sign flips when the reference items are copies of the
+   benchmark items, label shuffles otherwise) and a standardised effect size.
+3. `min_k_plus_plus`: the Min-K%++ membership score of one text (Zhang et al., ICLR 2025) from
+   per-token log-probabilities and the mean and variance of the log-probabilities over the
+   vocabulary at each position; child against parent with `lineage_differential`.
+4. `parent_jumps` and `bucket_outlier`: anomalies read from stored scores alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import norm
+
+Array = np.ndarray[Any, Any]
+
+# ConStat needs a curve: fewer reference models than this and the test is not run.
+MIN_REFERENCE_MODELS = 5
+DEFAULT_BOOTSTRAP = 1000
+DEFAULT_PERMUTATIONS = 4000
+
+
+class NotEnoughData(ValueError):
+    """The inputs cannot support the test (too few models or items); the message says which."""
+
+
+# --- 1. Performance against a reference (ConStat) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReferenceFit:
+    """The outcome of `performance_vs_reference` for one model on one task and reference set."""
+
+    observed: float  # the model's benchmark score
+    reference: float  # the model's score on the reference set
+    expected: float  # the benchmark score the population's curve predicts from `reference`
+    delta: float  # mean bootstrap inflation, observed - expected
+    delta_low: float  # one-sided 95% lower bound of delta (basic bootstrap)
+    p_value: float  # H0: delta <= 0
+    n_models: int
+    curve: list[tuple[float, float]] = field(default_factory=list)  # the fit on all data
+
+
+def monotone_curve(
+    reference: Sequence[float] | Array,
+    benchmark: Sequence[float] | Array,
+    chance: tuple[float, float] = (0.0, 0.0),
+) -> tuple[Array, Array]:
+    """Knots of a non-decreasing piecewise-linear map from reference score to benchmark score.
+
+    As ConStat does, both score lists are sorted on their own (a quantile match: the k-th best
+    reference score maps to the k-th best benchmark score), which makes the curve monotone
+    without a shape assumption; it is anchored at the chance point and at (1, 1) so a model
+    outside the population's range extrapolates towards them instead of flat."""
+    xs = np.sort(np.asarray(reference, dtype=float))
+    ys = np.sort(np.asarray(benchmark, dtype=float))
+    cx, cy = chance
+    if xs.size == 0 or xs[0] > cx:
+        xs, ys = (
+            np.concatenate([[cx], xs]),
+            np.concatenate([[min(cy, ys[0] if ys.size else cy)], ys]),
+        )
+    if xs[-1] < 1.0:
+        xs, ys = np.concatenate([xs, [1.0]]), np.concatenate([ys, [1.0]])
+    # Equal reference scores: keep the mean benchmark score of the tie, so the map is a function.
+    unique, inverse = np.unique(xs, return_inverse=True)
+    means = np.bincount(inverse, weights=ys) / np.bincount(inverse)
+    return unique, np.maximum.accumulate(means)
+
+
+def evaluate_curve(knots: tuple[Array, Array], x: float) -> float:
+    xs, ys = knots
+    return float(np.clip(np.interp(x, xs, ys), 0.0, 1.0))
+
+
+def performance_vs_reference(
+    model_benchmark: Sequence[float] | Array,
+    model_reference: Sequence[float] | Array,
+    population_benchmark: Sequence[Sequence[float]] | Array,
+    population_reference: Sequence[Sequence[float]] | Array,
+    chance: tuple[float, float] = (0.0, 0.0),
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+) -> ReferenceFit:
+    """ConStat's test for one model.
+
+    `model_benchmark` (n items) and `model_reference` (m items) are the model's per-item scores
+    (1/0 correctness, or any score in [0, 1]); `population_*` the same per reference model (one
+    row each, the same items in the same order). Each bootstrap round resamples the benchmark
+    items, the reference items and the reference models, refits the curve and records
+    observed - expected; the p-value is the basic bootstrap's for delta <= 0."""
+    bench = np.asarray(model_benchmark, dtype=float)
+    ref = np.asarray(model_reference, dtype=float)
+    pop_bench = np.asarray(population_benchmark, dtype=float)
+    pop_ref = np.asarray(population_reference, dtype=float)
+    if pop_bench.ndim != 2 or pop_ref.ndim != 2 or pop_bench.shape[0] != pop_ref.shape[0]:
+        raise NotEnoughData(
+            "the population needs one row of benchmark and reference items per model"
+        )
+    n_models = pop_bench.shape[0]
+    if n_models < MIN_REFERENCE_MODELS:
+        raise NotEnoughData(
+            f"{n_models} reference models; the curve needs at least {MIN_REFERENCE_MODELS}"
+        )
+    if bench.size == 0 or ref.size == 0:
+        raise NotEnoughData("the model has no benchmark or no reference items")
+    if pop_bench.shape[1] != bench.size or pop_ref.shape[1] != ref.size:
+        raise NotEnoughData("the population was scored on other items than the model")
+
+    rng = np.random.default_rng(seed)
+    deltas = np.empty(n_bootstrap)
+    for i in range(n_bootstrap):
+        items_b = rng.integers(0, bench.size, bench.size)
+        items_r = rng.integers(0, ref.size, ref.size)
+        models = rng.integers(0, n_models, n_models)
+        curve = monotone_curve(
+            pop_ref[models][:, items_r].mean(axis=1),
+            pop_bench[models][:, items_b].mean(axis=1),
+            chance,
+        )
+        deltas[i] = bench[items_b].mean() - evaluate_curve(curve, ref[items_r].mean())
+
+    full = monotone_curve(pop_ref.mean(axis=1), pop_bench.mean(axis=1), chance)
+    delta = float(deltas.mean())
+    observed, reference = float(bench.mean()), float(ref.mean())
+    return ReferenceFit(
+        observed=observed,
+        reference=reference,
+        expected=evaluate_curve(full, reference),
+        delta=delta,
+        delta_low=float(2 * delta - np.quantile(deltas, 0.95)),
+        p_value=basic_bootstrap_p(deltas),
+        n_models=n_models,
+        curve=[(float(x), float(y)) for x, y in zip(*full, strict=True)],
+    )
+
+
+def basic_bootstrap_p(deltas: Array) -> float:
+    """The smallest alpha at which the basic bootstrap's one-sided lower bound of the mean,
+    2 * mean - quantile(1 - alpha), stays above zero: the share of rounds above twice the mean
+    (never below one round's worth, and 1 when the mean is not positive)."""
+    mean = float(np.mean(deltas))
+    if mean <= 0:
+        return 1.0
+    above = int(np.sum(deltas >= 2 * mean))
+    return max(above, 1) / (deltas.size + 1)
+
+
+# --- 2. Lineage differential --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Differential:
+    """How much more a child gained over its parent on benchmark items than on reference items."""
+
+    benchmark_gain: float  # mean per-item gain on the benchmark items
+    reference_gain: float  # mean per-item gain on the reference items
+    difference: float  # benchmark_gain - reference_gain
+    effect_size: float  # difference over the pooled per-item standard deviation
+    p_value: float  # one-sided permutation p-value, H0: no larger gain on the benchmark items
+    paired: bool
+    n_benchmark: int
+    n_reference: int
+
+
+def lineage_differential(
+    benchmark_gain: Sequence[float] | Array,
+    reference_gain: Sequence[float] | Array,
+    paired: bool = False,
+    n_permutations: int = DEFAULT_PERMUTATIONS,
+    seed: int = 0,
+) -> Differential:
+    """Permutation test of mean(benchmark_gain) > mean(reference_gain).
+
+    Paired (reference item i is a copy of benchmark item i): random sign flips of the per-item
+    differences. Unpaired: random relabelling of the pooled items. The p-value counts the
+    observed arrangement, so it is never 0."""
+    bench = np.asarray(benchmark_gain, dtype=float)
+    ref = np.asarray(reference_gain, dtype=float)
+    if bench.size < 2 or ref.size < 2:
+        raise NotEnoughData(
+            "the differential test needs at least 2 benchmark and 2 reference items"
+        )
+    if paired and bench.size != ref.size:
+        raise NotEnoughData("paired items need as many reference items as benchmark items")
+    rng = np.random.default_rng(seed)
+    if paired:
+        diffs = bench - ref
+        observed = float(diffs.mean())
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(n_permutations, diffs.size))
+        null = (signs * diffs).mean(axis=1)
+        spread = float(diffs.std(ddof=1))
+    else:
+        pooled = np.concatenate([bench, ref])
+        observed = float(bench.mean() - ref.mean())
+        null = np.empty(n_permutations)
+        for i in range(n_permutations):
+            shuffled = rng.permutation(pooled)
+            null[i] = shuffled[: bench.size].mean() - shuffled[bench.size :].mean()
+        spread = math.sqrt(
+            ((bench.size - 1) * bench.var(ddof=1) + (ref.size - 1) * ref.var(ddof=1))
+            / (bench.size + ref.size - 2)
+        )
+    p_value = (1 + int(np.sum(null >= observed - 1e-12))) / (n_permutations + 1)
+    return Differential(
+        benchmark_gain=float(bench.mean()),
+        reference_gain=float(ref.mean()),
+        difference=observed,
+        effect_size=observed / spread if spread > 0 else (math.inf if observed > 0 else 0.0),
+        p_value=p_value,
+        paired=paired,
+        n_benchmark=int(bench.size),
+        n_reference=int(ref.size),
+    )
+
+
+# --- 3. Min-K%++ ---------------------------------------------------------------------------------
+
+
+def min_k_plus_plus(
+    token_logprobs: Sequence[float] | Array,
+    vocab_mean: Sequence[float] | Array,
+    vocab_var: Sequence[float] | Array,
+    k: float = 0.2,
+) -> float:
+    """Min-K%++ of one text: at each position t, (log p(x_t) - mu_t) / sigma_t with mu_t and
+    sigma_t^2 the mean and variance of log p(z) under p(. | x_<t) over the vocabulary; the score
+    is the mean of the lowest k share of positions. Higher means more likely seen in training."""
+    logp = np.asarray(token_logprobs, dtype=float)
+    mu = np.asarray(vocab_mean, dtype=float)
+    var = np.asarray(vocab_var, dtype=float)
+    if logp.size == 0 or logp.shape != mu.shape or mu.shape != var.shape:
+        raise NotEnoughData("Min-K%++ needs one mean and variance per scored token")
+    if not 0 < k <= 1:
+        raise ValueError("k is a share of positions in (0, 1]")
+    scores = (logp - mu) / np.sqrt(np.maximum(var, 1e-12))
+    count = max(1, math.floor(k * scores.size))
+    return float(np.sort(scores)[:count].mean())
+
+
+# --- 4. Anomalies in stored scores ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Score:
+    value: float
+    stderr: float | None = None
+
+
+@dataclass(frozen=True)
+class Jump:
+    """One task of a child far above every declared parent while its other tasks stay put."""
+
+    task: str
+    value: float
+    best_parent: float
+    jump: float  # value - best_parent
+    z: float  # jump over the combined standard error
+    others_z: float  # median z of the child's other tasks against the same parents
+    p_value: float  # one-sided normal tail of z
+
+
+# The standard error used when a stored score has none: that of an accuracy near 0.5 on 100 items.
+FALLBACK_STDERR = 0.05
+
+
+def parent_jumps(
+    child: Mapping[str, Score],
+    parents: Sequence[Mapping[str, Score]],
+    min_z: float = 3.0,
+    calm_z: float = 1.0,
+) -> list[Jump]:
+    """Tasks where the child beats its best parent by `min_z` combined standard errors or more
+    while the median of its other tasks moved by at most `calm_z`: the shape of a model trained
+    on one benchmark's items (a fine-tune that improves everything is not an anomaly)."""
+    shared = [task for task in child if parents and all(task in p for p in parents)]
+    if len(shared) < 2:
+        return []
+    zs: dict[str, tuple[float, float, float]] = {}
+    for task in shared:
+        best = max(parents, key=lambda p: p[task].value)[task]
+        own = child[task]
+        se = math.hypot(own.stderr or FALLBACK_STDERR, best.stderr or FALLBACK_STDERR)
+        zs[task] = ((own.value - best.value) / se, own.value, best.value)
+    jumps = []
+    for task, (z, value, best) in zs.items():
+        others = float(np.median([zs[t][0] for t in shared if t != task]))
+        if z >= min_z and others <= calm_z:
+            jumps.append(Jump(task, value, best, value - best, z, others, float(norm.sf(z))))
+    return sorted(jumps, key=lambda j: -j.z)
+
+
+def bucket_outlier(value: float, bucket: Sequence[float] | Array) -> float:
+    """Robust z-score of `value` within its size bucket (median and scaled MAD of the others);
+    0 when the bucket has fewer than 5 scores or no spread."""
+    others = np.asarray(bucket, dtype=float)
+    if others.size < 5:
+        return 0.0
+    median = float(np.median(others))
+    mad = 1.4826 * float(np.median(np.abs(others - median)))
+    if mad == 0:
+        return 0.0
+    return (value - median) / mad
+
+
+# --- Combining ------------------------------------------------------------------------------------
+
+
+def bonferroni(p_values: Sequence[float]) -> float:
+    """The smallest p-value times their number (capped at 1): a family-wise combination that
+    holds whatever the dependence between the tests."""
+    values = [p for p in p_values if p is not None and not math.isnan(p)]
+    if not values:
+        return 1.0
+    return min(1.0, min(values) * len(values))
+
+
+def roc_auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """Probability that a positive scores above a negative (ties count half)."""
+    pos = np.asarray(positives, dtype=float)
+    neg = np.asarray(negatives, dtype=float)
+    if pos.size == 0 or neg.size == 0:
+        return math.nan
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (pos.size * neg.size))

@@ -1,0 +1,166 @@
+"""The contamination statistics on synthetic inputs whose answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from evaluator.contamination import (
+    NotEnoughData,
+    Score,
+    basic_bootstrap_p,
+    bonferroni,
+    bucket_outlier,
+    evaluate_curve,
+    lineage_differential,
+    min_k_plus_plus,
+    monotone_curve,
+    parent_jumps,
+    performance_vs_reference,
+    roc_auc,
+)
+
+
+def test_monotone_curve_matches_quantiles_and_anchors_at_chance_and_one():
+    xs, ys = monotone_curve([0.5, 0.3, 0.4], [0.6, 0.35, 0.4], chance=(0.25, 0.25))
+    assert xs.tolist() == [0.25, 0.3, 0.4, 0.5, 1.0]
+    assert ys.tolist() == [0.25, 0.35, 0.4, 0.6, 1.0]
+    assert evaluate_curve((xs, ys), 0.45) == pytest.approx(0.5)
+    # Beyond the population: towards (1, 1), not flat.
+    assert evaluate_curve((xs, ys), 0.75) == pytest.approx(0.8)
+
+
+def test_monotone_curve_averages_ties_and_never_decreases():
+    xs, ys = monotone_curve([0.4, 0.4, 0.6], [0.5, 0.3, 0.2], chance=(0.0, 0.0))
+    # Sorted separately: (0.4, 0.2), (0.4, 0.3), (0.6, 0.5); the tie at 0.4 averages to 0.25.
+    assert xs.tolist() == [0.0, 0.4, 0.6, 1.0]
+    assert ys.tolist() == pytest.approx([0.0, 0.25, 0.5, 1.0])
+
+
+def _population(rng, abilities, n_bench, n_ref, inflation=0.0):
+    bench = np.array([rng.random(n_bench) < min(1.0, a + inflation) for a in abilities], float)
+    ref = np.array([rng.random(n_ref) < a for a in abilities], float)
+    return bench, ref
+
+
+def test_constat_finds_the_inflation_it_was_given():
+    rng = np.random.default_rng(1)
+    pop_bench, pop_ref = _population(rng, np.linspace(0.3, 0.8, 10), 1000, 1000)
+    bench, ref = _population(rng, [0.5], 1000, 1000, inflation=0.3)
+    fit = performance_vs_reference(bench[0], ref[0], pop_bench, pop_ref, (0.25, 0.25), 500)
+    assert fit.n_models == 10
+    assert fit.delta == pytest.approx(0.3, abs=0.06)
+    assert fit.delta_low > 0.15
+    assert fit.p_value == pytest.approx(1 / 501)
+    assert fit.observed == pytest.approx(bench[0].mean())
+    assert fit.expected == pytest.approx(0.5, abs=0.06)
+
+
+def test_constat_is_calibrated_on_models_that_sit_on_the_curve():
+    rng = np.random.default_rng(2)
+    pop_bench, pop_ref = _population(rng, np.linspace(0.3, 0.8, 10), 200, 200)
+    p_values = []
+    for ability in np.linspace(0.35, 0.75, 20):
+        bench, ref = _population(rng, [ability], 200, 200)
+        fit = performance_vs_reference(bench[0], ref[0], pop_bench, pop_ref, (0.25, 0.25), 200)
+        p_values.append(fit.p_value)
+    # 20 clean models: at most one below 0.05 (the expected count is 1).
+    assert sum(p < 0.05 for p in p_values) <= 1
+    assert np.median(p_values) > 0.2
+
+
+def test_constat_refuses_a_population_too_small_for_a_curve():
+    with pytest.raises(NotEnoughData, match="4 reference models; the curve needs at least 5"):
+        performance_vs_reference([1, 0], [1, 0], np.ones((4, 2)), np.ones((4, 2)))
+    with pytest.raises(NotEnoughData, match="other items"):
+        performance_vs_reference([1, 0, 1], [1, 0], np.ones((5, 2)), np.ones((5, 2)))
+
+
+def test_basic_bootstrap_p():
+    assert basic_bootstrap_p(np.array([-1.0, 0.5, 0.5])) == 1.0  # mean 0: no evidence
+    # mean 1.0; one of four rounds at or above 2.0.
+    assert basic_bootstrap_p(np.array([0.0, 0.5, 1.5, 2.0])) == pytest.approx(1 / 5)
+    assert basic_bootstrap_p(np.full(99, 1.0)) == pytest.approx(1 / 100)
+
+
+def test_paired_differential_detects_a_constant_gain():
+    fit = lineage_differential(np.full(12, 2.0), np.full(12, 0.5), paired=True, n_permutations=999)
+    assert fit.difference == pytest.approx(1.5)
+    assert fit.benchmark_gain == 2.0 and fit.reference_gain == 0.5
+    # All signs positive has probability 2**-12: almost no permutation reaches it.
+    assert fit.p_value < 0.01
+    assert fit.effect_size == math.inf
+
+
+def test_unpaired_differential_estimates_the_effect_size():
+    rng = np.random.default_rng(3)
+    fit = lineage_differential(
+        rng.normal(1.0, 1.0, 300), rng.normal(0.0, 1.0, 300), n_permutations=999
+    )
+    assert fit.effect_size == pytest.approx(1.0, abs=0.15)
+    assert fit.p_value == pytest.approx(1 / 1000)
+    assert (fit.n_benchmark, fit.n_reference, fit.paired) == (300, 300, False)
+
+
+def test_differential_is_calibrated_under_the_null():
+    rng = np.random.default_rng(4)
+    rejections = 0
+    for _ in range(100):
+        fit = lineage_differential(rng.normal(size=40), rng.normal(size=40), n_permutations=199)
+        rejections += fit.p_value < 0.05
+    assert rejections <= 10  # expected 5
+
+
+def test_differential_refuses_too_few_items():
+    with pytest.raises(NotEnoughData):
+        lineage_differential([1.0], [0.0, 1.0])
+    with pytest.raises(NotEnoughData, match="paired"):
+        lineage_differential([1.0, 2.0, 3.0], [0.0, 1.0], paired=True)
+
+
+def test_min_k_plus_plus_takes_the_lowest_share_of_standardised_tokens():
+    logp = [-1.0, -2.0, -3.0, -0.5, -4.0]
+    mu = [-2.0, -2.0, -2.0, -2.0, -2.0]
+    var = [1.0, 4.0, 1.0, 0.25, 4.0]
+    # standardised: 1.0, 0.0, -1.0, 3.0, -1.0; the lowest 40% (2 tokens): -1.0, -1.0.
+    assert min_k_plus_plus(logp, mu, var, k=0.4) == pytest.approx(-1.0)
+    # k below one token still takes the lowest one; k = 1 is the mean.
+    assert min_k_plus_plus(logp, mu, var, k=0.01) == pytest.approx(-1.0)
+    assert min_k_plus_plus(logp, mu, var, k=1.0) == pytest.approx(0.4)
+    with pytest.raises(NotEnoughData):
+        min_k_plus_plus([-1.0], [-1.0, -2.0], [1.0, 1.0])
+
+
+def test_parent_jumps_flags_one_task_jumping_while_others_stay():
+    parent = {t: Score(0.40, 0.03) for t in ("arc", "hellaswag", "mmlu", "winogrande")}
+    child = dict(parent, arc=Score(0.60, 0.03), mmlu=Score(0.41, 0.03))
+    (jump,) = parent_jumps(child, [parent])
+    assert jump.task == "arc"
+    assert jump.jump == pytest.approx(0.20)
+    assert jump.z == pytest.approx(0.20 / math.hypot(0.03, 0.03))
+    assert jump.others_z == pytest.approx(0.0)
+    assert jump.p_value < 1e-5
+    # A fine-tune that lifts everything is not an anomaly.
+    better = {t: Score(s.value + 0.2, 0.03) for t, s in parent.items()}
+    assert parent_jumps(better, [parent]) == []
+    # Against the best of two parents: the second parent already scores 0.58 on arc.
+    other = dict(parent, arc=Score(0.58, 0.03))
+    assert parent_jumps(child, [parent, other]) == []
+
+
+def test_bucket_outlier_is_a_robust_z_score():
+    bucket = [0.30, 0.32, 0.34, 0.36, 0.38]
+    assert bucket_outlier(0.34, bucket) == 0.0
+    assert bucket_outlier(0.64, bucket) == pytest.approx(0.30 / (1.4826 * 0.02))
+    assert bucket_outlier(0.9, [0.3, 0.3, 0.3]) == 0.0
+
+
+def test_bonferroni_and_roc_auc():
+    assert bonferroni([0.01, 0.5, 0.2]) == pytest.approx(0.03)
+    assert bonferroni([0.6, 0.9]) == 1.0
+    assert bonferroni([]) == 1.0
+    assert roc_auc([3, 4], [1, 2]) == 1.0
+    assert roc_auc([1, 3], [2, 2]) == 0.5
+    assert math.isnan(roc_auc([], [1]))
