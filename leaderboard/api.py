@@ -1,4 +1,6 @@
-"""The versioned JSON API: one NinjaAPI, one router per app that owns the resource."""
+"""The versioned JSON API: one NinjaAPI, one router per app that owns the resource. Every refusal
+answers with the one error body (`leaderboard.problems.Errors`): routes raise `Refusal`, and
+ninja's own errors (validation, authentication, unparsable bodies) are translated to it here."""
 
 from __future__ import annotations
 
@@ -6,12 +8,13 @@ from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from leaderboard.accounts.auth import api_auth
+from leaderboard.problems import Problem, Refusal
 
 api = NinjaAPI(
     title="Trellis API",
     version="1.0.0",
-    description="Leaderboard, lineage and integrity data of a Trellis instance.",
+    description="Leaderboard, lineage and integrity data of a Trellis instance. Every refusal "
+    'answers {"errors": [{"code", "field", "message"}]} (the `Errors` schema).',
     urls_namespace="api-v1",
     openapi_url="/openapi.json",
     docs_url="/docs",
@@ -19,44 +22,37 @@ api = NinjaAPI(
 )
 
 
-def error_response(
-    request: HttpRequest, errors: list[dict[str, str]], status: int = 400
-) -> HttpResponse:
-    """The one error shape every route uses: {"errors": [{"code", "field", "message"}]}."""
-    return api.create_response(request, {"errors": errors}, status=status)
+@api.exception_handler(Refusal)
+def _refusal(request: HttpRequest, refusal: Refusal) -> HttpResponse:
+    return api.create_response(request, refusal.as_dict(), status=refusal.status)
 
 
 @api.exception_handler(ValidationError)
 def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    errors = []
+    problems = []
     for item in exc.errors:
         loc = [
             str(part) for part in item.get("loc", []) if part not in ("body", "payload", "query")
         ]
-        errors.append(
-            {
-                "code": "invalid_" + (item.get("type") or "value").split(".")[0],
-                "field": ".".join(loc) or "body",
-                "message": item.get("msg", "invalid value"),
-            }
+        problems.append(
+            Problem(
+                code="invalid_" + (item.get("type") or "value").split(".")[0],
+                field=".".join(loc) or "body",
+                message=item.get("msg", "invalid value"),
+            )
         )
-    return error_response(request, errors, 400)
+    return _refusal(request, Refusal(problems, 400))
 
 
 @api.exception_handler(AuthenticationError)
 def _auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    return error_response(
-        request,
-        [
-            {
-                "code": "not_authenticated",
-                "field": "Authorization",
-                "message": "Sign in, or send 'Authorization: Bearer <token>' with a token "
-                "from your profile page.",
-            }
-        ],
+    refusal = Refusal.one(
+        "not_authenticated",
+        "Authorization",
+        "Sign in, or send 'Authorization: Bearer <token>' with a token from your profile page.",
         401,
     )
+    return _refusal(request, refusal)
 
 
 @api.exception_handler(HttpError)
@@ -64,15 +60,15 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     # ninja raises HttpError(400, "Cannot parse request body") for malformed JSON; without this
     # it would answer {"detail": ...} instead of the one error shape.
     if exc.status_code == 400 and str(exc).startswith("Cannot parse request body"):
-        error = {
-            "code": "malformed_json",
-            "field": "body",
-            "message": "The request body is not valid JSON: send one JSON object, with "
+        refusal = Refusal.one(
+            "malformed_json",
+            "body",
+            "The request body is not valid JSON: send one JSON object, with "
             "'Content-Type: application/json'.",
-        }
+        )
     else:
-        error = {"code": f"http_{exc.status_code}", "field": "", "message": str(exc)}
-    return error_response(request, [error], exc.status_code)
+        refusal = Refusal.one(f"http_{exc.status_code}", "", str(exc), exc.status_code)
+    return _refusal(request, refusal)
 
 
 def _register_routers() -> None:
@@ -88,4 +84,3 @@ def _register_routers() -> None:
 
 
 _register_routers()
-_ = api_auth  # re-exported for routers: `from leaderboard.api import api_auth`

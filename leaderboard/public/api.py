@@ -7,13 +7,17 @@ them for the OpenAPI document."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema
+from ninja.decorators import decorate_view
 
+from leaderboard.problems import Problem, Refusal, error_responses
 from leaderboard.public import detail, integrity_bridge, serializers
 from leaderboard.public.http import conditional, preflight, with_cors
 from leaderboard.public.services import (
@@ -25,7 +29,6 @@ from leaderboard.public.services import (
     ranking_validator,
 )
 from leaderboard.public.suites import suite_names, suite_view, versions_of
-from leaderboard.submissions.api import ErrorsOut
 
 router = Router(tags=["public"])
 
@@ -233,14 +236,22 @@ def _json(data: Any, status: int = 200) -> HttpResponse:
     return HttpResponse(serializers.to_json(data), content_type="application/json", status=status)
 
 
-def _errors(errors: list[dict[str, str]], status: int = 400) -> HttpResponse:
-    return with_cors(_json({"errors": errors}, status))
+def _cors(run: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """CORS headers on every answer of a read route, refusals included (ninja's `decorate_view`
+    wraps the operation outside its exception handling)."""
+
+    @functools.wraps(run)
+    def answer(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return with_cors(run(request, *args, **kwargs))
+
+    return answer
 
 
+@decorate_view(_cors)
 @router.get(
     "/leaderboard",
     url_name="public_leaderboard",
-    response={200: LeaderboardOut, 304: None, 400: ErrorsOut},
+    response={200: LeaderboardOut, 304: None, **error_responses(400)},
     summary="The ranking of one suite version, filtered like the ranking page",
     openapi_extra={
         "parameters": RANKING_PARAMETERS,
@@ -251,39 +262,34 @@ def leaderboard(request: HttpRequest) -> HttpResponse:
     try:
         query = parse_ranking_query(request.GET, paginate=False)
     except RankingQueryError as refused:
-        return _errors(refused.errors)
+        raise Refusal([Problem(**error) for error in refused.errors]) from refused
     validator = ranking_validator(query, extra="api")
-    return with_cors(
-        conditional(
-            request,
-            validator,
-            lambda: HttpResponse(
-                serializers.leaderboard_json(ranking_for_api(query)),
-                content_type="application/json",
-            ),
-        )
+    return conditional(
+        request,
+        validator,
+        lambda: HttpResponse(
+            serializers.leaderboard_json(ranking_for_api(query)),
+            content_type="application/json",
+        ),
     )
 
 
+@decorate_view(_cors)
 @router.get(
     "/models/{org}/{name}",
     url_name="public_model",
-    response={200: ModelOut, 304: None, 404: ErrorsOut},
+    response={200: ModelOut, 304: None, **error_responses(404)},
     summary="One model: lineage status, reports, every submission and its evaluations",
     openapi_extra={"responses": {200: {"headers": _CONDITIONAL_HEADERS}}},
 )
 def model(request: HttpRequest, org: str, name: str) -> HttpResponse:
     repository = detail.find_model(f"{org}/{name}")
     if repository is None:
-        return _errors(
-            [
-                {
-                    "code": "not_found",
-                    "field": "model",
-                    "message": f"No model {org}/{name} in this catalog; list ranked models "
-                    "with GET /api/v1/leaderboard.",
-                }
-            ],
+        raise Refusal.one(
+            "not_found",
+            "model",
+            f"No model {org}/{name} in this catalog; list ranked models with "
+            "GET /api/v1/leaderboard.",
             404,
         )
     query = RankingQuery()  # every evaluation is listed; no suite version is singled out
@@ -293,9 +299,10 @@ def model(request: HttpRequest, org: str, name: str) -> HttpResponse:
         reports = integrity_bridge.reports_for(repository)
         return _json(serializers.model_to_dict(model_detail, reports))
 
-    return with_cors(conditional(request, detail.model_validator(repository), build))
+    return conditional(request, detail.model_validator(repository), build)
 
 
+@decorate_view(_cors)
 @router.get(
     "/suites",
     url_name="public_suites",
@@ -307,12 +314,8 @@ def suites(request: HttpRequest) -> HttpResponse:
     body = {"suites": [serializers.suite_to_dict(view) for view in views if view is not None]}
     text = serializers.to_json(body)
     validator = Validator(etag=hashlib.sha256(text.encode()).hexdigest()[:32], last_modified=None)
-    return with_cors(
-        conditional(
-            request,
-            validator,
-            lambda: HttpResponse(text, content_type="application/json"),
-        )
+    return conditional(
+        request, validator, lambda: HttpResponse(text, content_type="application/json")
     )
 
 

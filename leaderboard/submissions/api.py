@@ -8,8 +8,9 @@ from django.http import HttpRequest
 from ninja import Field, Router, Schema, Status
 
 from leaderboard.accounts.auth import api_auth
+from leaderboard.problems import error_responses
 from leaderboard.submissions.serializers import SubmissionOut, submission_to_dict
-from leaderboard.submissions.services import SubmissionRefused, SubmissionRequest, submit
+from leaderboard.submissions.services import SubmissionRequest, submit
 
 router = Router(tags=["submissions"])
 
@@ -24,27 +25,14 @@ class SubmissionIn(Schema):
     weight_type: str = Field("original", description="original, adapter or delta")
 
 
-class ErrorOut(Schema):
-    code: str
-    field: str
-    message: str
-
-
-class ErrorsOut(Schema):
-    errors: list[ErrorOut]
-
-
 @router.post(
     "/submissions",
     auth=api_auth,
-    response={201: SubmissionOut, 400: ErrorsOut, 401: ErrorsOut},
+    response={201: SubmissionOut, **error_responses(400, 401)},
     summary="Submit a model for evaluation",
     description="Runs the same metadata checks as the submission form. On refusal every problem "
     "is listed at once, each with a stable code (see docs/submission.md).",
 )
 def create_submission(request: HttpRequest, payload: SubmissionIn) -> Status[Any]:
-    try:
-        submission = submit(SubmissionRequest(**payload.dict()), request.auth)  # type: ignore[attr-defined]
-    except SubmissionRefused as refused:
-        return Status(400, {"errors": [item.as_dict() for item in refused.problems]})
+    submission = submit(SubmissionRequest(**payload.dict()), request.auth)  # type: ignore[attr-defined]
     return Status(201, submission_to_dict(submission))

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
 from leaderboard.evaluations.demo import DemoError, setup_demo
+from leaderboard.problems import Refusal
 
 
 class Command(BaseCommand):
@@ -18,15 +19,12 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from leaderboard.submissions.services import SubmissionRefused
-
         try:
             outcome = setup_demo()
         except (DemoError, FileNotFoundError, FileExistsError) as exc:
             raise CommandError(str(exc)) from exc
-        except SubmissionRefused as refused:
-            problems = "\n".join(f"  {p.code}: {p.message}" for p in refused.problems)
-            raise CommandError(f"the demo model was refused:\n{problems}") from refused
+        except Refusal as refused:
+            raise CommandError(f"the demo model was refused:\n{refused.as_text()}") from refused
         for username in outcome.created_users:
             self.stdout.write(f"created user {username}")
         self.stdout.write(f"demo model at {outcome.model_path}")
