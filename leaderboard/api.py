@@ -32,7 +32,9 @@ def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespons
     problems = []
     for item in exc.errors:
         loc = [
-            str(part) for part in item.get("loc", []) if part not in ("body", "payload", "query")
+            str(part)
+            for part in item.get("loc", [])
+            if part not in ("body", "payload", "query", "path")
         ]
         problems.append(
             Problem(

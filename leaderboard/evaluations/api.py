@@ -32,7 +32,7 @@ def _submission(submission_id: int) -> Submission | None:
 
 @router.get(
     "/submissions/{submission_id}",
-    response={200: SubmissionDetailOut, **error_responses(404)},
+    response={200: SubmissionDetailOut, **error_responses(400, 404)},
     summary="A submission with its evaluation runs",
     description="Public. runs[0] is the newest run: its state (queued with its position in "
     "the queue, running with progress and elapsed time, finished with per-task scores, "
@@ -49,7 +49,7 @@ def get_submission(request: HttpRequest, submission_id: int) -> Any:
 @router.post(
     "/submissions/{submission_id}/requeue",
     auth=api_auth,
-    response={200: SubmissionDetailOut, **error_responses(401, 403, 404, 409)},
+    response={200: SubmissionDetailOut, **error_responses(400, 401, 403, 404, 409)},
     summary="Re-queue the submission's failed evaluation run",
     description="The submitter may re-queue a failed run once; a maintainer any time.",
 )
