@@ -44,7 +44,7 @@ def main() -> int:
     from django.test import Client
 
     from leaderboard.public.models import RankingEntry
-    from leaderboard.public.services import default_suite
+    from leaderboard.public.query import default_suite
     from leaderboard.public.suites import current_version
 
     if connection.vendor != "postgresql":

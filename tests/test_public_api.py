@@ -224,7 +224,8 @@ def test_docs_page_works_offline(anonymous_client):
 def test_spliced_body_equals_the_serialized_rows(catalog):
     """The API splices stored row JSON with live fields; it must equal serializing each row."""
     from leaderboard.public import serializers
-    from leaderboard.public.services import parse_ranking_query, ranking, ranking_for_api
+    from leaderboard.public.query import parse_ranking_query
+    from leaderboard.public.selection import ranking, ranking_for_api
 
     for params in ({"show_flagged": "1", "show_tainted": "1"}, {"sort": "model", "page": "1"}):
         query = parse_ranking_query(params, paginate=False)

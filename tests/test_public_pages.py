@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from leaderboard.public.serializers import rows_from_csv
+from leaderboard.public.export import rows_from_csv
 from leaderboard.public.suites import forget_stored_versions
 from tests.factories import SUITE, VERSION, edge, flag, ranked, repository
 

@@ -8,15 +8,13 @@ import pytest
 from django.utils import timezone
 
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
+from leaderboard.problems import Refusal
+from leaderboard.public.etags import ranking_validator
 from leaderboard.public.licenses import license_family
 from leaderboard.public.models import RankingEntry
-from leaderboard.public.services import (
-    RankingQueryError,
-    parse_ranking_query,
-    ranking,
-    ranking_validator,
-    refresh_entries_for,
-)
+from leaderboard.public.projection import refresh_entries_for
+from leaderboard.public.query import parse_ranking_query
+from leaderboard.public.selection import ranking
 from leaderboard.public.suites import forget_stored_versions
 from tests.factories import SUITE, VERSION, edge, flag, ranked, report, repository
 
@@ -40,7 +38,7 @@ def rank(**params):
 
 
 def names(result):
-    return [row.repo_id for row in result.rows]
+    return [row.model for row in result.rows]
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -59,43 +57,43 @@ def test_defaults_resolve_the_latest_version_and_first_page():
 
 
 def test_every_bad_parameter_is_named_at_once():
-    with pytest.raises(RankingQueryError) as refused:
+    with pytest.raises(Refusal) as refused:
         parse_ranking_query(
             {"min_params": "huge", "model_type": "robot", "page": "0", "colour": "red"}
         )
-    fields = sorted(error["field"] for error in refused.value.errors)
+    fields = sorted(error["field"] for error in refused.value.as_dict()["errors"])
     assert fields == ["colour", "min_params", "model_type", "page"]
-    messages = {error["field"]: error["message"] for error in refused.value.errors}
+    messages = {error["field"]: error["message"] for error in refused.value.as_dict()["errors"]}
     assert messages["colour"].startswith("'colour' is not a ranking parameter; use one of ")
     assert "'robot'" in messages["model_type"]
     assert "'huge'" in messages["min_params"]
 
 
 def test_unknown_suite_version_and_sort_are_refused_with_the_choices():
-    with pytest.raises(RankingQueryError) as refused:
+    with pytest.raises(Refusal) as refused:
         parse_ranking_query({"suite": "nope"})
-    assert refused.value.errors == [
+    assert refused.value.as_dict()["errors"] == [
         {
             "code": "unknown_suite",
             "field": "suite",
             "message": f"No suite named 'nope'; known suites: {shipped_suites()}.",
         }
     ]
-    with pytest.raises(RankingQueryError) as refused:
+    with pytest.raises(Refusal) as refused:
         parse_ranking_query({"version": "9"})
-    assert refused.value.errors[0]["message"] == (
+    assert refused.value.as_dict()["errors"][0]["message"] == (
         f"Suite '{SUITE}' has no version '9'; choose one of {VERSION}."
     )
-    with pytest.raises(RankingQueryError) as refused:
+    with pytest.raises(Refusal) as refused:
         parse_ranking_query({"sort": "vibes"})
-    assert refused.value.errors[0]["field"] == "sort"
-    assert "arc_challenge" in refused.value.errors[0]["message"]
+    assert refused.value.as_dict()["errors"][0]["field"] == "sort"
+    assert "arc_challenge" in refused.value.as_dict()["errors"][0]["message"]
 
 
 def test_inverted_size_range_is_refused():
-    with pytest.raises(RankingQueryError) as refused:
+    with pytest.raises(Refusal) as refused:
         parse_ranking_query({"min_params": "7", "max_params": "1"})
-    assert refused.value.errors[0]["code"] == "invalid_range"
+    assert refused.value.as_dict()["errors"][0]["code"] == "invalid_range"
 
 
 def test_list_parameters_accept_repeats_and_commas_and_round_trip():
@@ -202,7 +200,7 @@ def test_flagged_and_tainted_rows_are_hidden_and_counted(maintainer):
     shown = rank(show_flagged="1", show_tainted="1")
     assert names(shown) == ["org/root", "org/child", "org/via-data", "org/clean", "org/reviewed"]
     assert shown.hidden == 0
-    statuses = {row.repo_id: row.lineage_status for row in shown.rows}
+    statuses = {row.model: row.lineage_status for row in shown.rows}
     assert statuses == {
         "org/root": "flagged",
         "org/child": "tainted",
@@ -210,7 +208,7 @@ def test_flagged_and_tainted_rows_are_hidden_and_counted(maintainer):
         "org/clean": "clean",
         "org/reviewed": "under-review",
     }
-    by_name = {row.repo_id: row for row in shown.rows}
+    by_name = {row.model: row for row in shown.rows}
     assert by_name["org/child"].taint_path.startswith("org/child ← org/root (contamination")
     assert by_name["org/via-data"].taint_path.startswith(
         "org/via-data ← trained on data/leaky (contamination"
@@ -318,8 +316,8 @@ def test_a_version_the_evaluator_no_longer_ships_still_ranks_from_stored_scores(
     assert result.view.task_keys == ["arc_challenge", "hellaswag", "mmlu", "winogrande"]
     # Without a chance rate, normalized equals raw.
     assert result.rows[0].normalized_scores["mmlu"] == pytest.approx(50.0)
-    with pytest.raises(RankingQueryError) as refused:
+    with pytest.raises(Refusal) as refused:
         parse_ranking_query({"version": "7"})
-    assert refused.value.errors[0]["message"] == (
+    assert refused.value.as_dict()["errors"][0]["message"] == (
         f"Suite '{SUITE}' has no version '7'; choose one of {VERSION}, 0."
     )

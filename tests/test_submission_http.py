@@ -205,7 +205,7 @@ def test_api_accepts_with_201_and_the_submission(token_client, submitter, repos)
         "precision": "bfloat16",
         "weight_type": "original",
         "model_type": "fine-tuned",
-        "parameter_count": PARAMETERS,
+        "parameters": PARAMETERS,
         "architecture": "LlamaForCausalLM",
         "license": "apache-2.0",
         "merge_method": "",
@@ -214,8 +214,8 @@ def test_api_accepts_with_201_and_the_submission(token_client, submitter, repos)
         "submitter": "alice",
         "state": "queued",
         "lineage_status": "clean",
-        "synthetic": False,
-        "created_at": submission.created_at.isoformat(),
+        "is_synthetic": False,
+        "submitted_at": submission.created_at.isoformat(),
     }
     assert len(submission.revision) == 40
 

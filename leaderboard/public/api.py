@@ -17,18 +17,15 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema
 from ninja.decorators import decorate_view
 
-from leaderboard.problems import Problem, Refusal, error_responses
-from leaderboard.public import detail, integrity_bridge, serializers
+from leaderboard.problems import Refusal, error_responses
+from leaderboard.public import detail, serializers
+from leaderboard.public.etags import Validator, model_validator, ranking_validator
 from leaderboard.public.http import conditional, preflight, with_cors
-from leaderboard.public.services import (
-    RankingQuery,
-    RankingQueryError,
-    Validator,
-    parse_ranking_query,
-    ranking_for_api,
-    ranking_validator,
-)
+from leaderboard.public.query import RankingQuery, parse_ranking_query
+from leaderboard.public.row import row_schema
+from leaderboard.public.selection import ranking_for_api
 from leaderboard.public.suites import suite_names, suite_view, versions_of
+from leaderboard.submissions.serializers import SubmissionOut
 
 router = Router(tags=["public"])
 
@@ -54,39 +51,8 @@ class SuiteListOut(Schema):
     suites: list[RankedSuiteOut]
 
 
-class RowFlagOut(Schema):
-    report: int
-    kind: str
-    status: str
-    created_at: datetime
-    confirmed_at: datetime | None
-
-
-class LeaderboardRowOut(Schema):
-    rank: int
-    model: str
-    url: str
-    submission_id: int
-    revision: str
-    precision: str
-    model_type: str
-    weight_type: str
-    parameters: int
-    license: str
-    license_family: str
-    merge_method: str
-    is_merge: bool
-    is_synthetic: bool
-    submitted_at: datetime
-    evaluated_at: datetime | None
-    scores: dict[str, float | None]
-    normalized_scores: dict[str, float | None]
-    stderr: dict[str, float | None]
-    average: float | None
-    average_normalized: float | None
-    lineage_status: str
-    taint_path: str | None
-    flags: list[RowFlagOut]
+# Field by field from the declaration in leaderboard/public/row.py.
+LeaderboardRowOut = row_schema()
 
 
 class LeaderboardOut(Schema):
@@ -101,7 +67,7 @@ class LeaderboardOut(Schema):
     page: int | None
     pages: int
     per_page: int | None
-    rows: list[LeaderboardRowOut]
+    rows: list[LeaderboardRowOut]  # type: ignore[valid-type]  # built from the declaration
 
 
 class ModelTaskResultOut(Schema):
@@ -127,19 +93,10 @@ class ModelEvaluationOut(Schema):
     tasks: list[ModelTaskResultOut]
 
 
-class ModelSubmissionOut(Schema):
-    id: int
-    url: str
-    revision: str
-    precision: str
-    model_type: str
-    weight_type: str
-    parameters: int
-    license: str
-    merge_method: str
-    submitted_at: datetime
-    state: str
-    is_synthetic: bool
+class ModelSubmissionOut(SubmissionOut):
+    """The one submission shape (as POST/GET /api/v1/submissions answer it) with its finished
+    evaluations."""
+
     evaluations: list[ModelEvaluationOut]
 
 
@@ -259,10 +216,7 @@ def _cors(run: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     },
 )
 def leaderboard(request: HttpRequest) -> HttpResponse:
-    try:
-        query = parse_ranking_query(request.GET, paginate=False)
-    except RankingQueryError as refused:
-        raise Refusal([Problem(**error) for error in refused.errors]) from refused
+    query = parse_ranking_query(request.GET, paginate=False)
     validator = ranking_validator(query, extra="api")
     return conditional(
         request,
@@ -295,11 +249,9 @@ def model(request: HttpRequest, org: str, name: str) -> HttpResponse:
     query = RankingQuery()  # every evaluation is listed; no suite version is singled out
 
     def build() -> HttpResponse:
-        model_detail = detail.model_detail(repository, query)
-        reports = integrity_bridge.reports_for(repository)
-        return _json(serializers.model_to_dict(model_detail, reports))
+        return _json(serializers.model_to_dict(detail.model_detail(repository, query)))
 
-    return conditional(request, detail.model_validator(repository), build)
+    return conditional(request, model_validator(repository), build)
 
 
 @decorate_view(_cors)

@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.cache import get_conditional_response
 from django.utils.http import http_date, quote_etag
 
-from leaderboard.public.services import Validator
+from leaderboard.public.etags import Validator
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",

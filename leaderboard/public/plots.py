@@ -14,8 +14,9 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from django.utils.safestring import SafeString, mark_safe
 
-from leaderboard.public.detail import Comparison, RunResult
-from leaderboard.public.services import RankingRow
+from leaderboard.public.compare import Comparison
+from leaderboard.public.detail import RunResult
+from leaderboard.public.row import RankingRow
 from leaderboard.public.suites import SuiteView
 
 # Upper bounds (parameters) of the size buckets the z-scores are computed within.
@@ -55,10 +56,6 @@ def size_bucket(parameters: int) -> str:
     return next(label for bound, label in SIZE_BUCKETS if parameters < bound)
 
 
-def _average(row: RankingRow, normalized: bool) -> float | None:
-    return row.shown_average(normalized)
-
-
 @dataclass(frozen=True)
 class Scored:
     row: RankingRow
@@ -71,9 +68,9 @@ def zscores(rows: Sequence[RankingRow], normalized: bool) -> list[Scored]:
     """Each model's average and its z-score within its size bucket."""
     by_bucket: dict[str, list[tuple[RankingRow, float]]] = defaultdict(list)
     for row in rows:
-        score = _average(row, normalized)
+        score = row.shown_average(normalized)
         if score is not None:
-            by_bucket[size_bucket(row.parameter_count)].append((row, score))
+            by_bucket[size_bucket(row.parameters)].append((row, score))
     result = []
     for bucket, members in by_bucket.items():
         values = [score for _row, score in members]
@@ -97,11 +94,11 @@ def score_vs_size(rows: Sequence[RankingRow], normalized: bool, threshold: float
         go.Scatter(
             name="models",
             mode="markers",
-            x=[s.row.parameter_count for s in regular],
+            x=[s.row.parameters for s in regular],
             y=[round(s.score, 3) for s in regular],
             text=[_hover(s) for s in regular],
             hoverinfo="text",
-            customdata=[s.row.repo_id for s in regular],
+            customdata=[s.row.model for s in regular],
             marker={
                 "size": 7,
                 "color": [s.z if s.z is not None else 0.0 for s in regular],
@@ -118,13 +115,13 @@ def score_vs_size(rows: Sequence[RankingRow], normalized: bool, threshold: float
         go.Scatter(
             name=f"outliers (|z| ≥ {threshold:g})",
             mode="markers+text",
-            x=[s.row.parameter_count for s in outliers],
+            x=[s.row.parameters for s in outliers],
             y=[round(s.score, 3) for s in outliers],
             text=[s.row.name for s in outliers],
             hovertext=[_hover(s) for s in outliers],
             hoverinfo="text",
             textposition="top center",
-            customdata=[s.row.repo_id for s in outliers],
+            customdata=[s.row.model for s in outliers],
             marker={
                 "size": 12,
                 "symbol": "diamond",
@@ -145,8 +142,8 @@ def score_vs_size(rows: Sequence[RankingRow], normalized: bool, threshold: float
 
 def _hover(s: Scored) -> str:
     z = f"{s.z:+.2f}" if s.z is not None else "n/a"
-    size = s.row.parameter_count / 1e9
-    return f"{s.row.repo_id}<br>{size:.2f}B · {s.score:.2f}<br>z {z} ({s.bucket})"
+    size = s.row.parameters / 1e9
+    return f"{s.row.model}<br>{size:.2f}B · {s.score:.2f}<br>z {z} ({s.bucket})"
 
 
 def _score_label(normalized: bool) -> str:
@@ -198,7 +195,7 @@ def _pearson(pairs: list[tuple[float, float]]) -> float | None:
 def distribution_by_type(rows: Sequence[RankingRow], normalized: bool) -> go.Figure:
     groups: dict[str, list[float]] = defaultdict(list)
     for row in rows:
-        score = _average(row, normalized)
+        score = row.shown_average(normalized)
         if score is not None:
             groups[row.model_type].append(score)
     return _boxes(groups, "Score distribution by model type", normalized)
@@ -213,7 +210,7 @@ def distribution_by_merge_method(rows: Sequence[RankingRow], normalized: bool) -
     groups: dict[str, list[float]] = defaultdict(list)
     for row in rows:
         label = merge_method_label(row.merge_method)
-        score = _average(row, normalized)
+        score = row.shown_average(normalized)
         if label is not None and score is not None:
             groups[label].append(score)
     ordered = {label: groups[label] for label in dict.fromkeys(MERGE_METHODS.values())}
@@ -238,7 +235,7 @@ def _boxes(groups: dict[str, list[float]], title: str, normalized: bool) -> go.F
 def best_over_time(rows: Sequence[RankingRow], normalized: bool) -> go.Figure:
     """The best average submitted so far, as a step line, with the models that set it."""
     dated = sorted(
-        (row for row in rows if _average(row, normalized) is not None),
+        (row for row in rows if row.shown_average(normalized) is not None),
         key=lambda row: (row.submitted_at, row.entry_id),
     )
     xs: list[str] = []
@@ -246,12 +243,12 @@ def best_over_time(rows: Sequence[RankingRow], normalized: bool) -> go.Figure:
     names: list[str] = []
     best = -math.inf
     for row in dated:
-        score = _average(row, normalized) or 0.0
+        score = row.shown_average(normalized) or 0.0
         if score > best:
             best = score
             xs.append(row.submitted_at.isoformat())
             ys.append(round(score, 3))
-            names.append(row.repo_id)
+            names.append(row.model)
     if dated and xs:
         # Carry the record to the latest submission so the line reaches today.
         xs.append(dated[-1].submitted_at.isoformat())

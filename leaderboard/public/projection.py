@@ -10,9 +10,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
-from leaderboard.public import serializers
 from leaderboard.public.licenses import license_family
 from leaderboard.public.models import MISSING_AVERAGE, RankingEntry
+from leaderboard.public.row import ENTRY_COLUMNS, build_row
+from leaderboard.public.serializers import entry_row_json
 from leaderboard.public.suites import SuiteView, forget_stored_versions, is_defined, suite_view
 from leaderboard.submissions.models import ModelType, Submission
 
@@ -128,5 +129,6 @@ def build_entry(
         normalized_key=MISSING_AVERAGE if average_normalized is None else average_normalized,
         updated_at=now,
     )
-    entry.row_json = serializers.to_json(serializers.static_row_dict(entry, view))
+    row = build_row([getattr(entry, column) for column in ENTRY_COLUMNS], view)
+    entry.row_json = entry_row_json(row, view)
     return entry

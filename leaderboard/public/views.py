@@ -1,9 +1,8 @@
-"""Public pages: ranking, model page, compare, plots, CSV export. Each parses its query with
-the ranking core, calls a service, and renders; a refused query is shown with its messages."""
+"""Public pages: ranking, model page, compare, plots, CSV export. Each parses its query, calls
+the module that holds the content, and renders; a Refusal is shown with its problems (400)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.conf import settings
@@ -13,22 +12,16 @@ from django.views.decorators.http import require_GET
 
 from leaderboard.integrity.plots import lineage_figure
 from leaderboard.integrity.services import integrity_context
-from leaderboard.public import detail, plots, serializers
+from leaderboard.problems import Problem, Refusal
+from leaderboard.public import compare, detail, plots
+from leaderboard.public.etags import ranking_validator
+from leaderboard.public.export import export
 from leaderboard.public.http import conditional, with_cors
 from leaderboard.public.licenses import PERMISSIVE, RESTRICTIVE
 from leaderboard.public.models import LicenseFamily
+from leaderboard.public.query import SORT_COLUMNS, RankingQuery, default_query, parse_ranking_query
 from leaderboard.public.sanitize import render_card
-from leaderboard.public.services import (
-    SORT_COLUMNS,
-    Ranking,
-    RankingQuery,
-    RankingQueryError,
-    default_query,
-    parse_ranking_query,
-    ranking,
-    ranking_for_api,
-    ranking_validator,
-)
+from leaderboard.public.selection import Ranking, ranking
 from leaderboard.public.suites import suite_names, versions_of
 from leaderboard.submissions.models import ModelType, Precision
 
@@ -54,14 +47,17 @@ def _is_htmx(request: HttpRequest) -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-def _parse(params: QueryDict | dict[str, Any], *, paginate: bool) -> tuple[RankingQuery, list]:
+def _parse(
+    params: QueryDict | dict[str, Any], *, paginate: bool
+) -> tuple[RankingQuery, list[Problem]]:
+    """The query, or the default one and the problems of a refused query (shown above it)."""
     try:
         return parse_ranking_query(params, paginate=paginate), []
-    except RankingQueryError as refused:
+    except Refusal as refused:
         query = default_query()
         if not paginate:
             query = query.model_copy(update={"page": None})
-        return query, refused.errors
+        return query, refused.problems
 
 
 def _subset(params: QueryDict, names: tuple[str, ...]) -> QueryDict:
@@ -230,15 +226,15 @@ def compare_page(request: HttpRequest) -> HttpResponse:
         "versions": versions_of(query.suite),
         "models_value": raw_models,
         "errors": errors,
-        "min_models": detail.MIN_COMPARE,
-        "max_models": detail.MAX_COMPARE,
+        "min_models": compare.MIN_COMPARE,
+        "max_models": compare.MAX_COMPARE,
     }
     if raw_models and not errors:
         try:
-            names = detail.parse_models_param(raw_models)
-            comparison = detail.compare(names, query)
-        except detail.CompareError as refused:
-            context["errors"] = refused.errors
+            names = compare.parse_models_param(raw_models)
+            comparison = compare.compare(names, query)
+        except Refusal as refused:
+            context["errors"] = refused.problems
         else:
             context["comparison"] = comparison
             context["figure"] = plots.figure_json(
@@ -287,17 +283,13 @@ def plots_page(request: HttpRequest) -> HttpResponse:
 def export_csv(request: HttpRequest) -> HttpResponse:
     try:
         query = parse_ranking_query(request.GET, paginate=False)
-    except RankingQueryError as refused:
-        text = "\n".join(f"{e['field']}: {e['message']}" for e in refused.errors)
+    except Refusal as refused:
+        text = "\n".join(f"{p.field}: {p.message}" for p in refused.problems)
         return with_cors(HttpResponse(text + "\n", status=400, content_type="text/plain"))
 
     def build() -> HttpResponse:
-        result = ranking_for_api(query)
-        rows = [json.loads(serializers.api_row_json(row)) for row in result.rows]
-        response = HttpResponse(
-            serializers.rows_to_csv(rows, result.view.task_keys),
-            content_type="text/csv; charset=utf-8",
-        )
+        text, _result = export(query, "csv")
+        response = HttpResponse(text, content_type="text/csv; charset=utf-8")
         filename = f"trellis-{query.suite}-{query.version}.csv"
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response

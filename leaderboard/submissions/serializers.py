@@ -1,4 +1,6 @@
-"""The one JSON shape of a submission: the API's responses and the export both use it."""
+"""The one JSON shape of a submission: the submission API, the submission-with-runs API and the
+public model API all answer it (key names shared with the ranking row: `parameters`,
+`is_synthetic`, `submitted_at`)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ def submission_to_dict(submission: Submission) -> dict[str, Any]:
         "precision": submission.precision,
         "weight_type": submission.weight_type,
         "model_type": submission.model_type,
-        "parameter_count": submission.parameter_count,
+        "parameters": submission.parameter_count,
         "architecture": submission.architecture,
         "license": submission.license,
         "merge_method": submission.merge_method,
@@ -31,8 +33,8 @@ def submission_to_dict(submission: Submission) -> dict[str, Any]:
         "submitter": submission.submitter.get_username() if submission.submitter else None,
         "state": submission.state,
         "lineage_status": submission.repository.status,
-        "synthetic": submission.is_synthetic,
-        "created_at": submission.created_at.isoformat(),
+        "is_synthetic": submission.is_synthetic,
+        "submitted_at": submission.created_at.isoformat(),
     }
 
 
@@ -47,7 +49,7 @@ class SubmissionOut(Schema):
     precision: str
     weight_type: str
     model_type: str
-    parameter_count: int
+    parameters: int
     architecture: str
     license: str
     merge_method: str
@@ -56,5 +58,5 @@ class SubmissionOut(Schema):
     submitter: str | None
     state: str
     lineage_status: str
-    synthetic: bool
-    created_at: str
+    is_synthetic: bool
+    submitted_at: str

@@ -3,15 +3,15 @@ ranking, flagged and tainted rows included, in the API's row format."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.http import QueryDict
 
-from leaderboard.public import serializers
-from leaderboard.public.services import RankingQueryError, parse_ranking_query, ranking_for_api
+from leaderboard.problems import Refusal
+from leaderboard.public.export import export
+from leaderboard.public.query import parse_ranking_query
 
 
 class Command(BaseCommand):
@@ -37,16 +37,11 @@ class Command(BaseCommand):
             params["version"] = options["suite_version"]
         try:
             query = parse_ranking_query(params, paginate=False)
-        except RankingQueryError as refused:
+        except Refusal as refused:
             raise CommandError(
-                "; ".join(f"{e['field']}: {e['message']}" for e in refused.errors)
+                "; ".join(f"{p.field}: {p.message}" for p in refused.problems)
             ) from None
-        result = ranking_for_api(query)
-        if options["format"] == "json":
-            text = serializers.leaderboard_json(result) + "\n"
-        else:
-            rows = [json.loads(serializers.api_row_json(row)) for row in result.rows]
-            text = serializers.rows_to_csv(rows, result.view.task_keys)
+        text, result = export(query, options["format"])
         if options["out"] == "-":
             self.stdout.write(text, ending="")
             return
