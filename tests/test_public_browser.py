@@ -272,8 +272,8 @@ def test_model_page_shows_scores_and_lineage_graph(page, catalog):
 def at_scale(django_user_model: Any) -> None:
     """400 synthetic models; two of the best flagged, a third reported, and three more flagged
     among the earliest (their descendants tainted)."""
+    from leaderboard.demo.synthetic import flag_some, seed
     from leaderboard.public.models import RankingEntry
-    from leaderboard.public.synthetic import flag_some, seed
     from tests.factories import report
 
     seed(400)
@@ -317,7 +317,7 @@ def test_ranking_and_model_pages_at_scale(page, at_scale):
 
 
 def test_plots_page_renders_every_chart(page):
-    from leaderboard.public.synthetic import seed
+    from leaderboard.demo.synthetic import seed
 
     seed(150)
     page.goto(page.base + "/plots/")

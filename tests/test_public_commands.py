@@ -11,8 +11,8 @@ from django.core.management import CommandError, call_command
 
 from leaderboard.catalog.models import LineageEdge, Repository
 from leaderboard.evaluations.models import EvaluationRun, TaskScore
-from leaderboard.public.models import RankingEntry
 from leaderboard.public.export import rows_from_csv
+from leaderboard.public.models import RankingEntry
 from leaderboard.public.suites import forget_stored_versions
 from leaderboard.submissions.models import Submission
 from tests.factories import SUITE, edge, flag, ranked

@@ -50,7 +50,8 @@ def setup_demo(model_root: Path | None = None) -> DemoOutcome:
         INSTRUCT_ID,
         build_demo_repositories,
     )
-    from leaderboard.submissions.services import SubmissionRequest, submit
+    from leaderboard import flow
+    from leaderboard.submissions.services import SubmissionRequest
 
     if settings.TRELLIS_MODEL_SOURCE != "local":
         raise DemoError(
@@ -76,4 +77,4 @@ def setup_demo(model_root: Path | None = None) -> DemoOutcome:
     request = SubmissionRequest(
         repo_id=INSTRUCT_ID, precision=DEMO_PRECISION, model_type=DEMO_MODEL_TYPE
     )
-    return DemoOutcome(created, model_path, submit(request, submitter), submitted_now=True)
+    return DemoOutcome(created, model_path, flow.submit(request, submitter), submitted_now=True)

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from leaderboard.accounts.roles import is_maintainer
-from leaderboard.public import synthetic
+from leaderboard.demo import synthetic
 
 
 class Command(BaseCommand):

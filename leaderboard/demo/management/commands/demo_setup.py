@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
-from leaderboard.evaluations.demo import DemoError, setup_demo
+from leaderboard.demo.showcase import DemoError, setup_demo
 from leaderboard.problems import Refusal
 
 

@@ -454,7 +454,7 @@ def purge() -> Purged:
 def flag_some(count: int, actor: Any, rng_seed: int = 0) -> int:
     """File contamination reports (automatic signals) on `count` synthetic models, preferring
     roots and early models so taint spreads; with a maintainer `actor`, confirm them."""
-    from leaderboard.integrity.services import file_report, resolve
+    from leaderboard.flow import file_report, resolve
 
     rng = random.Random(rng_seed + 1)
     candidates = list(
