@@ -4,13 +4,13 @@ page of full rows) and the API (every row's stored JSON)."""
 
 from __future__ import annotations
 
+import json
 import math
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from django.db.models import Count, F, FloatField, QuerySet, Window
+from django.db.models import Count, F, FloatField, QuerySet, TextField, Window
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Rank
 
@@ -23,6 +23,7 @@ from leaderboard.public.query import SORT_COLUMNS, RankingQuery
 from leaderboard.public.row import ENTRY_COLUMNS, RankingRow, build_row
 from leaderboard.public.suites import SuiteView, suite_view
 
+HIDDEN_BY_DEFAULT = (LineageStatus.FLAGGED, LineageStatus.TAINTED)
 NOT_CLEAN = [status.value for status in LineageStatus if status != LineageStatus.CLEAN]
 # Reports that matter to a reader of the ranking: allegations under review, and flags.
 LIVE_REPORT_STATUSES = (ReportStatus.OPEN, ReportStatus.CONFIRMED)
@@ -124,9 +125,12 @@ def filtered_entries(query: RankingQuery) -> QuerySet[RankingEntry]:
 def select(query: RankingQuery, *, with_json: bool = False) -> Ranking[Placed]:
     """Count, rank, order and (when `query.page` is set) paginate with narrow rows; wide
     contents are read afterwards for the chosen ids only, so the database never sorts them.
+    `with_json` reads every row's stored JSON along when there is no page (the full API).
 
-    Lineage status is read for the few ranked repositories that are not clean (status index)
-    rather than joined to every row: in a large catalog that join cost more than the rows."""
+    A page is ranked and filtered by lineage status in SQL (a window over the ordering index,
+    stopped after the page). Every row at once is ranked here instead, with the status of the
+    few ranked repositories that are not clean read apart: a join and a window over every row
+    cost more than the rows themselves."""
     view = suite_view(query.suite, query.version or "")
     if view is None:
         raise Refusal.one(
@@ -135,58 +139,82 @@ def select(query: RankingQuery, *, with_json: bool = False) -> Ranking[Placed]:
             f"Suite '{query.suite}' has no version '{query.version}'.",
         )
     entries = filtered_entries(query)
-    lineage = {
-        repository_id: (status, path or [])
-        for repository_id, status, path in Repository.objects.filter(
-            kind=RepositoryKind.MODEL,
-            status__in=NOT_CLEAN,
-            id__in=entries.values("repository_id"),
-        ).values_list("id", "status", "status_path")
-    }
-    hidden_statuses = set(query.hidden_statuses)
-    hidden_ids = [pk for pk, (status, _path) in lineage.items() if status in hidden_statuses]
-    hidden: Counter[str] = Counter()
-    if hidden_ids:
-        for repository_id, n in (
-            entries.filter(repository_id__in=hidden_ids)
-            .values_list("repository_id")
-            .annotate(n=Count("*"))
-            .order_by()
-        ):
-            hidden[lineage[repository_id][0]] += n
-    count = entries.aggregate(n=Count("*"))["n"] - sum(hidden.values())
-    key = "normalized_key" if query.normalized else "average_key"
-    columns = ["id", "rank", "repository_id"]
-    if with_json and query.page is None:
-        columns.append("row_json")
-    ordered = (
-        entries.exclude(repository_id__in=hidden_ids)
-        .annotate(rank=Window(Rank(), order_by=F(key).desc()))
-        .order_by(*_ordering(query, key))
-        .values_list(*columns)
+    # Two cheap counts rather than one join over every row: the total (index-only with the
+    # default filters) and the few rows whose repository is flagged or tainted (status index).
+    total = entries.aggregate(n=Count("*"))["n"]
+    by_status = dict(
+        entries.filter(repository__status__in=HIDDEN_BY_DEFAULT)
+        .values_list("repository__status")
+        .annotate(n=Count("*"))
+        .order_by()
     )
+    hidden_flagged = 0 if query.show_flagged else by_status.get(LineageStatus.FLAGGED, 0)
+    hidden_tainted = 0 if query.show_tainted else by_status.get(LineageStatus.TAINTED, 0)
+    count = total - hidden_flagged - hidden_tainted
+    key = "normalized_key" if query.normalized else "average_key"
+    ordered = entries.order_by(*_ordering(query, key))
     page: int | None = None
     pages = 1
     if query.page is not None:
         pages = max(1, math.ceil(count / query.per_page))
         page = min(query.page, pages)
         start = (page - 1) * query.per_page
-        ordered = ordered[start : start + query.per_page]
-    clean: tuple[str, list[Any]] = (LineageStatus.CLEAN.value, [])
-    placed = [
-        Placed(values[0], values[1], values[2], *lineage.get(values[2], clean), *values[3:])
-        for values in ordered
+        placed = [
+            Placed(entry_id, rank, repository_id, status, _path(path))
+            for entry_id, rank, repository_id, status, path in ordered.exclude(
+                repository__status__in=query.hidden_statuses
+            )
+            .annotate(rank=Window(Rank(), order_by=F(key).desc()))
+            .values_list(
+                "id",
+                "rank",
+                "repository_id",
+                "repository__status",
+                Cast("repository__status_path", TextField()),
+            )[start : start + query.per_page]
+        ]
+    else:
+        placed = _place_all(query, entries, ordered, key, with_json)
+    return Ranking(query, view, placed, count, hidden_flagged, hidden_tainted, page, pages)
+
+
+def _place_all(
+    query: RankingQuery,
+    entries: QuerySet[RankingEntry],
+    ordered: QuerySet[RankingEntry],
+    key: str,
+    with_json: bool,
+) -> list[Placed]:
+    """Every row of `ordered` that the status filters show, with its competition rank ("1, 2,
+    2, 4") by `key` among them, as SQL RANK() gives a page."""
+    lineage = {
+        repository_id: (status, path)
+        for repository_id, status, path in Repository.objects.filter(
+            kind=RepositoryKind.MODEL,
+            status__in=NOT_CLEAN,
+            id__in=entries.values("repository_id"),
+        ).values_list("id", "status", Cast("status_path", TextField()))
+    }
+    clean = (LineageStatus.CLEAN.value, None)
+    hidden = set(query.hidden_statuses)
+    columns = ["id", "repository_id", key, *(["row_json"] if with_json else [])]
+    visible = []
+    for values in ordered.values_list(*columns):
+        status, path = lineage.get(values[1], clean)
+        if status not in hidden:
+            visible.append((values, status, path))
+    rank_of: dict[float, int] = {}
+    for position, sort_key in enumerate(sorted((v[0][2] for v in visible), reverse=True), 1):
+        rank_of.setdefault(sort_key, position)
+    return [
+        Placed(values[0], rank_of[values[2]], values[1], status, _path(path), *values[3:])
+        for values, status, path in visible
     ]
-    return Ranking(
-        query=query,
-        view=view,
-        rows=placed,
-        count=count,
-        hidden_flagged=hidden[LineageStatus.FLAGGED],
-        hidden_tainted=hidden[LineageStatus.TAINTED],
-        page=page,
-        pages=pages,
-    )
+
+
+def _path(text: str | None) -> list[Any]:
+    # Clean rows (nearly all) carry "[]": skip the parse.
+    return json.loads(text) if text and text != "[]" else []
 
 
 def _ordering(query: RankingQuery, key: str) -> list[Any]:
