@@ -69,3 +69,21 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 def env_path(name: str, default: Path) -> Path:
     raw = os.environ.get(name)
     return Path(raw).expanduser().resolve() if raw else default
+
+
+def env_cache(name: str, default: str = "locmem://") -> dict[str, object]:
+    """A Django cache from a URL: `redis://…` / `rediss://…` (shared by every web process and
+    host) or `locmem://` (this process only: the embedded default)."""
+    url = os.environ.get(name) or default
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        # Short socket timeouts: a cache outage must cost a request milliseconds, not minutes.
+        options = {"socket_connect_timeout": 2, "socket_timeout": 2}
+        return {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": url,
+            "KEY_PREFIX": "trellis",
+            "OPTIONS": options,
+        }
+    if url == "locmem://":
+        return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "trellis"}
+    raise ImproperlyConfigured(f"{name}={url!r}: use redis://host:6379/N, rediss://… or locmem://")

@@ -14,3 +14,7 @@ urlpatterns = [
     path("integrity/", include("leaderboard.integrity.urls")),
     path("", include("leaderboard.public.urls")),
 ]
+
+# /healthz and /metrics are answered by leaderboard.operations.middleware, ahead of the host check.
+# A database outage is a 503 page, not a 500 (leaderboard.operations.views).
+handler500 = "leaderboard.operations.views.server_error"

@@ -11,6 +11,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # `make demo` worker would pick them up. Tests with a real worker switch to Redis themselves.
 os.environ.setdefault("CELERY_BROKER_URL", "memory://")
 os.environ.setdefault("CELERY_RESULT_BACKEND", "cache+memory://")
+# Rate limits count in this process's cache, emptied before every test (tests that share Redis
+# between processes set TRELLIS_CACHE_URL for those processes themselves).
+os.environ.setdefault("TRELLIS_CACHE_URL", "locmem://")
 
 from pathlib import Path
 
@@ -27,6 +30,13 @@ REQUIRE_SERVICES = os.environ.get("TRELLIS_REQUIRE_SERVICES") == "1"
 def _fast_password_hashing(settings):
     # The default PBKDF2 hasher costs ~0.3 s per user; the fixed cast is created in most tests.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits():
+    from django.core.cache import cache
+
+    cache.clear()
 
 
 def service_unavailable(what: str, error: Exception) -> None:

@@ -18,7 +18,8 @@ def signup(request: HttpRequest) -> HttpResponse:
     form: UserCreationForm = UserCreationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
-        login(request, user)
+        # Named: the lockout backend comes first in AUTHENTICATION_BACKENDS and logs no one in.
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(request, f"Welcome, {user.username}.")
         return redirect("submissions:mine")
     return render(request, "registration/signup.html", {"form": form})

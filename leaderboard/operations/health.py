@@ -1,0 +1,143 @@
+"""What an operator's probe asks: is the database up, is the broker up, how many messages wait on
+each queue, and when did a worker last report. One function, `check()`, answers it."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Max
+from django.utils import timezone
+
+from leaderboard.evaluations.models import EvaluationRun, RunState
+
+BROKER_TIMEOUT = 3.0  # seconds; a probe must answer well inside a load balancer's own timeout
+
+
+@dataclass
+class Health:
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
+    queues: dict[str, int | None] = field(default_factory=dict)
+    workers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def down(self) -> list[str]:
+        return [name for name, part in self.components.items() if not part["ok"]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": "down" if self.down else "ok",
+            "down": self.down,
+            **self.components,
+            "queues": self.queues,
+            "workers": self.workers,
+        }
+
+
+def queue_names() -> list[str]:
+    return list(
+        dict.fromkeys(
+            [
+                settings.CELERY_TASK_DEFAULT_QUEUE,
+                settings.TRELLIS_QUEUE_SMALL,
+                settings.TRELLIS_QUEUE_LARGE,
+            ]
+        )
+    )
+
+
+def check() -> Health:
+    health = Health()
+    health.components["database"] = _database()
+    broker, depths = _broker(queue_names())
+    health.components["broker"] = broker
+    health.queues = depths
+    if health.components["database"]["ok"]:
+        health.workers = _workers()
+    return health
+
+
+def _timed(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
+
+
+def _database() -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:
+        # A broken connection must not stay in this process for the next request.
+        connection.close_if_unusable_or_obsolete()
+        return {"ok": False, "error": _short(exc)}
+    return {"ok": True, "latency_ms": _timed(started)}
+
+
+def _broker(queues: list[str]) -> tuple[dict[str, Any], dict[str, int | None]]:
+    """Connect to the broker with a short timeout and count each queue's waiting messages."""
+    from kombu import Connection
+
+    started = time.monotonic()
+    options = dict(settings.CELERY_BROKER_TRANSPORT_OPTIONS or {})
+    options.update(
+        socket_connect_timeout=BROKER_TIMEOUT, socket_timeout=BROKER_TIMEOUT, max_retries=0
+    )
+    depths: dict[str, int | None] = dict.fromkeys(queues)
+    try:
+        with Connection(
+            settings.CELERY_BROKER_URL,
+            connect_timeout=BROKER_TIMEOUT,
+            transport_options=options,
+        ) as conn:
+            conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT)
+            for queue in queues:
+                depths[queue] = _depth(conn, queue)
+    except Exception as exc:
+        return {"ok": False, "error": _short(exc)}, dict.fromkeys(queues)
+    return {"ok": True, "latency_ms": _timed(started)}, depths
+
+
+def _depth(conn: Any, queue: str) -> int:
+    """Messages waiting on `queue` (a queue nobody declared yet holds none). A passive declare
+    works on every transport: AMQP answers it, Redis and the filesystem count their lists."""
+    channel = conn.channel()
+    try:
+        _, count, _ = channel.queue_declare(queue=queue, passive=True)
+        return int(count)
+    except Exception as exc:
+        if _is_missing_queue(exc):
+            return 0
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
+
+
+def _is_missing_queue(exc: Exception) -> bool:
+    from amqp.exceptions import NotFound
+    from kombu.exceptions import ChannelError
+
+    return isinstance(exc, NotFound | ChannelError) and "NOT_FOUND" in str(exc).upper().replace(
+        " ", "_"
+    )
+
+
+def _workers() -> dict[str, Any]:
+    """The newest heartbeat any worker sent for a run (progress doubles as the heartbeat), and
+    how many runs are in flight. An idle deployment has an old heartbeat: that alone is no
+    fault, so it does not turn the status to down."""
+    newest = EvaluationRun.objects.aggregate(newest=Max("heartbeat_at"))["newest"]
+    age = round((timezone.now() - newest).total_seconds(), 1) if newest else None
+    running = EvaluationRun.objects.filter(state=RunState.RUNNING).count()
+    queued = EvaluationRun.objects.filter(state=RunState.QUEUED).count()
+    return {"newest_heartbeat_age_seconds": age, "running_runs": running, "queued_runs": queued}
+
+
+def _short(exc: Exception) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text if len(text) <= 200 else text[:199] + "…"
