@@ -13,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from evaluator.jobs import PRECISIONS, EvaluationJob
+from evaluator.messages import EvaluationJob
+from evaluator.vocabulary import DATA_SOURCES, PRECISIONS
 
 
 def _progress(done: int, total: int) -> None:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--suite-version", default=None, help="default: the newest")
     run.add_argument("--limit", type=int, default=None, help="documents per task (testing)")
     run.add_argument("--batch-size", type=int, default=None)
-    run.add_argument("--data-source", choices=("local", "hub"), default="local")
+    run.add_argument("--data-source", choices=DATA_SOURCES, default="local")
     run.add_argument("--data-root", default=None)
     run.add_argument("--artifact-root", default="var/artifacts")
     run.add_argument("--run-id", type=int, default=0)
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     local = args.model_path is not None
     job = EvaluationJob(
         run_id=args.run_id,
+        attempt=1,
         repo_id=Path(args.model_path).name if local else args.repo_id,
         revision=args.revision,
         precision=args.precision,

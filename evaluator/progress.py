@@ -1,9 +1,11 @@
-"""The GPU side of an evaluation: run the evaluator on a self-contained job and report back by
-message. Nothing here may touch the database: GPU workers load strangers' weights and hold no
-database credentials (decision 2); the trusted web side validates and records what they say."""
+"""A GPU worker's side of one evaluation: run the evaluator on a job and report back by message
+(started, progress as the heartbeat, then a result or a failure). Nothing here can reach a
+database: GPU workers load strangers' weights and hold no credentials (docs/architecture.md);
+the trusted web side validates and records what they say."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -12,14 +14,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import ValidationError
+
+from evaluator.messages import (
+    EvaluationJob,
+    Failure,
+    Message,
+    Progress,
+    Result,
+    Started,
+    problems_of,
+)
 
 logger = logging.getLogger(__name__)
 
-# send(message, *args): publishes one message to the trusted web side. Messages are
-# "started" (hostname), "progress" (done, total), "result" (payload) and
-# "failure" (code, message, log_tail); the run id and attempt are bound by the caller.
-Send = Callable[..., None]
+# Publishes one report to the web side.
+Send = Callable[[Message], None]
 
 LOG_TAIL_LINES = 40
 
@@ -31,7 +41,7 @@ class ProgressReporter:
 
     def __init__(
         self,
-        send: Send,
+        send: Callable[[int, int], None],
         *,
         interval: float = 2.0,
         heartbeat: float = 60.0,
@@ -77,7 +87,7 @@ class ProgressReporter:
 
     def _emit(self) -> None:
         try:
-            self._send("progress", *self._latest)
+            self._send(*self._latest)
         except Exception:
             # A lost progress message costs nothing but a stale bar; the evaluation goes on.
             logger.exception("could not send progress")
@@ -101,7 +111,7 @@ def localize_job(
 
 
 def run_evaluation(
-    job_dict: dict[str, Any],
+    job: EvaluationJob,
     hostname: str,
     send: Send,
     *,
@@ -109,33 +119,51 @@ def run_evaluation(
     heartbeat_interval: float = 60.0,
 ) -> str:
     """Run one job and report its outcome through `send`; returns "finished" or "failed"."""
-    from evaluator.jobs import EvaluationJob
     from evaluator.run import EvaluationFailure, run_job
 
-    send("started", hostname)
-    reporter = ProgressReporter(send, interval=progress_interval, heartbeat=heartbeat_interval)
+    def tell(kind: type[Message], **fields: Any) -> None:
+        send(kind.model_validate({"run_id": job.run_id, "attempt": job.attempt, **fields}))
+
+    tell(Started, worker=hostname or "unknown")
+    progress = functools.partial(_progress, tell)
+    reporter = ProgressReporter(progress, interval=progress_interval, heartbeat=heartbeat_interval)
     reporter.start()
     try:
-        payload = run_job(EvaluationJob.from_dict(job_dict), progress=reporter)
-    except SoftTimeLimitExceeded:
-        send("failure", "time_limit", "The evaluation ran past its time limit.", _log_tail())
-        return "failed"
+        payload = run_job(job, progress=reporter)
     except EvaluationFailure as failure:
-        send("failure", failure.reason, failure.message, failure.log_tail or _log_tail())
+        tail = failure.log_tail or log_tail()
+        tell(Failure, code=failure.reason, message=failure.message, log_tail=tail)
         return "failed"
     except Exception as exc:
-        # Anything the evaluator did not classify still ends the run with words and a log,
-        # instead of leaving it "running" until the reconciler reaps it.
-        logger.exception("evaluation of run %s crashed", job_dict.get("run_id"))
-        send("failure", "error", f"{type(exc).__name__}: {exc}", _log_tail())
+        # Celery's soft time limit, or anything the evaluator did not classify, still ends the
+        # run with words and a log instead of leaving it "running" until the reconciler reaps it.
+        if type(exc).__name__ == "SoftTimeLimitExceeded":
+            code, message = "time_limit", "The evaluation ran past its time limit."
+        else:
+            logger.exception("evaluation of run %s crashed", job.run_id)
+            code, message = "error", f"{type(exc).__name__}: {exc}"
+        tell(Failure, code=code, message=message, log_tail=log_tail())
         return "failed"
     finally:
         reporter.stop()
     reporter.flush()
-    send("result", payload)
+    try:
+        tell(Result, payload=payload)
+    except ValidationError as exc:
+        # A bug of this worker, not of the model: say so rather than send what the web side
+        # would refuse anyway.
+        problems = "; ".join(problems_of(exc))
+        message = f"The evaluator's result does not fit the message schema: {problems}"
+        tell(Failure, code="error", message=message[:10_000], log_tail="")
+        return "failed"
     return "finished"
 
 
-def _log_tail() -> str:
+def _progress(tell: Callable[..., None], done: int, total: int) -> None:
+    tell(Progress, done=done, total=total)
+
+
+def log_tail() -> str:
+    """The last lines of the exception being handled."""
     lines = traceback.format_exc().rstrip().splitlines()
     return "\n".join(lines[-LOG_TAIL_LINES:])

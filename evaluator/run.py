@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from evaluator.data import OVERRIDES_DIR_NAME, DataMissing, TaskData, prepare_task_data
-from evaluator.jobs import EvaluationJob
+from evaluator.messages import EvaluationJob
 from evaluator.suites import Suite, SuiteTask, UnknownSuite, load_suite
+from evaluator.vocabulary import WORKER_FAILURES, is_safetensors, is_weight_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +53,6 @@ CAPTURED_LOGGERS: dict[str, int] = {
     "huggingface_hub": logging.WARNING,
 }
 
-REASONS = (
-    "out_of_memory",
-    "model_load",
-    "tokenizer_missing",
-    "time_limit",
-    "unsafe_weights",
-    "data_missing",
-    "error",
-)
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer.model",
@@ -77,11 +68,11 @@ VERSIONED = {"lm_eval": "lm_eval", "transformers": "transformers", "torch": "tor
 
 
 class EvaluationFailure(Exception):
-    """A run that cannot finish. `reason` is one of REASONS, `message` is for the submitter,
-    `log_tail` holds the last lines of the run's log."""
+    """A run that cannot finish. `reason` is one of the worker's failure codes (vocabulary),
+    `message` is for the submitter, `log_tail` holds the last lines of the run's log."""
 
     def __init__(self, reason: str, message: str, log_tail: str = "") -> None:
-        if reason not in REASONS:
+        if reason not in WORKER_FAILURES:
             raise ValueError(f"unknown failure reason {reason!r}")
         super().__init__(message)
         self.reason = reason
@@ -277,8 +268,8 @@ def check_repository(job: EvaluationJob) -> str:
 
 
 def check_files(repo_id: str, files: list[str]) -> None:
-    if not any(name.endswith(".safetensors") for name in files):
-        pickles = sorted(name for name in files if name.endswith(PICKLE_SUFFIXES))
+    if not any(is_safetensors(name) for name in files):
+        pickles = sorted(name for name in files if is_weight_pickle(name))
         found = f" It has only {', '.join(pickles)}." if pickles else ""
         raise EvaluationFailure(
             "unsafe_weights",

@@ -1,14 +1,18 @@
-"""The Celery application: transport between the web side and the evaluation workers.
+"""The web side's Celery application: transport between the web side and the GPU workers.
 
-Routes: the evaluation task goes to a GPU queue chosen per run by model size (the default
-route is the small queue); everything else is a trusted web-side task on the web queue. Beat
-runs the reconciler, which re-sends lost messages and reaps silent runs."""
+It registers only the trusted web-side tasks (leaderboard/evaluations/tasks.py). The evaluation
+task runs in the GPU workers' own application (evaluator/worker.py); this one sends it jobs by
+task name. Routes: a job goes to the GPU queue chosen per run by model size (the default route
+is the small queue); everything else is a web-side task on the web queue. Beat runs the
+reconciler, which re-sends lost messages and reaps silent runs."""
 
 from __future__ import annotations
 
 import os
 
 from celery import Celery
+
+from evaluator.messages import EVALUATE_TASK
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "leaderboard.settings")
 
@@ -22,7 +26,7 @@ def _configure_routes_and_beat(sender: Celery, **kwargs: object) -> None:
     from django.conf import settings
 
     sender.conf.task_routes = {
-        "evaluations.evaluate": {"queue": settings.TRELLIS_QUEUE_SMALL},
+        EVALUATE_TASK: {"queue": settings.TRELLIS_QUEUE_SMALL},
         "evaluations.*": {"queue": settings.CELERY_TASK_DEFAULT_QUEUE},
     }
     sender.conf.beat_schedule = {

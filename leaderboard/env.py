@@ -1,74 +1,41 @@
-"""Strict environment-variable helpers: a malformed value is an error, never a silent default."""
+"""The settings' environment-variable helpers: evaluator/config.py's strict ones (the GPU worker
+reads its environment with the same rules), raising Django's ImproperlyConfigured; and the
+web-only ones."""
 
 from __future__ import annotations
 
+import functools
 import os
-from pathlib import Path
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+from evaluator import config
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-def env_str(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
+def _for_django(helper: Callable[P, T]) -> Callable[P, T]:
+    @functools.wraps(helper)
+    def read(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return helper(*args, **kwargs)
+        except config.ConfigError as exc:
+            raise ImproperlyConfigured(str(exc)) from None
+
+    return read
 
 
-def env_bool(name: str, default: bool = False) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ImproperlyConfigured(
-        f"{name}={raw!r} is not a boolean; use one of 1/0, true/false, yes/no"
-    )
-
-
-def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
-    if minimum is not None and value < minimum:
-        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
-    return value
-
-
-def env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
-
-
-def env_list(name: str, default: list[str]) -> list[str]:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return list(default)
-    return [item.strip() for item in raw.split(",") if item.strip()]
-
-
-def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = os.environ.get(name) or default
-    if value not in choices:
-        raise ImproperlyConfigured(f"{name}={value!r} must be one of {', '.join(choices)}")
-    return value
-
-
-def env_path(name: str, default: Path) -> Path:
-    raw = os.environ.get(name)
-    return Path(raw).expanduser().resolve() if raw else default
+env_str = _for_django(config.env_str)
+env_bool = _for_django(config.env_bool)
+env_int = _for_django(config.env_int)
+env_float = _for_django(config.env_float)
+env_list = _for_django(config.env_list)
+env_choice = _for_django(config.env_choice)
+env_path = _for_django(config.env_path)
+broker_transport_options = _for_django(config.broker_transport_options)
 
 
 def env_cache(name: str, default: str = "locmem://") -> dict[str, object]:

@@ -12,6 +12,7 @@ from django.utils import timezone
 from evaluator.suites import load_suite
 from leaderboard.celery import app
 from leaderboard.evaluations import services
+from leaderboard.evaluations.dispatch import build_job
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 from leaderboard.submissions.models import Submission
 from tests.factories import (
@@ -78,8 +79,8 @@ def test_create_run_for_routes_by_size_and_sends_on_commit(
         simple.close()
     messages = broker(queue)
     assert [name for name, _ in messages] == ["evaluations.evaluate"]
-    job, attempt = messages[0][1]
-    assert attempt == 1
+    [job] = messages[0][1]
+    assert (job["schema_version"], job["attempt"]) == (1, 1)
     assert job["run_id"] == run.pk
     assert job["repo_id"] == submission.repository.repo_id
     assert job["revision"] == submission.revision
@@ -105,9 +106,11 @@ def test_job_carries_the_model_and_data_sources(settings, tmp_path):
     settings.TRELLIS_ARTIFACT_ROOT = tmp_path / "artifacts"
     settings.TRELLIS_EVAL_LIMIT = 3
     run = RunFactory(queue="gpu-small")
-    job = services.build_job(run)
+    job = build_job(run)
     assert job == {
+        "schema_version": 1,
         "run_id": run.pk,
+        "attempt": 1,
         "repo_id": run.submission.repository.repo_id,
         "revision": run.submission.revision,
         "precision": "bfloat16",
@@ -120,6 +123,7 @@ def test_job_carries_the_model_and_data_sources(settings, tmp_path):
         "artifact_root": str(tmp_path / "artifacts"),
         "limit": 3,
         "batch_size": None,
+        "backend": None,
     }
 
 
@@ -381,7 +385,7 @@ def test_submitter_requeues_once_maintainer_any_time(
     )
     assert run.submission.state == "queued"
     messages = broker("gpu-small")
-    assert [(name, args[1]) for name, args in messages] == [("evaluations.evaluate", 2)]
+    assert [(name, args[0]["attempt"]) for name, args in messages] == [("evaluations.evaluate", 2)]
 
     services.record_failure(run.pk, 2, "model_load", "again", "")
     run.refresh_from_db()

@@ -19,7 +19,7 @@ from evaluator.demo_model import (
     build_demo_repositories,
     find_gguf,
 )
-from evaluator.jobs import EvaluationJob
+from evaluator.messages import EvaluationJob
 from evaluator.run import run_job
 
 
@@ -88,6 +88,7 @@ def test_the_demo_model_is_built_once_with_proper_cards_and_scores_the_quick_sui
     assert (DEMO_MODEL_TYPE, DEMO_PRECISION) == ("chat", "bfloat16")
     job = EvaluationJob(
         run_id=1,
+        attempt=1,
         repo_id=INSTRUCT_ID,
         revision="local",
         precision=DEMO_PRECISION,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from evaluator.data import default_mirror_root
-from evaluator.jobs import EvaluationJob
+from evaluator.messages import EvaluationJob
 from evaluator.run import EvaluationFailure, classify, run_job, write_artifact
 from evaluator.suites import load_suite
 from tests.tiny_model import build_tiny_repo
@@ -34,6 +34,7 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_job(model_root: Path, artifact_root: Path, **overrides: Any) -> EvaluationJob:
     fields: dict[str, Any] = {
         "run_id": 7,
+        "attempt": 1,
         "repo_id": REPO_ID,
         "revision": "0123456789abcdef0123456789abcdef01234567",
         "precision": "float32",
@@ -47,7 +48,7 @@ def make_job(model_root: Path, artifact_root: Path, **overrides: Any) -> Evaluat
         "limit": LIMIT,
     }
     fields.update(overrides)
-    return EvaluationJob(**fields)
+    return EvaluationJob.model_validate(fields)
 
 
 def copy_repo(source: Path, root: Path, drop: tuple[str, ...] = ()) -> Path:
@@ -76,6 +77,7 @@ def read_rows(artifact_root: Path, payload: dict[str, Any]) -> list[dict[str, An
 # --- A finished run ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_payload_reports_every_suite_task_as_the_suite_defines_it(quick_run):
     payload = quick_run["payload"]
     suite = load_suite("quick", "1")
@@ -115,6 +117,7 @@ def test_payload_reports_every_suite_task_as_the_suite_defines_it(quick_run):
     json.dumps(payload)  # the payload travels as JSON
 
 
+@pytest.mark.slow
 def test_details_artifact_holds_one_row_per_document_and_reproduces_each_score(quick_run):
     payload, artifact_root = quick_run["payload"], quick_run["artifact_root"]
     artifact = payload["artifact"]
@@ -145,6 +148,7 @@ def test_details_artifact_holds_one_row_per_document_and_reproduces_each_score(q
     assert {row["doc_id"] for row in rows if row["task"] == "arc_easy"} == {0, 1}
 
 
+@pytest.mark.slow
 def test_the_artifact_bytes_depend_on_the_rows_alone(quick_run, tmp_path):
     payload = quick_run["payload"]
     rows = read_rows(quick_run["artifact_root"], payload)
@@ -157,6 +161,7 @@ def test_the_artifact_bytes_depend_on_the_rows_alone(quick_run, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_progress_counts_every_loglikelihood_request_once_in_order(quick_run):
     calls, payload = quick_run["progress"], quick_run["payload"]
     total = payload["loglikelihood_requests"]
@@ -168,6 +173,7 @@ def test_progress_counts_every_loglikelihood_request_once_in_order(quick_run):
     assert len(calls) >= 3
 
 
+@pytest.mark.slow
 def test_reproduction_commands_give_the_same_scores_and_loglikelihoods_with_stock_lm_eval(
     quick_run, tmp_path
 ):
@@ -229,6 +235,7 @@ def test_reproduction_commands_give_the_same_scores_and_loglikelihoods_with_stoc
     assert compared == len(rows) == 122
 
 
+@pytest.mark.slow
 def test_task_overrides_change_only_where_the_data_comes_from(quick_run):
     overrides = quick_run["payload"]["reproduce"]["task_overrides"]
     # 4 tasks, 57 MMLU subjects, and the 5 MMLU group files included unchanged.

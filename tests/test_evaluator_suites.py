@@ -17,7 +17,7 @@ from evaluator.data import (
     lm_eval_tasks_dir,
     prepare_task_data,
 )
-from evaluator.jobs import EvaluationJob, InvalidJob
+from evaluator.messages import EvaluationJob, InvalidMessage, parse
 from evaluator.run import plan_stages
 from evaluator.suites import SuiteError, UnknownSuite, list_suites, load_suite
 
@@ -31,9 +31,9 @@ def task_table(suite: suites.Suite) -> list[tuple]:
     ]
 
 
-def test_importing_suites_and_jobs_imports_no_torch_lm_eval_or_django():
+def test_importing_suites_and_messages_imports_no_torch_lm_eval_or_django():
     code = (
-        "import sys, evaluator.suites, evaluator.jobs, evaluator.data;"
+        "import sys, evaluator.suites, evaluator.messages, evaluator.data;"
         "print(sorted(m for m in ('torch', 'lm_eval', 'transformers', 'datasets', 'django')"
         " if m in sys.modules))"
     )
@@ -182,7 +182,9 @@ def test_stages_group_tasks_by_shots_and_limit():
 # --- The job -----------------------------------------------------------------------------------
 
 JOB = {
+    "schema_version": 1,
     "run_id": 3,
+    "attempt": 2,
     "repo_id": "org/model",
     "revision": "a" * 40,
     "precision": "bfloat16",
@@ -199,33 +201,39 @@ JOB = {
 
 
 def test_a_job_round_trips_through_json():
-    job = EvaluationJob.from_dict(json.loads(json.dumps(JOB)))
-    assert job.to_dict() == JOB
+    job = parse(EvaluationJob, json.loads(json.dumps(JOB)))
+    assert job.to_message() == JOB
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"precision": "int8"}, "precision 'int8' is not one of float16, bfloat16, float32"),
-        ({"model_path": None}, "model_path is required when model_source is 'local'"),
-        ({"data_source": "s3"}, "data_source 's3' is not 'local' or 'hub'"),
-        ({"limit": 0}, "limit must be at least 1, not 0"),
-        ({"gpu": 1}, "unknown job fields: gpu"),
+        ({"precision": "int8"}, "precision: Input should be 'float16', 'bfloat16' or 'float32'"),
+        (
+            {"model_path": None},
+            "message: Value error, model_path is required when model_source is 'local'",
+        ),
+        ({"data_source": "s3"}, "data_source: Input should be 'local' or 'hub'"),
+        ({"limit": 0}, "limit: Input should be greater than or equal to 1"),
+        ({"gpu": 1}, "gpu: Extra inputs are not permitted"),
+        ({"schema_version": 2}, "schema_version: Input should be 1"),
+        ({"suite_name": "../quick"}, "suite_name: String should match pattern "),
+        ({"attempt": "2"}, "attempt: Input should be a valid integer"),
     ],
 )
 def test_a_malformed_job_is_refused(changes, message):
-    with pytest.raises(InvalidJob) as caught:
-        EvaluationJob.from_dict({**JOB, **changes})
-    assert str(caught.value) == message
+    with pytest.raises(InvalidMessage) as caught:
+        parse(EvaluationJob, {**JOB, **changes})
+    assert str(caught.value).startswith(message)
 
 
 def test_the_local_repository_is_the_model_path_or_its_repo_id_folder(tmp_path):
-    job = EvaluationJob.from_dict({**JOB, "model_path": str(tmp_path)})
+    job = parse(EvaluationJob, {**JOB, "model_path": str(tmp_path)})
     (tmp_path / "org/model").mkdir(parents=True)
     assert job.local_repo_path() == tmp_path / "org/model"
     repo = tmp_path / "org/model"
     (repo / "config.json").write_text("{}")
-    assert EvaluationJob.from_dict({**JOB, "model_path": str(repo)}).local_repo_path() == repo
+    assert parse(EvaluationJob, {**JOB, "model_path": str(repo)}).local_repo_path() == repo
 
 
 # --- Task data ---------------------------------------------------------------------------------

@@ -17,9 +17,11 @@ from django.db.models import F, Max, Q
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
+from evaluator.vocabulary import failure_words
 from leaderboard.accounts.roles import is_maintainer
+from leaderboard.evaluations.dispatch import send_run
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
-from leaderboard.evaluations.payload import (
+from leaderboard.evaluations.validation import (
     InvalidResult,
     check_against_suite,
     check_artifact,
@@ -30,25 +32,9 @@ from leaderboard.submissions.models import Submission
 
 logger = logging.getLogger(__name__)
 
-# The reason in words for each failure code a worker or the web side reports.
-FAILURE_REASONS = {
-    "out_of_memory": "Out of memory: the model did not fit on the worker at this precision.",
-    "model_load": "The model would not load.",
-    "tokenizer_missing": "The tokenizer is missing or would not load.",
-    "time_limit": "The evaluation ran past its time limit.",
-    "unsafe_weights": "The repository has no safetensors weights; workers never load pickles.",
-    "worker_lost": "The worker stopped reporting: it was killed or lost its connection.",
-    "invalid_result": "The worker's result did not pass validation.",
-    "data_missing": "The task data could not be found.",
-    "error": "The evaluation failed with an unexpected error.",
-}
 # A queued run whose publish did not succeed is sent again after this grace period, which
 # leaves room for the on-commit send of a run created a moment ago.
 UNSENT_GRACE = timedelta(seconds=30)
-
-
-def failure_words(code: str) -> str:
-    return FAILURE_REASONS.get(code, f"The evaluation failed ({code}).")
 
 
 # --- Creating and sending ----------------------------------------------------------------------
@@ -87,53 +73,6 @@ def _send_on_commit(run_id: int, attempt: int) -> None:
     # robust: a broker outage must not undo (or 500) what the database already committed;
     # the run stays unsent and the reconciler sends it later.
     transaction.on_commit(lambda: send_run(run_id, attempt), robust=True)
-
-
-def send_run(run_id: int, attempt: int) -> bool:
-    """Publish the evaluation message of a queued run; False when it is no longer queued."""
-    from leaderboard.evaluations.tasks import evaluate
-
-    run = (
-        EvaluationRun.objects.select_related("submission__repository")
-        .filter(pk=run_id, attempt=attempt, state=RunState.QUEUED)
-        .first()
-    )
-    if run is None:
-        return False
-    # The limits travel in the message (Celery's sender decides them), so they are the web
-    # side's TRELLIS_EVAL_*_TIME_LIMIT whatever a GPU worker's own settings say.
-    evaluate.apply_async(
-        args=[build_job(run), attempt],
-        queue=run.queue,
-        soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
-        time_limit=settings.CELERY_TASK_TIME_LIMIT,
-    )
-    EvaluationRun.objects.filter(pk=run_id, attempt=attempt).update(sent_at=timezone.now())
-    return True
-
-
-def build_job(run: EvaluationRun) -> dict[str, Any]:
-    """The self-contained job a GPU worker needs: what to load and run, no database."""
-    from evaluator.jobs import EvaluationJob
-
-    submission = run.submission
-    repo_id = submission.repository.repo_id
-    local = settings.TRELLIS_MODEL_SOURCE == "local"
-    job = EvaluationJob(
-        run_id=run.pk,
-        repo_id=repo_id,
-        revision=submission.revision,
-        precision=submission.precision,
-        suite_name=run.suite_name,
-        suite_version=run.suite_version,
-        model_source=settings.TRELLIS_MODEL_SOURCE,
-        model_path=str(settings.TRELLIS_MODEL_ROOT) if local else None,
-        data_source=settings.TRELLIS_DATA_SOURCE,
-        data_root=settings.TRELLIS_DATA_ROOT or None,
-        artifact_root=str(settings.TRELLIS_ARTIFACT_ROOT),
-        limit=settings.TRELLIS_EVAL_LIMIT or None,
-    )
-    return job.to_dict()
 
 
 # --- What workers report -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from leaderboard.evaluations import services
 from leaderboard.evaluations.models import EvaluationRun, RunState
-from leaderboard.evaluations.payload import resolve_artifact
+from leaderboard.evaluations.validation import resolve_artifact
 from leaderboard.evaluations.serializers import run_to_dict
 from leaderboard.submissions.models import Submission
 

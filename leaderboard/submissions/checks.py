@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from evaluator.vocabulary import is_safetensors, is_weight_pickle
 from leaderboard.catalog.cards import (
     CardError,
     ParsedCard,
@@ -60,7 +61,6 @@ PROBLEM_FIELDS: dict[str, str] = {
     "weekly_limit_reached": "submitter",
 }
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pkl", ".pth")
 # Datasets are what these types add over their parents; without them a contaminated dataset
 # could not be traced to the model.
 DATASETS_REQUIRED = frozenset(
@@ -227,8 +227,8 @@ def check_weights(snapshot: RepoSnapshot) -> list[Problem]:
     """Workers load safetensors only (decision 2): pickled weights can run code when loaded."""
     problems = []
     names = [path.rsplit("/", 1)[-1] for path in snapshot.files]
-    if not any(name.endswith(".safetensors") for name in names):
-        pickles = sorted(name for name in names if name.endswith(PICKLE_SUFFIXES))
+    if not any(is_safetensors(name) for name in names):
+        pickles = sorted(name for name in names if is_weight_pickle(name))
         if pickles:
             problems.append(
                 problem(

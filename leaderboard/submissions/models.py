@@ -5,13 +5,13 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from evaluator.vocabulary import PRECISIONS
 from leaderboard.catalog.models import Repository
 
-
-class Precision(models.TextChoices):
-    FLOAT16 = "float16", "float16"
-    BFLOAT16 = "bfloat16", "bfloat16"
-    FLOAT32 = "float32", "float32"
+# The precisions are the evaluator's (evaluator/vocabulary.py): a worker must load each one.
+Precision = models.TextChoices(  # type: ignore[call-overload,misc]
+    "Precision", [(value.upper(), (value, value)) for value in PRECISIONS]
+)
 
 
 class WeightType(models.TextChoices):

@@ -1,65 +1,15 @@
-"""The result payload a GPU worker hands back, as a declarative schema, and its checks against
-the run it claims to answer. The worker is untrusted: nothing it says is stored unchecked."""
+"""The checks of a worker's result that need the web side's own knowledge: the run's suite (every
+task exactly once, on the suite's metric and few-shot count) and the details artifact on disk.
+The payload's shape is the message schema's (evaluator/messages.py). The worker is untrusted:
+nothing it says is stored unchecked."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-
-class _Strict(BaseModel):
-    # Unknown keys are kept in the stored payload but never read; types are not coerced
-    # (a score of "0.5" is a malformed payload, not 0.5).
-    model_config = ConfigDict(extra="allow", strict=True)
-
-
-class TaskResult(_Strict):
-    task: str = Field(min_length=1)
-    lm_eval_task: str = Field(min_length=1)
-    metric: Literal["acc", "acc_norm"]
-    value: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
-    stderr: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
-    n_samples: int = Field(ge=1)
-    num_fewshot: int = Field(ge=0)
-
-
-class SuiteRef(_Strict):
-    name: str = Field(min_length=1)
-    version: str | int  # YAML writes `version: 1` as an int; compared as text
-
-
-class Versions(_Strict):
-    lm_eval: str = Field(min_length=1)
-    transformers: str = Field(min_length=1)
-    torch: str = Field(min_length=1)
-
-
-class Reproduce(_Strict):
-    command: str = Field(min_length=1)
-    task_overrides: Any = None
-
-
-class Artifact(_Strict):
-    path: str = Field(min_length=1)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(ge=0)
-
-
-class ResultPayload(_Strict):
-    run_id: int | None = None
-    tasks: list[TaskResult] = Field(min_length=1)
-    suite: SuiteRef
-    versions: Versions
-    dtype: str = Field(min_length=1)
-    device: str = Field(min_length=1)
-    batch_size: int | str
-    duration_seconds: float = Field(ge=0.0, allow_inf_nan=False)
-    loglikelihood_requests: int = Field(ge=0)
-    reproduce: Reproduce
-    artifact: Artifact
+from evaluator.messages import Artifact, InvalidMessage, ResultPayload, parse
 
 
 class InvalidResult(Exception):
@@ -72,13 +22,9 @@ class InvalidResult(Exception):
 
 def parse_payload(raw: Any) -> ResultPayload:
     try:
-        return ResultPayload.model_validate(raw)
-    except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(part) for part in err['loc']) or 'payload'}: {err['msg']}"
-            for err in exc.errors()
-        ]
-        raise InvalidResult(problems) from None
+        return parse(ResultPayload, raw, whole="payload")
+    except InvalidMessage as invalid:
+        raise InvalidResult(invalid.problems) from None
 
 
 def check_against_suite(payload: ResultPayload, suite: Any, suite_version: str) -> list[str]:
