@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup migrate demo demo-data web worker test lint format pytest clean
+.PHONY: setup migrate demo demo-data web worker test test-fast lint format pytest clean
 
 setup: $(VENV)/.installed
 
@@ -73,7 +73,17 @@ format: setup
 pytest: setup
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Everything, as CI runs it: lint, then every test (browser, real evaluations, worker processes).
 test: lint pytest
+
+# The inner loop: unit and HTTP tests only. Tests that drive Chromium, run a real model
+# evaluation or start worker processes carry a marker (tests/conftest.py fails one that does
+# without it), so the selection is by marker alone. Two pytest-xdist processes (each with its own
+# test database, test_<name>_gw0/_gw1 on PostgreSQL); FAST_PROCESSES=0 runs them serially.
+FAST_MARKERS = not browser and not slow and not worker
+FAST_PROCESSES ?= 2
+test-fast: setup
+	$(BIN)/pytest -q -n $(FAST_PROCESSES) -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 clean:
 	rm -rf var/broker var/celery-results var/staticfiles var/celerybeat-schedule*

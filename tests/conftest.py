@@ -1,8 +1,13 @@
-"""Shared fixtures: the fixed cast of users, service guards, and a local model root."""
+"""Shared fixtures: the fixed cast of users, service guards, a local model root, and the marker
+guard that keeps `make test-fast` fast (a worker process, Chromium or a real evaluation started
+by a test without its marker fails that test)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -24,6 +29,65 @@ from django.test import Client
 from leaderboard.accounts.models import MAINTAINERS_GROUP
 
 REQUIRE_SERVICES = os.environ.get("TRELLIS_REQUIRE_SERVICES") == "1"
+
+
+# --- markers: what `make test-fast` leaves out must say so ---------------------------------------
+# The fast loop selects by marker (-m "not browser and not slow and not worker"). A test that
+# starts one of these without its marker would make that loop slow or flaky without anyone
+# noticing, so the thing itself refuses to start.
+
+_running: list[pytest.Item] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    # Module- and session-scoped fixtures are set up inside the first test that uses them, so
+    # the test running now is the one whose markers count.
+    _running.append(item)
+    try:
+        yield
+    finally:
+        _running.pop()
+
+
+def require_marker(marker: str, what: str) -> None:
+    if _running and _running[-1].get_closest_marker(marker) is None:
+        pytest.fail(
+            f"{_running[-1].nodeid} {what} but is not marked @pytest.mark.{marker}: mark it "
+            "(the fast loop, make test-fast, deselects by marker)",
+            pytrace=False,
+        )
+
+
+def _guard_processes(popen_init: Callable[..., None]) -> Callable[..., None]:
+    def init(self: subprocess.Popen, args: Any, *rest: Any, **options: Any) -> None:
+        argv = [str(part) for part in args] if isinstance(args, list | tuple) else [str(args)]
+        words = " ".join(argv)
+        if "celery" in words and "worker" in argv:
+            require_marker("worker", "starts a Celery worker process")
+        if "run-driver" in argv or "chromium" in os.path.basename(argv[0]):
+            # Playwright's driver, which launches Chromium.
+            require_marker("browser", "starts Chromium")
+        popen_init(self, args, *rest, **options)
+
+    return init
+
+
+def _guard_evaluation(simple_evaluate: Callable[..., Any]) -> Callable[..., Any]:
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        require_marker("slow", "runs a real model evaluation (lm_eval.simple_evaluate)")
+        return simple_evaluate(*args, **kwargs)
+
+    return evaluate
+
+
+subprocess.Popen.__init__ = _guard_processes(subprocess.Popen.__init__)  # type: ignore[method-assign]
+try:
+    import lm_eval  # cheap: torch and transformers load only when a model does
+except ImportError:  # the web-only install has no evaluator extra
+    pass
+else:
+    lm_eval.simple_evaluate = _guard_evaluation(lm_eval.simple_evaluate)
 
 
 @pytest.fixture(autouse=True)
@@ -151,11 +215,14 @@ def fake_hub(tmp_path: Path, settings, monkeypatch):
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
     """SQLite test databases live in a file (not in memory), so a worker subprocess started by a
-    test can open the same database as the test (tests/test_evaluation_worker.py)."""
+    test can open the same database as the test (tests/test_evaluation_worker.py). Under
+    pytest-xdist each process has its own temp folder, hence its own file; PostgreSQL databases
+    get pytest-django's _gw<N> suffix."""
     from django.conf import settings
 
     database = settings.DATABASES["default"]
     if database["ENGINE"] == "django.db.backends.sqlite3":
-        test = database.setdefault("TEST", {})
-        if not test.get("NAME"):
-            test["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+        # Replaces the parallel suffix's name, which is derived from a path and is no path.
+        database.setdefault("TEST", {})["NAME"] = str(
+            tmp_path_factory.mktemp("db") / "test.sqlite3"
+        )

@@ -187,8 +187,8 @@ def ranked(
 
 
 def flag(target: Repository, maintainer: Any, kind: str = "contamination") -> None:
-    """Confirm a flag on `target` through the integrity services (descendants become tainted)."""
-    from leaderboard.integrity.services import file_report, resolve
+    """Confirm a flag on `target` through the flow (its descendants become tainted)."""
+    from leaderboard.flow import file_report, resolve
 
     filed = file_report(
         reporter=None, target=target, kind=kind, evidence="Test items appear in its training data."
@@ -198,7 +198,7 @@ def flag(target: Repository, maintainer: Any, kind: str = "contamination") -> No
 
 def report(target: Repository, kind: str = "contamination") -> None:
     """An open report on `target` (it and its descendants are under review)."""
-    from leaderboard.integrity.services import file_report
+    from leaderboard.flow import file_report
 
     file_report(reporter=None, target=target, kind=kind, evidence="Suspicious jump on MMLU.")
 

@@ -260,7 +260,7 @@ def test_api_returns_the_submission_with_its_finished_run(
 
 
 @pytest.mark.django_db
-def test_api_shows_queue_position_progress_and_failure(anonymous_client, submission):
+def test_api_shows_queue_position_progress_and_failure(anonymous_client, submission, monkeypatch):
     run = RunFactory(submission=submission, queue="gpu-small", enqueued_at=timezone.now())
     got = anonymous_client.get(f"/api/v1/submissions/{submission.pk}").json()["runs"][0]
     assert (got["state"], got["position"], got["progress"]) == (
@@ -276,8 +276,11 @@ def test_api_shows_queue_position_progress_and_failure(anonymous_client, submiss
         None,
         {"done": 1, "total": 8, "share": 0.125},
     )
-    assert got["elapsed_seconds"] >= 0
+    assert got["elapsed_seconds"] == 125.5
     services.record_failure(run.pk, 1, "out_of_memory", "", "tail")
+    started = timezone.now() - timedelta(seconds=125)
+    EvaluationRun.objects.filter(pk=run.pk).update(started_at=started)
+    monkeypatch.setattr(timezone, "now", lambda: started + timedelta(seconds=125.5))
     got = anonymous_client.get(f"/api/v1/submissions/{submission.pk}").json()["runs"][0]
     assert got["failure"] == {
         "code": "out_of_memory",

@@ -208,7 +208,7 @@ def test_decisions_follow_the_report_lifecycle(target, submitter, maintainer):
         services.resolve(pk, "dismiss", "changed my mind", maintainer)
     lifted = services.resolve(pk, "lift", "Retrained without the test set.", maintainer)
     assert lifted.status == "lifted"
-    assert lifted.confirmed_at is not None
+    assert lifted.confirmed_at == report.confirmed_at  # lifting keeps when it was confirmed
     assert Repository.objects.get(pk=target.pk).status == "clean"
 
     with pytest.raises(ReportRefused) as refused:

@@ -206,11 +206,11 @@ def test_unparseable_config_is_listed_but_not_read(model_root):
 
 
 def test_card_only_snapshot_skips_configs_and_weights(model_root):
-    make_model_repo(model_root, "org/model")
+    path = make_model_repo(model_root, "org/model")
 
     snap = get_source().snapshot("org/model", card_only=True)
 
-    assert snap.card_text is not None
+    assert snap.card_text == (path / "README.md").read_text()
     assert (snap.config, snap.parameter_count) == (None, None)
 
 
@@ -452,7 +452,7 @@ def test_hub_invalid_repo_id(fake_hub):
 
 
 def test_hub_gated_repository(fake_hub, settings):
-    make_model_repo(fake_hub.root, "meta/gated")
+    path = make_model_repo(fake_hub.root, "meta/gated")
     fake_hub.guard("meta/gated", gated="manual", tokens={"hf_granted"})
     from leaderboard.catalog.sources import _source_for
 
@@ -463,7 +463,8 @@ def test_hub_gated_repository(fake_hub, settings):
         "access on its Hub page for the account whose token is in HF_TOKEN"
     )
     # Its card is public, as on the Hub: lineage resolution can still read it.
-    assert get_source().snapshot("meta/gated", card_only=True).card_text is not None
+    card = (path / "README.md").read_text()
+    assert get_source().snapshot("meta/gated", card_only=True).card_text == card
     assert get_source().exists("meta/gated") is True
 
     settings.HF_TOKEN = "hf_granted"
@@ -483,7 +484,7 @@ def test_hub_gated_repository_without_small_files_is_still_refused(fake_hub):
 
 
 def test_hub_private_repository_needs_a_token(fake_hub, settings):
-    make_model_repo(fake_hub.root, "corp/private")
+    path = make_model_repo(fake_hub.root, "corp/private")
     fake_hub.guard("corp/private", private=True, tokens={"hf_reader"})
     from leaderboard.catalog.sources import _source_for
 
@@ -493,7 +494,7 @@ def test_hub_private_repository_needs_a_token(fake_hub, settings):
 
     settings.HF_TOKEN = "hf_reader"
     _source_for.cache_clear()
-    assert get_source().snapshot("corp/private").card_text is not None
+    assert get_source().snapshot("corp/private").card_text == (path / "README.md").read_text()
 
 
 def test_hub_server_error_is_unavailable(fake_hub):
