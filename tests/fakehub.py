@@ -69,6 +69,7 @@ class FakeHub:
         self.without_safetensors_totals: set[str] = set()
         self.fail_status: int | None = None  # answer every request with this status when set
         self.delay = 0.0  # seconds to wait before answering (a stalled Hub)
+        self.ignore_ranges = False  # answer 200 with the whole file, as some mirrors do
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self._server = _Server(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -311,8 +312,10 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 "Content-Type": "application/octet-stream",
             }
             status, size = 200, len(data)
-            if (ranged := self.headers.get("Range")) and (
-                found := re.fullmatch(r"bytes=(\d+)-(\d*)", ranged)
+            if (
+                (ranged := self.headers.get("Range"))
+                and not hub.ignore_ranges
+                and (found := re.fullmatch(r"bytes=(\d+)-(\d*)", ranged))
             ):
                 start = int(found.group(1))
                 end = min(int(found.group(2)) if found.group(2) else size - 1, size - 1)

@@ -1,0 +1,267 @@
+"""Relations from fingerprints on synthetic weights with known answers, and the LSH index."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evaluator.fingerprint import fingerprint_path
+from evaluator.provenance import (
+    DERIVED_FROM,
+    INDEPENDENT,
+    MERGE_OF,
+    SAME_WEIGHTS,
+    CandidateIndex,
+    Sketch,
+    band_keys,
+    relate,
+    same_weights,
+)
+from tests.test_fingerprint import write_model
+
+SHAPES = {f"layers.{i}.{part}.weight": (96, 64) for i in range(4) for part in ("q", "mlp")}
+SHAPES |= {f"layers.{i}.norm.weight": (64,) for i in range(4)}
+
+
+def random_weights(seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: (
+            torch.randn(shape, generator=generator) * 0.02 if len(shape) == 2 else torch.ones(shape)
+        )
+        for name, shape in SHAPES.items()
+    }
+
+
+def step(base: dict[str, torch.Tensor], seed: int, size: float) -> dict[str, torch.Tensor]:
+    """A fine-tune: every matrix moved by independent noise of `size` times its scale."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: value + size * 0.02 * torch.randn(value.shape, generator=generator)
+        if value.dim() == 2
+        else value
+        for name, value in base.items()
+    }
+
+
+def combine(parts: list[tuple[float, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    return {name: sum(w * p[name] for w, p in parts) for name in parts[0][1]}
+
+
+def slerp(a: dict, b: dict, t: float) -> dict:
+    out = {}
+    for name in a:
+        x, y = a[name].double(), b[name].double()
+        cos = float((x.flatten() @ y.flatten()) / (x.norm() * y.norm()))
+        theta = math.acos(max(-1.0, min(1.0, cos)))
+        if theta < 1e-6:
+            out[name] = ((1 - t) * x + t * y).float()
+            continue
+        out[name] = (
+            (math.sin((1 - t) * theta) * x + math.sin(t * theta) * y) / math.sin(theta)
+        ).float()
+    return out
+
+
+class Family:
+    """Writes each synthetic model as safetensors and keeps its fingerprint's sketch."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sketches: dict[str, Sketch] = {}
+
+    def add(self, name: str, tensors: dict[str, torch.Tensor], dtype=None) -> Sketch:
+        if dtype is not None:
+            tensors = {k: v.to(dtype) for k, v in tensors.items()}
+        fp = fingerprint_path(write_model(self.root / name, tensors))
+        sketch = Sketch.of(name, json.loads(json.dumps(fp)))
+        self.sketches[name] = sketch
+        return sketch
+
+    def __getitem__(self, name: str) -> Sketch:
+        return self.sketches[name]
+
+    def pool(self, *names: str) -> list[Sketch]:
+        return [self.sketches[n] for n in names]
+
+
+@pytest.fixture
+def family(tmp_path) -> Family:
+    return Family(tmp_path)
+
+
+def test_a_byte_copy_is_the_same_weights(family):
+    base = random_weights(0)
+    family.add("base", base)
+    family.add("copy", base)
+    relation = relate(family["copy"], family.pool("base"))
+    assert relation.kind == SAME_WEIGHTS
+    assert relation.parents == ("base",)
+    assert relation.score == 1.0
+    assert relation.evidence["how"] == "identical"
+    assert relation.evidence["original"] == "base"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "precisions"),
+    [
+        (None, torch.bfloat16, ["f32->bf16"]),
+        (None, torch.float16, ["f32->f16"]),
+        (torch.bfloat16, torch.float16, ["bf16->f16"]),
+    ],
+)
+def test_casts_are_the_same_weights(family, first, second, precisions):
+    base = random_weights(0)
+    family.add("a", base, first)
+    family.add("b", base, second)
+    relation = relate(family["b"], family.pool("a"))
+    assert relation.kind == SAME_WEIGHTS
+    assert relation.evidence["how"] == "cast"
+    assert relation.evidence["precisions"] == sorted(
+        "->".join(reversed(p.split("->"))) for p in precisions
+    )
+    assert relation.score >= 0.98
+
+
+def test_an_fp32_file_of_upcast_bf16_weights_is_a_cast_of_the_bf16_model(family):
+    base = random_weights(0)
+    family.add("bf16", base, torch.bfloat16)
+    family.add("upcast", {k: v.to(torch.bfloat16).float() for k, v in base.items()})
+    evidence = same_weights(family["upcast"], family["bf16"])
+    assert evidence is not None
+    assert evidence["equal"] == 1.0
+
+
+def test_a_short_fine_tune_is_not_a_cast(family):
+    base = random_weights(0)
+    family.add("base", base)
+    family.add("tuned", step(base, 1, 0.01), torch.bfloat16)
+    assert same_weights(family["tuned"], family["base"]) is None
+    relation = relate(family["tuned"], family.pool("base"))
+    assert relation.kind == DERIVED_FROM
+    assert relation.parents == ("base",)
+
+
+def test_a_fine_tune_is_derived_from_its_parent_not_from_siblings_or_strangers(family):
+    base = random_weights(0)
+    family.add("base", base)
+    family.add("stranger", random_weights(9))
+    family.add("sibling", step(base, 2, 0.3))
+    family.add("tuned", step(base, 1, 0.3))
+    relation = relate(family["tuned"], family.pool("stranger", "sibling", "base"))
+    assert relation.kind == DERIVED_FROM
+    assert relation.parents == ("base",)
+    assert 0.25 < relation.evidence["median_relative_distance"] < 0.35
+    assert relation.evidence["cosine"] > 0.9
+
+
+def test_a_linear_merge_names_both_parents_and_their_weights(family):
+    base = random_weights(0)
+    a, b = step(base, 1, 0.3), step(base, 2, 0.3)
+    for name, tensors in {"base": base, "a": a, "b": b, "c": step(base, 3, 0.3)}.items():
+        family.add(name, tensors)
+    family.add("merge", combine([(0.3, a), (0.7, b)]))
+    relation = relate(family["merge"], family.pool("base", "a", "b", "c"))
+    assert relation.kind == MERGE_OF
+    assert sorted(relation.parents) == ["a", "b"]
+    weights = dict(zip(relation.parents, relation.weights, strict=True))
+    assert weights["a"] == pytest.approx(0.3, abs=1e-3)
+    assert weights["b"] == pytest.approx(0.7, abs=1e-3)
+    assert relation.evidence["residual"] < 1e-9
+
+
+def test_a_slerp_merge_is_a_merge_of_its_parents(family):
+    base = random_weights(0)
+    a, b = step(base, 1, 0.5), step(base, 2, 0.5)
+    for name, tensors in {"base": base, "a": a, "b": b}.items():
+        family.add(name, tensors)
+    family.add("merge", slerp(a, b, 0.4))
+    relation = relate(family["merge"], family.pool("base", "a", "b"))
+    assert relation.kind == MERGE_OF
+    assert sorted(relation.parents) == ["a", "b"]
+    weights = dict(zip(relation.parents, relation.weights, strict=True))
+    assert weights["a"] == pytest.approx(0.6, abs=0.05)
+    assert weights["b"] == pytest.approx(0.4, abs=0.05)
+
+
+def test_task_arithmetic_names_the_parents_and_reports_the_base(family):
+    base = random_weights(0)
+    a, b = step(base, 1, 0.3), step(base, 2, 0.3)
+    for name, tensors in {"base": base, "a": a, "b": b}.items():
+        family.add(name, tensors)
+    # base + 0.8 (a - base) + 0.8 (b - base) = -0.6 base + 0.8 a + 0.8 b
+    family.add("merge", combine([(-0.6, base), (0.8, a), (0.8, b)]))
+    relation = relate(family["merge"], family.pool("base", "a", "b"))
+    assert relation.kind == MERGE_OF
+    assert sorted(relation.parents) == ["a", "b"]
+    assert relation.evidence["base"] == ["base"]
+
+
+def test_a_merge_of_merges_names_the_merges(family):
+    base = random_weights(0)
+    parts = {name: step(base, seed, 0.3) for seed, name in enumerate("abcd", start=1)}
+    family.add("base", base)
+    for name, tensors in parts.items():
+        family.add(name, tensors)
+    left = combine([(0.5, parts["a"]), (0.5, parts["b"])])
+    right = combine([(0.5, parts["c"]), (0.5, parts["d"])])
+    family.add("left", left)
+    family.add("right", right)
+    family.add("top", combine([(0.5, left), (0.5, right)]))
+    relation = relate(family["top"], family.pool("base", "a", "b", "c", "d", "left", "right"))
+    assert relation.kind == MERGE_OF
+    assert sorted(relation.parents) == ["left", "right"]
+
+
+def test_unrelated_models_are_independent(family):
+    family.add("one", random_weights(1))
+    family.add("two", random_weights(2))
+    family.add("three", random_weights(3))
+    relation = relate(family["three"], family.pool("one", "two"))
+    assert relation.kind == INDEPENDENT
+    assert relation.parents == ()
+    assert abs(relation.evidence["best_cosine"]) < 0.1
+    assert relate(family["three"], []).kind == INDEPENDENT
+
+
+def test_relations_serialise_to_json(family):
+    base = random_weights(0)
+    family.add("base", base)
+    family.add("tuned", step(base, 1, 0.2))
+    relation = relate(family["tuned"], family.pool("base"))
+    assert json.loads(json.dumps(relation.to_dict()))["parents"] == ["base"]
+
+
+def test_the_index_finds_relatives_in_a_small_share_of_the_catalog(family):
+    index = CandidateIndex()
+    base = random_weights(0)
+    index.add(family.add("base", base))
+    for seed in range(100, 160):
+        index.add(family.add(f"stranger-{seed}", random_weights(seed)))
+    tuned = family.add("tuned", step(base, 1, 0.3))
+    cast = family.add("cast", base, torch.bfloat16)
+    assert "base" in index.candidates(tuned)
+    assert "base" in index.candidates(cast)
+    found = index.candidates(tuned)
+    # Unrelated models collide in one band of 48 with probability ~4.6% each.
+    assert len(found) <= 1 + 10
+    assert band_keys(tuned)[0].startswith(tuned.architecture[:16] + ":0:")
+    assert len(band_keys(tuned)) == 48
+
+
+def test_models_of_other_architectures_are_never_candidates(family):
+    base = random_weights(0)
+    family.add("base", base)
+    wider = {k: torch.cat([v, v], dim=-1) for k, v in base.items()}
+    family.add("wider", wider)
+    assert family["wider"].architecture != family["base"].architecture
+    index = CandidateIndex()
+    index.add(family["base"])
+    assert index.candidates(family["wider"]) == set()
+    assert relate(family["wider"], family.pool("base")).kind == INDEPENDENT
+    assert np.isfinite(relate(family["wider"], family.pool("base")).score)
