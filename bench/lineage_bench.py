@@ -370,6 +370,7 @@ def main() -> None:
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
+    from leaderboard import flow
     from leaderboard.accounts.models import MAINTAINERS_GROUP
     from leaderboard.catalog.models import Repository
     from leaderboard.integrity import services
@@ -427,7 +428,7 @@ def main() -> None:
     confirm_times, lift_times, recompute_times, queries = [], [], [], []
     written = 0
     for cycle in range(args.repeat):
-        report = services.file_report(
+        report = flow.file_report(
             reporter=None,
             target=target,
             kind="contamination",
@@ -435,12 +436,12 @@ def main() -> None:
         ).report
         with CaptureQueriesContext(connection) as captured:
             seconds, _ = timed(
-                lambda pk=report.pk: services.resolve(pk, "confirm", "bench", maintainer)
+                lambda pk=report.pk: flow.resolve(pk, "confirm", "bench", maintainer)
             )
         confirm_times.append(seconds)
         queries.append(len(captured))
         tainted = Repository.objects.filter(status="tainted").count()
-        seconds, _ = timed(lambda pk=report.pk: services.resolve(pk, "lift", "bench", maintainer))
+        seconds, _ = timed(lambda pk=report.pk: flow.resolve(pk, "lift", "bench", maintainer))
         lift_times.append(seconds)
     # The recompute alone, without the report bookkeeping: the flag's state is flipped under
     # it. Then the same change recomputed by recompute_all, the like-for-like baseline.
@@ -448,10 +449,10 @@ def main() -> None:
 
     full_times: list[float] = []
     for _ in range(args.repeat):
-        report = services.file_report(
+        report = flow.file_report(
             reporter=None, target=target, kind="lineage", evidence="bench"
         ).report
-        services.resolve(report.pk, "confirm", "bench", maintainer)
+        flow.resolve(report.pk, "confirm", "bench", maintainer)
         Report.objects.filter(pk=report.pk).update(status="lifted")
         seconds, result = timed(lambda: services.recompute([target.pk]))
         recompute_times.append(seconds)
@@ -491,10 +492,10 @@ def main() -> None:
     print(f"target recompute < 1 s: {'met' if confirm < 1 else 'MISSED'}")
 
     # Leave the flag confirmed for the ranking measurement.
-    report = services.file_report(
+    report = flow.file_report(
         reporter=None, target=target, kind="other", evidence="bench: final flag"
     ).report
-    services.resolve(report.pk, "confirm", "bench", maintainer)
+    flow.resolve(report.pk, "confirm", "bench", maintainer)
     ranked_tainted = Repository.objects.filter(
         pk__in=ranked_set, status__in=["tainted", "flagged"]
     ).count()

@@ -11,6 +11,7 @@ import pytest
 from django.utils import timezone
 
 from evaluator.suites import load_suite
+from leaderboard import flow
 from leaderboard.evaluations import services
 from leaderboard.evaluations.models import EvaluationRun
 from tests.factories import QUEUES, RunFactory, SubmissionFactory, drain, quick_payload
@@ -32,7 +33,7 @@ def finished_run(submission, artifact_root) -> EvaluationRun:
     run = RunFactory(submission=submission, state="running", queue="gpu-small")
     services.mark_started(run.pk, 1, "celery@gpu-box")
     payload = quick_payload(run.pk, artifact_root, {"arc_easy": 0.625})
-    assert services.ingest_result(run.pk, 1, payload) == "ingested"
+    assert flow.ingest_result(run.pk, 1, payload) == "ingested"
     return EvaluationRun.objects.get(pk=run.pk)
 
 
@@ -91,8 +92,8 @@ def test_finished_run_shows_scores_reproduction_configuration_and_artifact(
     assert "hx-trigger" not in html  # nothing changes any more: polling stops
     shots = load_suite("quick").task("arc_easy").num_fewshot
     assert (
-        '<tr data-task="arc_easy"><td>arc_easy</td><td>acc</td><td class="num">0.6250</td>'
-        f'<td class="num">0.0500</td><td class="num">4</td><td class="num">{shots}</td></tr>'
+        '<tr data-task="arc_easy"><td>arc_easy</td><td>acc</td><td class="num">62.50</td>'
+        f'<td class="num">5.00</td><td class="num">4</td><td class="num">{shots}</td></tr>'
     ) in html
     assert html.count("<tr data-task=") == 5
     assert "on suite <strong>quick</strong> version <strong>1</strong>" in html
@@ -215,22 +216,29 @@ def test_api_returns_the_submission_with_its_finished_run(
     assert got["worker"] == "celery@gpu-box"
     assert got["failure"] is None
     suite = load_suite("quick")
+    chance = {key: suite.task(key).random_baseline for key in ("arc_challenge", "arc_easy")}
     assert got["scores"][:2] == [
         {
             "task": "arc_challenge",
             "metric": "acc_norm",
-            "value": 0.5,
-            "stderr": 0.05,
-            "n_samples": 4,
             "num_fewshot": suite.task("arc_challenge").num_fewshot,
+            "n_samples": 4,
+            "random_baseline": round(100 * chance["arc_challenge"], 4),
+            "value": 50.0,
+            "stderr": 5.0,
+            "normalized": round(
+                100 * (0.5 - chance["arc_challenge"]) / (1 - chance["arc_challenge"]), 4
+            ),
         },
         {
             "task": "arc_easy",
             "metric": "acc",
-            "value": 0.625,
-            "stderr": 0.05,
-            "n_samples": 4,
             "num_fewshot": suite.task("arc_easy").num_fewshot,
+            "n_samples": 4,
+            "random_baseline": round(100 * chance["arc_easy"], 4),
+            "value": 62.5,
+            "stderr": 5.0,
+            "normalized": round(100 * (0.625 - chance["arc_easy"]) / (1 - chance["arc_easy"]), 4),
         },
     ]
     assert [score["task"] for score in got["scores"]] == [
@@ -270,6 +278,9 @@ def test_api_shows_queue_position_progress_and_failure(anonymous_client, submiss
     )
     services.mark_started(run.pk, 1, "w1")
     services.record_progress(run.pk, 1, 1, 8)
+    started = timezone.now() - timedelta(seconds=125)
+    EvaluationRun.objects.filter(pk=run.pk).update(started_at=started)
+    monkeypatch.setattr(timezone, "now", lambda: started + timedelta(seconds=125.5))
     got = anonymous_client.get(f"/api/v1/submissions/{submission.pk}").json()["runs"][0]
     assert (got["state"], got["position"], got["progress"]) == (
         "running",
@@ -278,9 +289,6 @@ def test_api_shows_queue_position_progress_and_failure(anonymous_client, submiss
     )
     assert got["elapsed_seconds"] == 125.5
     services.record_failure(run.pk, 1, "out_of_memory", "", "tail")
-    started = timezone.now() - timedelta(seconds=125)
-    EvaluationRun.objects.filter(pk=run.pk).update(started_at=started)
-    monkeypatch.setattr(timezone, "now", lambda: started + timedelta(seconds=125.5))
     got = anonymous_client.get(f"/api/v1/submissions/{submission.pk}").json()["runs"][0]
     assert got["failure"] == {
         "code": "out_of_memory",

@@ -10,10 +10,12 @@ import pytest
 from django.utils import timezone
 
 from evaluator.suites import load_suite
+from leaderboard import flow
 from leaderboard.celery import app
 from leaderboard.evaluations import services
 from leaderboard.evaluations.dispatch import build_job
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
+from leaderboard.problems import Refusal
 from leaderboard.submissions.models import Submission
 from tests.factories import (
     DELETE,
@@ -214,7 +216,7 @@ def test_submission_state_follows_its_newest_run_only():
 def test_ingest_stores_scores_payload_and_artifact_in_one_go(artifact_root):
     run = running_run(progress_done=10, progress_total=1234)
     payload = quick_payload(run.pk, artifact_root, {"arc_easy": 0.62, "winogrande": 0.51})
-    assert services.ingest_result(run.pk, 1, payload) == "ingested"
+    assert flow.ingest_result(run.pk, 1, payload) == "ingested"
 
     run.refresh_from_db()
     assert run.state == "finished"
@@ -243,7 +245,7 @@ def test_ingested_scores_enter_the_public_ranking(artifact_root, client):
     query = {"suite": "quick", "version": "1"}
     assert client.get("/api/v1/leaderboard", query).json()["rows"] == []
 
-    assert services.ingest_result(run.pk, 1, payload) == "ingested"
+    assert flow.ingest_result(run.pk, 1, payload) == "ingested"
 
     rows = client.get("/api/v1/leaderboard", query).json()["rows"]
     assert [row["model"] for row in rows] == [run.submission.repository.repo_id]
@@ -255,10 +257,10 @@ def test_ingested_scores_enter_the_public_ranking(artifact_root, client):
 def test_ingesting_twice_changes_nothing_the_second_time(artifact_root):
     run = running_run()
     payload = quick_payload(run.pk, artifact_root)
-    assert services.ingest_result(run.pk, 1, payload) == "ingested"
+    assert flow.ingest_result(run.pk, 1, payload) == "ingested"
     finished_at = EvaluationRun.objects.get(pk=run.pk).finished_at
     other = changed(payload, "tasks.0.value", 0.99)
-    assert services.ingest_result(run.pk, 1, other) == "duplicate"
+    assert flow.ingest_result(run.pk, 1, other) == "duplicate"
     assert TaskScore.objects.filter(run=run).count() == 5
     assert TaskScore.objects.get(run=run, task="arc_easy").value == 0.5
     assert EvaluationRun.objects.get(pk=run.pk).finished_at == finished_at
@@ -268,8 +270,8 @@ def test_ingesting_twice_changes_nothing_the_second_time(artifact_root):
 def test_results_of_an_older_attempt_are_stale(artifact_root):
     run = running_run(attempt=2)
     payload = quick_payload(run.pk, artifact_root)
-    assert services.ingest_result(run.pk, 1, payload) == "stale"
-    assert services.ingest_result(run.pk + 1000, 1, payload) == "stale"
+    assert flow.ingest_result(run.pk, 1, payload) == "stale"
+    assert flow.ingest_result(run.pk + 1000, 1, payload) == "stale"
     assert EvaluationRun.objects.get(pk=run.pk).state == "running"
     assert TaskScore.objects.count() == 0
 
@@ -277,7 +279,7 @@ def test_results_of_an_older_attempt_are_stale(artifact_root):
 @pytest.mark.django_db
 def test_a_result_for_a_reaped_run_is_still_taken(artifact_root):
     run = running_run(state="failed", failure_code="worker_lost", failure_reason="lost")
-    assert services.ingest_result(run.pk, 1, quick_payload(run.pk, artifact_root)) == "ingested"
+    assert flow.ingest_result(run.pk, 1, quick_payload(run.pk, artifact_root)) == "ingested"
     run.refresh_from_db()
     assert (run.state, run.failure_code, run.failure_reason) == ("finished", "", "")
 
@@ -314,7 +316,7 @@ BAD_PAYLOADS = [
 def test_invalid_payloads_fail_the_run_with_the_problem_named(artifact_root, path, value, problem):
     run = running_run()
     payload = changed(quick_payload(run.pk, artifact_root), path, value)
-    assert services.ingest_result(run.pk, 1, payload) == "rejected"
+    assert flow.ingest_result(run.pk, 1, payload) == "rejected"
     run.refresh_from_db()
     assert run.state == "failed"
     assert run.failure_code == "invalid_result"
@@ -329,14 +331,14 @@ def test_a_missing_task_is_named(artifact_root):
     run = running_run()
     payload = quick_payload(run.pk, artifact_root)
     payload["tasks"] = [task for task in payload["tasks"] if task["task"] != "winogrande"]
-    assert services.ingest_result(run.pk, 1, payload) == "rejected"
+    assert flow.ingest_result(run.pk, 1, payload) == "rejected"
     assert EvaluationRun.objects.get(pk=run.pk).log_tail == "tasks: missing winogrande"
 
 
 @pytest.mark.django_db
 def test_a_payload_that_is_not_a_mapping_is_rejected(artifact_root):
     run = running_run()
-    assert services.ingest_result(run.pk, 1, ["not", "a", "payload"]) == "rejected"
+    assert flow.ingest_result(run.pk, 1, ["not", "a", "payload"]) == "rejected"
     assert (
         "payload: Input should be a valid dictionary"
         in EvaluationRun.objects.get(pk=run.pk).log_tail
@@ -389,7 +391,7 @@ def test_submitter_requeues_once_maintainer_any_time(
 
     services.record_failure(run.pk, 2, "model_load", "again", "")
     run.refresh_from_db()
-    with pytest.raises(services.RequeueRefused) as refused:
+    with pytest.raises(Refusal) as refused:
         services.requeue(run, submitter)
     assert (refused.value.code, refused.value.status) == ("requeue_limit", 403)
     assert refused.value.message == (
@@ -407,7 +409,7 @@ def test_submitter_requeues_once_maintainer_any_time(
 def test_only_failed_runs_can_be_requeued(maintainer):
     for state in ("queued", "running", "finished"):
         run = RunFactory(state=state)
-        with pytest.raises(services.RequeueRefused) as refused:
+        with pytest.raises(Refusal) as refused:
             services.requeue(run, maintainer)
         assert (refused.value.code, refused.value.status) == ("not_failed", 409)
         assert refused.value.message == f"Only a failed run can be re-queued; this one is {state}."
@@ -417,7 +419,7 @@ def test_only_failed_runs_can_be_requeued(maintainer):
 def test_a_requeue_that_lost_the_race_changes_nothing(failed_run, maintainer):
     stale_copy = EvaluationRun.objects.get(pk=failed_run.pk)
     services.requeue(failed_run, maintainer)
-    with pytest.raises(services.RequeueRefused) as refused:
+    with pytest.raises(Refusal) as refused:
         services.requeue(stale_copy, maintainer)
     assert refused.value.code == "already_requeued"
     assert EvaluationRun.objects.get(pk=failed_run.pk).attempt == 2

@@ -8,6 +8,7 @@ import json
 import pytest
 from django.test import Client
 
+from leaderboard import flow
 from leaderboard.accounts.models import ApiToken
 from leaderboard.catalog.models import Repository
 from leaderboard.integrity import services
@@ -38,7 +39,7 @@ def family():
 
 @pytest.fixture
 def open_report(family, other_submitter):
-    return services.file_report(
+    return flow.file_report(
         reporter=other_submitter, target=family["root"], kind="contamination", evidence=EVIDENCE
     ).report
 
@@ -82,7 +83,7 @@ def test_resolving_from_a_page_is_for_maintainers_only(
 def test_lifting_from_a_page_is_for_maintainers_only(
     anonymous_client, submitter_client, maintainer_client, maintainer, open_report, family
 ):
-    services.resolve(open_report.pk, "confirm", "Confirmed.", maintainer)
+    flow.resolve(open_report.pk, "confirm", "Confirmed.", maintainer)
     url = f"/integrity/reports/{open_report.pk}/resolve/"
     data = {"decision": "lift", "note": "Fixed upstream."}
     assert anonymous_client.post(url, data).status_code == 403
@@ -161,10 +162,10 @@ def test_report_form_for_an_unknown_target_says_so(submitter_client):
 def test_lineage_page_draws_the_graph_with_plotly_served_locally(
     anonymous_client, family, maintainer
 ):
-    report = services.file_report(
+    report = flow.file_report(
         reporter=None, target=family["data"], kind="contamination", evidence=EVIDENCE
     ).report
-    services.resolve(report.pk, "confirm", "Verified the overlap.", maintainer)
+    flow.resolve(report.pk, "confirm", "Verified the overlap.", maintainer)
     response = anonymous_client.get("/integrity/lineage/org/child/")
     assert response.status_code == 200
     body = response.content.decode()
@@ -192,10 +193,10 @@ def test_plotly_bundle_is_served_from_the_installed_package(anonymous_client):
 
 
 def test_lineage_figure_marks_status_kind_submission_and_the_path(family, maintainer):
-    report = services.file_report(
+    report = flow.file_report(
         reporter=None, target=family["root"], kind="contamination", evidence=EVIDENCE
     ).report
-    services.resolve(report.pk, "confirm", "Verified.", maintainer)
+    flow.resolve(report.pk, "confirm", "Verified.", maintainer)
     child = Repository.objects.get(pk=family["child"].pk)
     figure = lineage_figure(child, depth=2)
     traces = {trace["name"]: trace for trace in figure["data"]}
@@ -349,8 +350,8 @@ def test_api_lift_permission_matrix_and_lifecycle_errors(
 def test_api_lists_flags_by_status_and_target(
     anonymous_client, open_report, maintainer, family, submitter
 ):
-    services.resolve(open_report.pk, "confirm", "Yes.", maintainer)
-    other = services.file_report(
+    flow.resolve(open_report.pk, "confirm", "Yes.", maintainer)
+    other = flow.file_report(
         reporter=submitter, target=family["data"], kind="license", evidence=EVIDENCE
     ).report
     everything = anonymous_client.get("/api/v1/flags")
@@ -368,10 +369,10 @@ def test_api_lists_flags_by_status_and_target(
 def test_api_lineage_lists_ancestors_descendants_edges_and_paths(
     anonymous_client, family, maintainer
 ):
-    report = services.file_report(
+    report = flow.file_report(
         reporter=None, target=family["root"], kind="contamination", evidence=EVIDENCE
     ).report
-    services.resolve(report.pk, "confirm", "Verified.", maintainer)
+    flow.resolve(report.pk, "confirm", "Verified.", maintainer)
     confirmed = Report.objects.get(pk=report.pk).confirmed_at.date().isoformat()
     response = anonymous_client.get("/api/v1/lineage/org/root")
     assert response.status_code == 200

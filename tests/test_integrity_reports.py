@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
+from leaderboard import flow
 from leaderboard.catalog.models import Repository
+from leaderboard.evaluations.services import evaluated_repositories
 from leaderboard.integrity import services
 from leaderboard.integrity.models import AuditEntry, Report, ReportSupport
-from leaderboard.integrity.services import ReportRefused
+from leaderboard.problems import Refusal
 from tests.factories import (
     DatasetFactory,
     EdgeFactory,
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.django_db
 EVIDENCE = "The model reproduces MMLU test items verbatim."
 
 
-def codes(exc: pytest.ExceptionInfo[ReportRefused]) -> list[tuple[str, str]]:
+def codes(exc: pytest.ExceptionInfo[Refusal]) -> list[tuple[str, str]]:
     return [(p.code, p.field) for p in exc.value.problems]
 
 
@@ -36,8 +37,8 @@ def target():
 
 
 def test_every_problem_of_a_report_is_named_at_once(target, submitter):
-    with pytest.raises(ReportRefused) as refused:
-        services.file_report(
+    with pytest.raises(Refusal) as refused:
+        flow.file_report(
             reporter=submitter,
             target=target,
             kind="plagiarism",
@@ -65,13 +66,13 @@ def test_links_are_cleaned_and_limited():
         "https://a.example/x",
         "http://b.example/y",
     ]
-    with pytest.raises(ReportRefused) as refused:
+    with pytest.raises(Refusal) as refused:
         services.clean_links([f"https://example.org/{i}" for i in range(11)])
     assert codes(refused) == [("too_many_links", "links")]
 
 
 def test_filing_opens_a_report_audits_it_and_puts_the_target_under_review(target, submitter):
-    filed = services.file_report(
+    filed = flow.file_report(
         reporter=submitter,
         target=target,
         kind="contamination",
@@ -93,10 +94,10 @@ def test_filing_opens_a_report_audits_it_and_puts_the_target_under_review(target
 
 
 def test_a_second_open_report_of_the_same_kind_joins_the_first(target, submitter, other_submitter):
-    first = services.file_report(
+    first = flow.file_report(
         reporter=submitter, target=target, kind="contamination", evidence=EVIDENCE
     )
-    second = services.file_report(
+    second = flow.file_report(
         reporter=other_submitter,
         target=target,
         kind="contamination",
@@ -114,7 +115,7 @@ def test_a_second_open_report_of_the_same_kind_joins_the_first(target, submitter
     )
     assert first.report.to_dict()["supporters"] == ["bob"]
     # A different kind on the same target is a separate report.
-    third = services.file_report(
+    third = flow.file_report(
         reporter=other_submitter, target=target, kind="license", evidence="Wrong license."
     )
     assert third.joined is False
@@ -122,17 +123,17 @@ def test_a_second_open_report_of_the_same_kind_joins_the_first(target, submitter
 
 
 def test_the_same_user_cannot_report_the_same_thing_twice(target, submitter):
-    services.file_report(reporter=submitter, target=target, kind="other", evidence=EVIDENCE)
-    with pytest.raises(ReportRefused) as refused:
-        services.file_report(reporter=submitter, target=target, kind="other", evidence="again")
+    flow.file_report(reporter=submitter, target=target, kind="other", evidence=EVIDENCE)
+    with pytest.raises(Refusal) as refused:
+        flow.file_report(reporter=submitter, target=target, kind="other", evidence="again")
     assert codes(refused) == [("already_reported", "target")]
     assert refused.value.status == 409
 
 
 def test_after_dismissal_a_new_report_opens_instead_of_joining(target, submitter, maintainer):
-    first = services.file_report(reporter=submitter, target=target, kind="other", evidence=EVIDENCE)
-    services.resolve(first.report.pk, "dismiss", "Not reproducible.", maintainer)
-    again = services.file_report(reporter=submitter, target=target, kind="other", evidence=EVIDENCE)
+    first = flow.file_report(reporter=submitter, target=target, kind="other", evidence=EVIDENCE)
+    flow.resolve(first.report.pk, "dismiss", "Not reproducible.", maintainer)
+    again = flow.file_report(reporter=submitter, target=target, kind="other", evidence=EVIDENCE)
     assert again.joined is False
     assert again.report.pk != first.report.pk
 
@@ -144,14 +145,12 @@ def test_reports_are_rate_limited_per_user_per_day(
     start = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
     monkeypatch.setattr(timezone, "now", lambda: start)
     targets = [RepositoryFactory(repo_id=f"org/m{i}") for i in range(4)]
-    services.file_report(reporter=submitter, target=targets[0], kind="other", evidence=EVIDENCE)
+    flow.file_report(reporter=submitter, target=targets[0], kind="other", evidence=EVIDENCE)
     # Joining someone else's report counts as filing.
-    services.file_report(
-        reporter=other_submitter, target=targets[1], kind="other", evidence=EVIDENCE
-    )
-    services.file_report(reporter=submitter, target=targets[1], kind="other", evidence=EVIDENCE)
-    with pytest.raises(ReportRefused) as refused:
-        services.file_report(reporter=submitter, target=targets[2], kind="other", evidence=EVIDENCE)
+    flow.file_report(reporter=other_submitter, target=targets[1], kind="other", evidence=EVIDENCE)
+    flow.file_report(reporter=submitter, target=targets[1], kind="other", evidence=EVIDENCE)
+    with pytest.raises(Refusal) as refused:
+        flow.file_report(reporter=submitter, target=targets[2], kind="other", evidence=EVIDENCE)
     assert codes(refused) == [("rate_limited", "reporter")]
     assert refused.value.status == 429
     assert refused.value.problems[0].message == (
@@ -159,44 +158,43 @@ def test_reports_are_rate_limited_per_user_per_day(
         "You can report again after 2024-05-02 08:00 UTC."
     )
     # Other users are not affected; a day later the user may report again.
-    services.file_report(
-        reporter=other_submitter, target=targets[2], kind="other", evidence=EVIDENCE
-    )
+    flow.file_report(reporter=other_submitter, target=targets[2], kind="other", evidence=EVIDENCE)
     monkeypatch.setattr(timezone, "now", lambda: start + timedelta(days=1, seconds=1))
-    services.file_report(reporter=submitter, target=targets[3], kind="other", evidence=EVIDENCE)
+    flow.file_report(reporter=submitter, target=targets[3], kind="other", evidence=EVIDENCE)
     assert Report.objects.filter(reporter=submitter).count() == 2
 
 
 def test_maintainers_and_automatic_signals_are_not_rate_limited(settings, maintainer):
     settings.TRELLIS_REPORTS_PER_DAY = 0
     first, second = RepositoryFactory(repo_id="org/a"), RepositoryFactory(repo_id="org/b")
-    services.file_report(reporter=maintainer, target=first, kind="other", evidence=EVIDENCE)
-    services.file_report(reporter=None, target=second, kind="contamination", evidence="z-score 4.1")
+    flow.file_report(reporter=maintainer, target=first, kind="other", evidence=EVIDENCE)
+    flow.file_report(reporter=None, target=second, kind="contamination", evidence="z-score 4.1")
     assert Report.objects.count() == 2
 
 
 def test_only_maintainers_resolve(target, submitter, other_submitter):
-    filed = services.file_report(reporter=submitter, target=target, kind="other", evidence=EVIDENCE)
+    filed = flow.file_report(reporter=submitter, target=target, kind="other", evidence=EVIDENCE)
     for actor in (submitter, other_submitter, None):
-        with pytest.raises(PermissionDenied):
-            services.resolve(filed.report.pk, "confirm", "I say so", actor)
+        with pytest.raises(Refusal) as refused:
+            flow.resolve(filed.report.pk, "confirm", "I say so", actor)
+        assert (refused.value.code, refused.value.status) == ("not_a_maintainer", 403)
     assert Report.objects.get().status == "open"
     assert AuditEntry.objects.filter(action="confirmed").count() == 0
 
 
 def test_decisions_follow_the_report_lifecycle(target, submitter, maintainer):
-    filed = services.file_report(reporter=submitter, target=target, kind="other", evidence=EVIDENCE)
+    filed = flow.file_report(reporter=submitter, target=target, kind="other", evidence=EVIDENCE)
     pk = filed.report.pk
-    with pytest.raises(ReportRefused) as refused:
-        services.resolve(pk, "lift", "nothing to lift", maintainer)
+    with pytest.raises(Refusal) as refused:
+        flow.resolve(pk, "lift", "nothing to lift", maintainer)
     assert codes(refused) == [("invalid_transition", "decision")]
     assert refused.value.status == 409
 
-    with pytest.raises(ReportRefused) as refused:
-        services.resolve(pk, "approve", "  ", maintainer)
+    with pytest.raises(Refusal) as refused:
+        flow.resolve(pk, "approve", "  ", maintainer)
     assert codes(refused) == [("invalid_decision", "decision"), ("missing_note", "note")]
 
-    report = services.resolve(pk, "confirm", "Checked the overlap myself.", maintainer)
+    report = flow.resolve(pk, "confirm", "Checked the overlap myself.", maintainer)
     assert (report.status, report.resolved_by, report.resolution_note) == (
         "confirmed",
         maintainer,
@@ -204,27 +202,27 @@ def test_decisions_follow_the_report_lifecycle(target, submitter, maintainer):
     )
     assert report.confirmed_at == report.resolved_at
     assert Repository.objects.get(pk=target.pk).status == "flagged"
-    with pytest.raises(ReportRefused):
-        services.resolve(pk, "dismiss", "changed my mind", maintainer)
-    lifted = services.resolve(pk, "lift", "Retrained without the test set.", maintainer)
+    with pytest.raises(Refusal):
+        flow.resolve(pk, "dismiss", "changed my mind", maintainer)
+    lifted = flow.resolve(pk, "lift", "Retrained without the test set.", maintainer)
     assert lifted.status == "lifted"
     assert lifted.confirmed_at == report.confirmed_at  # lifting keeps when it was confirmed
     assert Repository.objects.get(pk=target.pk).status == "clean"
 
-    with pytest.raises(ReportRefused) as refused:
-        services.resolve(999_999, "confirm", "note", maintainer)
+    with pytest.raises(Refusal) as refused:
+        flow.resolve(999_999, "confirm", "note", maintainer)
     assert codes(refused) == [("unknown_report", "id")]
     assert refused.value.status == 404
 
 
 def test_unknown_targets_are_refused_with_the_fix():
     DatasetFactory(repo_id="data-org/only-a-dataset")
-    with pytest.raises(ReportRefused) as refused:
+    with pytest.raises(Refusal) as refused:
         services.find_target("model", "data-org/only-a-dataset")
     assert codes(refused) == [("unknown_target", "target")]
     assert refused.value.status == 404
     assert services.find_target("dataset", "data-org/only-a-dataset").kind == "dataset"
-    with pytest.raises(ReportRefused) as refused:
+    with pytest.raises(Refusal) as refused:
         services.find_target("space", "x/y")
     assert codes(refused) == [("invalid_target_type", "target_type")]
 
@@ -244,24 +242,22 @@ def test_queue_orders_by_ranked_models_affected_then_newest(submitter, monkeypat
     quiet = RepositoryFactory(repo_id="org/quiet")
     for offset, target in enumerate([popular, lonely, quiet]):
         monkeypatch.setattr(timezone, "now", lambda offset=offset: base + timedelta(hours=offset))
-        services.file_report(reporter=submitter, target=target, kind="other", evidence=EVIDENCE)
+        flow.file_report(reporter=submitter, target=target, kind="other", evidence=EVIDENCE)
 
-    by_impact = services.moderation_queue()
+    by_impact = services.moderation_queue(evaluated_repositories())
     assert [(i.report.target.repo_id, i.affected_ranked) for i in by_impact] == [
         ("org/popular", 3),
         ("org/quiet", 0),
         ("org/lonely", 0),
     ]
-    by_date = services.moderation_queue("newest")
+    by_date = services.moderation_queue(evaluated_repositories(), "newest")
     assert [i.report.target.repo_id for i in by_date] == ["org/quiet", "org/lonely", "org/popular"]
 
 
 def test_integrity_context_collects_status_reports_and_history(target, submitter, maintainer):
-    filed = services.file_report(
-        reporter=submitter, target=target, kind="license", evidence=EVIDENCE
-    )
-    services.resolve(filed.report.pk, "confirm", "License text says NC.", maintainer)
-    services.file_report(reporter=submitter, target=target, kind="other", evidence="More.")
+    filed = flow.file_report(reporter=submitter, target=target, kind="license", evidence=EVIDENCE)
+    flow.resolve(filed.report.pk, "confirm", "License text says NC.", maintainer)
+    flow.file_report(reporter=submitter, target=target, kind="other", evidence="More.")
     context = services.integrity_context(Repository.objects.get(pk=target.pk))
     assert context["status"] == "flagged"
     assert context["status_label"] == "flagged"

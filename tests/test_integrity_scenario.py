@@ -10,9 +10,10 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
+from leaderboard import flow
 from leaderboard.catalog.cards import declared_datasets, declared_parents, parse_card
+from leaderboard.catalog.lineage import read_cards, record_declared, upsert_repository
 from leaderboard.catalog.models import Repository
-from leaderboard.catalog.services import record_lineage, upsert_repository
 from leaderboard.catalog.sources import get_source
 from leaderboard.integrity import services
 from leaderboard.integrity.models import AuditEntry
@@ -89,7 +90,7 @@ def text(repo_id: str, kind: str = "model") -> str:
 
 def file_and_confirm(monkeypatch, target, reporter, maintainer, kind="contamination"):
     frozen(monkeypatch, REPORTED)
-    filed = services.file_report(
+    filed = flow.file_report(
         reporter=reporter,
         target=target,
         kind=kind,
@@ -97,7 +98,7 @@ def file_and_confirm(monkeypatch, target, reporter, maintainer, kind="contaminat
         links=["https://example.org/overlap-report"],
     )
     frozen(monkeypatch, CONFIRMED)
-    return services.resolve(filed.report.pk, "confirm", "Overlap reproduced.", maintainer)
+    return flow.resolve(filed.report.pk, "confirm", "Overlap reproduced.", maintainer)
 
 
 ALL_CLEAN = {
@@ -162,7 +163,7 @@ def test_confirming_the_root_flag_taints_exactly_its_descendants(
 
 def test_lifting_the_flag_restores_every_descendant(incident, monkeypatch, submitter, maintainer):
     report = file_and_confirm(monkeypatch, incident["org/flagged-root"], submitter, maintainer)
-    services.resolve(report.pk, "lift", "The overlap came from a shared public source.", maintainer)
+    flow.resolve(report.pk, "lift", "The overlap came from a shared public source.", maintainer)
     assert status_map() == ALL_CLEAN
     assert Repository.objects.get(repo_id="deep/merge-4-sft").status_path == []
     assert list(
@@ -178,7 +179,7 @@ def test_an_open_report_puts_descendants_under_review_and_dismissing_restores_th
     incident, monkeypatch, submitter, maintainer
 ):
     frozen(monkeypatch, REPORTED)
-    filed = services.file_report(
+    filed = flow.file_report(
         reporter=submitter,
         target=incident["other/base"],
         kind="license",
@@ -204,7 +205,7 @@ def test_an_open_report_puts_descendants_under_review_and_dismissing_restores_th
         == "clean/finetune ← other/base (license report open since 2024-04-20)"
     )
 
-    services.resolve(filed.report.pk, "dismiss", "The license is Apache-2.0.", maintainer)
+    flow.resolve(filed.report.pk, "dismiss", "The license is Apache-2.0.", maintainer)
     assert status_map() == ALL_CLEAN
     call_command("recompute_lineage_status", "--check")
 
@@ -213,7 +214,7 @@ def test_a_flag_outranks_an_open_report_on_shared_descendants(
     incident, monkeypatch, submitter, other_submitter, maintainer
 ):
     file_and_confirm(monkeypatch, incident["org/flagged-root"], submitter, maintainer)
-    services.file_report(
+    flow.file_report(
         reporter=other_submitter,
         target=incident["other/base"],
         kind="license",
@@ -263,7 +264,7 @@ def test_unresolved_ancestor_makes_descendants_incomplete(incident):
     Repository.objects.filter(pk=base.pk).update(
         lineage_resolved=False, resolution_note="no model card (README.md) on the hub source"
     )
-    services.recompute_after_edges([base.pk])
+    services.recompute([base.pk])
     current = status_map()
     assert current["other/base"] == "incomplete"
     assert current["clean/finetune"] == "incomplete"
@@ -300,15 +301,22 @@ def test_record_lineage_derives_status_of_new_descendants(
     snapshot = source.snapshot("fresh/child")
     metadata = parse_card(snapshot.card_text or "").metadata
     child = upsert_repository("fresh/child", "model", snapshot=snapshot, metadata=metadata)
-    record_lineage(
+    # The two steps of a submission: declared parents from cards read before the transaction,
+    # then (after commit) the ancestors above them; each hands its nodes on to the recompute.
+    parents, datasets = declared_parents(metadata), declared_datasets(metadata)
+    cards = {("model", r): c for r, c in read_cards(source, parents, "model").items()}
+    cards |= {("dataset", r): c for r, c in read_cards(source, datasets, "dataset").items()}
+    recorded = record_declared(
         child,
-        parents=declared_parents(metadata),
+        parents=parents,
         relation="merge",
         declared_in="card",
-        datasets=declared_datasets(metadata),
-        source=source,
+        datasets=datasets,
+        cards=cards,
         max_depth=12,
     )
+    services.recompute(recorded.touched)
+    flow.resolve_ancestors(child.pk)
     current = status_map()
     assert current["fresh/child"] == "tainted"
     assert current["org/root-dpo"] == "tainted"

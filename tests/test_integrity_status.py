@@ -369,7 +369,7 @@ def test_parents_never_derived_are_derived_before_their_children():
         repo_id="ext/unknown", lineage_resolved=False, resolution_note="not found on the hub"
     )
     EdgeFactory(child=child, parent=parent)
-    services.recompute_after_edges([child.pk])
+    services.recompute([child.pk])
     assert statuses(parent, child) == ["incomplete", "incomplete"]
     assert services.taint_path_text(Repository.objects.get(pk=child.pk)) == (
         "org/child ← ext/unknown (lineage unresolved: not found on the hub)"

@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 
 from leaderboard.catalog.cards import declared_datasets, declared_parents, parse_card
-from leaderboard.catalog.models import LineageEdge, Repository
-from leaderboard.catalog.services import (
+from leaderboard.catalog.lineage import (
     ancestors,
     cycle_paths,
     descendants,
-    record_lineage,
+    read_cards,
+    record_declared,
+    resolve_ancestors,
     upsert_repository,
 )
+from leaderboard.catalog.models import LineageEdge, Repository
 from leaderboard.catalog.sources import get_source
 from leaderboard.catalog.sources.local import LocalSource
 from tests.builders import card_text, default_card, make_dataset_repo, make_model_repo
@@ -37,21 +39,34 @@ def card_only(root: Path, repo_id: str, **card: object) -> None:
 
 
 def submit(repo_id: str, *, relation: str = "fine-tune", max_depth: int = 12) -> Repository:
-    """What a submission does after its checks: the node from its snapshot, then its lineage."""
+    """What a submission does with its lineage, in its two steps: the node and what it and its
+    declared parents and datasets declare, from cards read before the transaction; then, after
+    commit, the ancestors above them."""
     source = get_source()
     snapshot = source.snapshot(repo_id)
     metadata = parse_card(snapshot.card_text or "").metadata
     repository = upsert_repository(repo_id, "model", snapshot=snapshot, metadata=metadata)
-    record_lineage(
+    record_steps(repository, metadata, relation=relation, max_depth=max_depth)
+    return repository
+
+
+def record_steps(
+    repository: Repository, metadata: dict, *, relation: str, max_depth: int, source=None
+) -> None:
+    source = source or get_source()
+    parents, datasets = declared_parents(metadata), declared_datasets(metadata)
+    cards = {("model", r): c for r, c in read_cards(source, parents, "model").items()}
+    cards |= {("dataset", r): c for r, c in read_cards(source, datasets, "dataset").items()}
+    record_declared(
         repository,
-        parents=declared_parents(metadata),
+        parents=parents,
         relation=relation,
         declared_in="card",
-        datasets=declared_datasets(metadata),
-        source=source,
+        datasets=datasets,
+        cards=cards,
         max_depth=max_depth,
     )
-    return repository
+    resolve_ancestors(repository, source=source, max_depth=max_depth)
 
 
 def edges() -> set[tuple[str, str, str, str]]:
@@ -249,15 +264,7 @@ def test_source_down_leaves_ancestors_unresolved(fake_hub):
     repository = upsert_repository("me/x", "model", snapshot=snapshot)
     fake_hub.fail_status = 503
 
-    record_lineage(
-        repository,
-        parents=["up/base"],
-        relation="fine-tune",
-        declared_in="card",
-        datasets=[],
-        source=source,
-        max_depth=12,
-    )
+    record_steps(repository, {"base_model": "up/base"}, relation="fine-tune", max_depth=12)
 
     resolved, note = state("up/base")
     assert not resolved
@@ -267,15 +274,7 @@ def test_source_down_leaves_ancestors_unresolved(fake_hub):
 
     # When the source is back, the next resolution reads it.
     fake_hub.fail_status = None
-    record_lineage(
-        repository,
-        parents=["up/base"],
-        relation="fine-tune",
-        declared_in="card",
-        datasets=[],
-        source=source,
-        max_depth=12,
-    )
+    record_steps(repository, {"base_model": "up/base"}, relation="fine-tune", max_depth=12)
     assert state("up/base") == (True, "")
 
 

@@ -1,4 +1,5 @@
-"""The submission rules through check_submission/submit, against repositories built on disk."""
+"""The submission rules through check_submission and flow.submit, against repositories built on
+disk."""
 
 from __future__ import annotations
 
@@ -10,17 +11,13 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from leaderboard import flow
 from leaderboard.catalog.models import LineageEdge, Relation, Repository, RepositoryKind
 from leaderboard.evaluations.models import EvaluationRun, RunState
+from leaderboard.problems import Refusal
 from leaderboard.submissions import checks
 from leaderboard.submissions.models import Submission
-from leaderboard.submissions.services import (
-    SubmissionRefused,
-    SubmissionRequest,
-    check_submission,
-    record_submission,
-    submit,
-)
+from leaderboard.submissions.services import SubmissionRequest, check_submission
 from tests.builders import card_text, default_card, make_dataset_repo, make_model_repo
 from tests.factories import EdgeFactory, RepositoryFactory, SubmissionFactory
 
@@ -98,19 +95,34 @@ def test_a_complete_fine_tune_passes_every_check(tiny_chat, submitter):
 def test_submit_records_everything_in_one_go(
     model_root, tiny_chat, submitter, django_capture_on_commit_callbacks
 ):
-    # The parent declares its own parent: resolution must reach the grandparent too.
+    # The parent declares its own parent: resolution must reach the grandparent too, after
+    # commit (the parent's card was read by the checks, the grandparent's is not read yet).
     make_model_repo(model_root, "acme/base", card=default_card("acme/base", base_model="acme/root"))
     make_model_repo(model_root, "acme/root")
+    make_dataset_repo(model_root, "acme/instructions")
     make_model_repo(model_root, "acme/tiny-chat", card=fine_tune_card(), git=True)
     sha = subprocess.run(
         ["git", "-C", str(tiny_chat), "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        submission = submit(request(precision="float16"), submitter)
+        submission = flow.submit(request(precision="float16"), submitter)
 
-    assert len(callbacks) == 1
+    # The evaluation run's message and the ancestors' resolution, both on commit.
+    assert len(callbacks) == 2
     submission.refresh_from_db()
+    assert (submission.repository.status, submission.repository.lineage_pending) == (
+        "resolving",
+        True,
+    )
+    assert Repository.objects.get(repo_id="acme/root").lineage_resolved is False
+    flow.resolve_ancestors(submission.repository_id)
+    submission.refresh_from_db()
+    assert (submission.repository.status, submission.repository.lineage_pending) == (
+        "clean",
+        False,
+    )
+    assert Repository.objects.get(repo_id="acme/root").lineage_resolved is True
     assert submission.repository.repo_id == "acme/tiny-chat"
     assert submission.repository.resolved_revision == sha
     assert (submission.requested_revision, submission.revision) == ("main", sha)
@@ -145,9 +157,9 @@ def test_refusal_saves_nothing(model_root, base, submitter, django_capture_on_co
     before = table_counts()
     with (
         django_capture_on_commit_callbacks(execute=False) as callbacks,
-        pytest.raises(SubmissionRefused) as refused,
+        pytest.raises(Refusal) as refused,
     ):
-        submit(request(), submitter)
+        flow.submit(request(), submitter)
     assert [item.code for item in refused.value.problems] == ["license_missing"]
     assert table_counts() == before
     assert callbacks == []
@@ -664,7 +676,7 @@ def test_quantized_needs_no_datasets(model_root, base, submitter):
 
 def test_submitted_datasets_become_nodes(model_root, tiny_chat, submitter):
     make_dataset_repo(model_root, "acme/instructions")
-    submission = submit(request(), submitter)
+    submission = flow.submit(request(), submitter)
     dataset = Repository.objects.get(kind=RepositoryKind.DATASET, repo_id="acme/instructions")
     assert dataset.license == "cc-by-4.0"
     assert LineageEdge.objects.get(child=submission.repository, parent=dataset).relation == (
@@ -676,7 +688,7 @@ def test_submitted_datasets_become_nodes(model_root, tiny_chat, submitter):
 
 
 def test_same_revision_and_precision_is_a_duplicate(tiny_chat, submitter, other_submitter):
-    first = submit(request(), submitter)
+    first = flow.submit(request(), submitter)
     outcome = check_submission(request(), other_submitter)
     assert codes(outcome) == ["duplicate_submission"]
     assert f"see its results at /submissions/{first.pk}/." in outcome.problems[0].message
@@ -698,9 +710,9 @@ def test_duplicate_race_is_a_refusal_not_an_error(
     before = table_counts()
     with (
         django_capture_on_commit_callbacks(execute=False) as callbacks,
-        pytest.raises(SubmissionRefused) as refused,
+        pytest.raises(Refusal) as refused,
     ):
-        record_submission(outcome, submitter)
+        flow.record(outcome, submitter)
     assert [item.code for item in refused.value.problems] == ["duplicate_submission"]
     assert f"/submissions/{winner.pk}/" in refused.value.problems[0].message
     assert table_counts() == before
@@ -751,7 +763,7 @@ def test_maintainers_are_exempt_from_the_limit(tiny_chat, maintainer, settings):
     settings.TRELLIS_WEEKLY_SUBMISSION_LIMIT = 1
     _past_submissions(maintainer, timedelta(hours=1), timedelta(hours=2))
     assert check_submission(request(), maintainer).problems == []
-    assert submit(request(), maintainer).submitter == maintainer
+    assert flow.submit(request(), maintainer).submitter == maintainer
 
 
 def test_limit_is_checked_again_inside_the_transaction(tiny_chat, submitter, settings):
@@ -760,8 +772,8 @@ def test_limit_is_checked_again_inside_the_transaction(tiny_chat, submitter, set
     assert outcome.problems == []
     _past_submissions(submitter, timedelta(minutes=1))  # a concurrent submission landed first
     before = table_counts()
-    with pytest.raises(SubmissionRefused) as refused:
-        record_submission(outcome, submitter)
+    with pytest.raises(Refusal) as refused:
+        flow.record(outcome, submitter)
     assert [item.code for item in refused.value.problems] == ["weekly_limit_reached"]
     assert table_counts() == before
 

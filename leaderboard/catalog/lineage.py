@@ -4,8 +4,8 @@ two steps of recording a submission's lineage (see docs/architecture.md):
 1. `read_card` / `read_cards` read the declared parents' and datasets' cards from the model
    source once, before any transaction (the submission checks keep them in their outcome);
 2. `record_declared` writes what the submitted model and those cards declare, from the
-   snapshots alone, inside the submission's transaction, and marks the model `ancestors_pending`
-   when ancestors above its declared parents are left to read;
+   snapshots alone, inside the submission's transaction, and marks the model and every ancestor
+   left to read `lineage_pending`;
 3. `resolve_ancestors` (after commit, in a retried task) reads those ancestors from their own
    cards, bounded, cycle-safe and idempotent; each read happens outside any transaction and only
    the writes it leads to are in one.
@@ -292,7 +292,20 @@ def card_of(snapshot: RepoSnapshot, where: str = "") -> CardRead:
 
 
 def read_cards(source: ModelSource, repo_ids: Iterable[str], kind: Kind) -> dict[str, CardRead]:
-    return {repo_id: read_card(source, repo_id, kind) for repo_id in dict.fromkeys(repo_ids)}
+    """The cards of the repositories not resolved yet (a resolved node is never read again)."""
+    wanted = unresolved(repo_ids, kind)
+    return {repo_id: read_card(source, repo_id, kind) for repo_id in wanted}
+
+
+def unresolved(repo_ids: Iterable[str], kind: str) -> list[str]:
+    """`repo_ids` minus the nodes whose lineage is already resolved, in order."""
+    ids = list(dict.fromkeys(repo_ids))
+    resolved = set(
+        Repository.objects.filter(kind=kind, repo_id__in=ids, lineage_resolved=True).values_list(
+            "repo_id", flat=True
+        )
+    )
+    return [repo_id for repo_id in ids if repo_id not in resolved]
 
 
 # --- step 2: what the submission declares (database only, in the submission's transaction) -----
@@ -300,8 +313,9 @@ def read_cards(source: ModelSource, repo_ids: Iterable[str], kind: Kind) -> dict
 
 @dataclass
 class Recorded:
-    """What a lineage write changed: the nodes whose parents or resolution may differ now (their
-    status must be re-derived), and whether ancestors are left for `resolve_ancestors`."""
+    """What a lineage write changed: the nodes whose parents, resolution or pending mark may
+    differ now (their status must be re-derived), and whether ancestors are left for
+    `resolve_ancestors`."""
 
     touched: set[int] = field(default_factory=set)
     pending: bool = False
@@ -365,18 +379,22 @@ def record_declared(
         card = cards.get((node.kind, node.repo_id))
         if card is not None:
             _record_node(node, card)
-    recorded.pending = _unread_within(repository, max_depth)
-    if recorded.pending != repository.ancestors_pending:
-        repository.ancestors_pending = recorded.pending
-        repository.save(update_fields=["ancestors_pending", "updated_at"])
+    left = _left_to_read(repository, max_depth)
+    if left:
+        # Until the task has read them, these and their descendants say `resolving`, not
+        # `incomplete`: nothing is known to be missing yet.
+        Repository.objects.filter(pk__in=[repository.pk, *left]).update(lineage_pending=True)
+        recorded.touched |= left
+        recorded.pending = True
     return recorded
 
 
-def _unread_within(repository: Repository, max_depth: int) -> bool:
-    """Whether `resolve_ancestors` has a card to read: an unresolved node above the declared
-    parents within the depth limit, or one without a note beyond it."""
+def _left_to_read(repository: Repository, max_depth: int) -> set[int]:
+    """The nodes `resolve_ancestors` will read or note: unresolved ones above the declared
+    parents within the depth limit, and ones without a note just beyond it."""
     frontier = {repository.pk}
     seen = {repository.pk}
+    left: set[int] = set()
     depth = 0
     while frontier:
         depth += 1
@@ -391,10 +409,10 @@ def _unread_within(repository: Repository, max_depth: int) -> bool:
                 continue
             seen.add(pk)
             if depth > 1 and not resolved and (depth <= max_depth or not note):
-                return True
+                left.add(pk)
             if depth <= max_depth:
                 frontier.add(pk)
-    return False
+    return left
 
 
 # --- step 3: ancestors above the declared parents (after commit; reads outside transactions) ---
@@ -441,10 +459,10 @@ def resolve_ancestors(repository: Repository, *, source: ModelSource, max_depth:
     return visited
 
 
-def finish_resolving(repository_id: int) -> None:
-    """The walk above `repository_id` is done: its status no longer says `resolving`."""
-    Repository.objects.filter(pk=repository_id, ancestors_pending=True).update(
-        ancestors_pending=False
+def finish_resolving(walked: Iterable[int]) -> None:
+    """The walk is done: the nodes it walked (the submitted model first) no longer wait."""
+    Repository.objects.filter(pk__in=list(walked), lineage_pending=True).update(
+        lineage_pending=False
     )
 
 

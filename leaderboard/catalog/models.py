@@ -12,9 +12,10 @@ class RepositoryKind(models.TextChoices):
 
 
 class LineageStatus(models.TextChoices):
-    """Derived status of a node; written only by leaderboard.integrity.services."""
+    """Derived status of a node; written only by leaderboard.integrity (docs/integrity.md)."""
 
     CLEAN = "clean", "clean"
+    RESOLVING = "resolving", "resolving"
     UNDER_REVIEW = "under-review", "under review"
     INCOMPLETE = "incomplete", "incomplete"
     TAINTED = "tainted", "tainted"
@@ -51,6 +52,10 @@ class Repository(models.Model):
     # depth limit): integrity derives `incomplete` for it and its descendants from this.
     lineage_resolved = models.BooleanField(default=False)
     resolution_note = models.CharField(max_length=300, blank=True)
+    # True from a submission's commit until the task resolving the ancestors above its declared
+    # parents has run, on the submitted model and on each ancestor left for that task to read:
+    # integrity derives `resolving` for them and their descendants from this.
+    lineage_pending = models.BooleanField(default=False)
     is_synthetic = models.BooleanField(default=False, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -59,7 +64,7 @@ class Repository(models.Model):
     status = models.CharField(
         max_length=16, choices=LineageStatus.choices, default=LineageStatus.CLEAN, db_index=True
     )
-    # For tainted/under-review/incomplete: the shortest explaining path, as a list of steps.
+    # Unless clean: the shortest explaining path, as a list of steps.
     status_path = models.JSONField(default=list, blank=True)
     status_updated_at = models.DateTimeField(null=True, blank=True)
 

@@ -8,11 +8,11 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Router
 
+from leaderboard import flow
 from leaderboard.accounts.auth import api_auth
 from leaderboard.evaluations import services
 from leaderboard.evaluations.serializers import SubmissionDetailOut, submission_detail_to_dict
 from leaderboard.problems import Refusal, error_responses
-from leaderboard.problems import Refusal
 from leaderboard.submissions.models import Submission
 
 router = Router(tags=["evaluations"])
@@ -58,8 +58,5 @@ def requeue_submission(request: HttpRequest, submission_id: int) -> Any:
     run = services.latest_run(submission) if submission is not None else None
     if submission is None or run is None:
         raise _not_found(submission_id)
-    try:
-        services.requeue(run, request.auth)  # type: ignore[attr-defined]
-    except services.RequeueRefused as refused:
-        raise Refusal.one(refused.code, "id", refused.message, refused.status) from refused
+    flow.requeue(run, request.auth)  # type: ignore[attr-defined]
     return submission_detail_to_dict(submission)

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Max, Q
+from django.db.models import F, Max, Q, QuerySet
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
@@ -27,7 +27,7 @@ from leaderboard.evaluations.validation import (
     check_artifact,
     parse_payload,
 )
-from leaderboard.public.services import refresh_entries_for
+from leaderboard.problems import Refusal
 from leaderboard.submissions.models import Submission
 
 logger = logging.getLogger(__name__)
@@ -145,24 +145,33 @@ def _reason_text(code: str, message: str) -> str:
 INGESTED, DUPLICATE, STALE, REJECTED = "ingested", "duplicate", "stale", "rejected"
 
 
-def ingest_result(run_id: int, attempt: int, payload: Any) -> str:
+@dataclass(frozen=True)
+class Ingested:
+    """What an ingest changed: `outcome` is one of the four words above; `submission_id` is
+    set when new scores were stored (the ranking read table must take them in)."""
+
+    outcome: str
+    submission_id: int | None = None
+
+
+def ingest_result(run_id: int, attempt: int, payload: Any) -> Ingested:
     """Validate a worker's payload against the run's suite and store it in one transaction.
 
-    Returns "ingested", "duplicate" (already finished: nothing changes), "stale" (the message
-    is for an older attempt or a run that no longer exists) or "rejected" (invalid payload:
-    the run fails with the problems listed)."""
+    The outcome is "ingested", "duplicate" (already finished: nothing changes), "stale" (the
+    message is for an older attempt or a run that no longer exists) or "rejected" (invalid
+    payload: the run fails with the problems listed)."""
     run = EvaluationRun.objects.filter(pk=run_id).first()
     if run is None or run.attempt != attempt:
-        return STALE
+        return Ingested(STALE)
     if run.state == RunState.FINISHED:
-        return DUPLICATE
+        return Ingested(DUPLICATE)
     try:
         result, artifact_path = validate_result(run, payload)
     except InvalidResult as invalid:
         logger.warning("run %s: rejected result: %s", run_id, invalid)
         problems = invalid.problems
         record_failure(run_id, attempt, "invalid_result", "; ".join(problems), "\n".join(problems))
-        return REJECTED
+        return Ingested(REJECTED)
 
     relative = artifact_path.relative_to(settings.TRELLIS_ARTIFACT_ROOT.resolve())
     with transaction.atomic():
@@ -182,7 +191,7 @@ def ingest_result(run_id: int, attempt: int, payload: Any) -> str:
             )
         )
         if not claimed:
-            return DUPLICATE
+            return Ingested(DUPLICATE)
         TaskScore.objects.bulk_create(
             TaskScore(
                 run_id=run_id,
@@ -196,9 +205,7 @@ def ingest_result(run_id: int, attempt: int, payload: Any) -> str:
             for task in result.tasks
         )
         _mirror_submission(run_id, run.submission_id, RunState.FINISHED)
-        # The ranking reads a denormalized table; the new scores enter it in the same commit.
-        refresh_entries_for([run.submission_id])
-    return INGESTED
+    return Ingested(INGESTED, run.submission_id)
 
 
 def validate_result(run: EvaluationRun, payload: Any) -> tuple[Any, Any]:
@@ -240,29 +247,25 @@ def _mirror_submission(run_id: int, submission_id: int | None, state: str) -> No
 # --- Re-queueing ------------------------------------------------------------------------------
 
 
-class RequeueRefused(Exception):
-    """A re-queue the user may not do, or that cannot happen now; status is the HTTP status."""
-
-    def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+def _requeue_problem(code: str, message: str, status: int) -> Refusal:
+    return Refusal.one(code, "id", message, status)
 
 
-def requeue_refusal(run: EvaluationRun, user: Any) -> RequeueRefused | None:
+def requeue_refusal(run: EvaluationRun, user: Any) -> Refusal | None:
     """Why `user` may not re-queue `run` now, or None when they may."""
     if user is None or not user.is_authenticated:
-        return RequeueRefused("not_authenticated", "Sign in to re-queue a run.", 401)
+        return _requeue_problem("not_authenticated", "Sign in to re-queue a run.", 401)
     maintainer = is_maintainer(user)
     if not maintainer and run.submission.submitter_id != user.pk:
-        return RequeueRefused(
+        return _requeue_problem(
             "forbidden", "Only the submitter or a maintainer can re-queue this run.", 403
         )
     if run.state != RunState.FAILED:
-        return RequeueRefused(
+        return _requeue_problem(
             "not_failed", f"Only a failed run can be re-queued; this one is {run.state}.", 409
         )
     if not maintainer and run.submitter_requeues >= 1:
-        return RequeueRefused(
+        return _requeue_problem(
             "requeue_limit",
             "You have already re-queued this run once; ask a maintainer to re-queue it again.",
             403,
@@ -297,7 +300,7 @@ def requeue(run: EvaluationRun, user: Any) -> EvaluationRun:
             log_tail="",
         )
         if not claimed:
-            raise RequeueRefused("already_requeued", "This run was re-queued a moment ago.", 409)
+            raise _requeue_problem("already_requeued", "This run was re-queued a moment ago.", 409)
         run.refresh_from_db()
         _mirror_submission(run.pk, run.submission_id, RunState.QUEUED)
         _send_on_commit(run.pk, run.attempt)
@@ -389,6 +392,15 @@ def _reap_silent_runs(now: datetime) -> list[int]:
 
 
 # --- What the pages and the API show ------------------------------------------------------------
+
+
+def evaluated_repositories() -> QuerySet[Any]:
+    """Ids of the repositories with a finished run (the ranked models), as a subquery."""
+    return (
+        EvaluationRun.objects.filter(state=RunState.FINISHED)
+        .values("submission__repository_id")
+        .order_by()
+    )
 
 
 def latest_run(submission: Submission) -> EvaluationRun | None:

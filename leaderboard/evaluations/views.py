@@ -1,5 +1,6 @@
-"""Evaluation pages: the submission page with its run's live state, the fragment htmx polls,
-re-queueing a failed run, and the details artifact's download."""
+"""Evaluation pages: the run panel of a submission's page (its live state; the submissions app
+serves the page), the fragment htmx polls, re-queueing a failed run, and the details artifact's
+download."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from leaderboard import flow
 from leaderboard.evaluations import services
 from leaderboard.evaluations.models import EvaluationRun, RunState
-from leaderboard.evaluations.validation import resolve_artifact
 from leaderboard.evaluations.serializers import run_to_dict
+from leaderboard.evaluations.validation import resolve_artifact
+from leaderboard.problems import Refusal
 from leaderboard.submissions.models import Submission
 
 # The page polls only while something can still change.
@@ -36,7 +39,8 @@ def format_duration(seconds: float | None) -> str:
     return f"{secs} s"
 
 
-def _panel_context(request: HttpRequest, submission: Submission) -> dict[str, Any]:
+def run_panel_context(request: HttpRequest, submission: Submission) -> dict[str, Any]:
+    """What evaluations/_run_panel.html shows of `submission`'s newest run."""
     run = services.latest_run(submission)
     view = run_to_dict(run) if run is not None else None
     return {
@@ -54,16 +58,10 @@ def _submission(pk: int) -> Submission:
 
 
 @require_GET
-def submission_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    submission = _submission(pk)
-    context = _panel_context(request, submission)
-    context["earlier_runs"] = submission.runs.order_by("-created_at", "-pk")[1:]
-    return render(request, "evaluations/submission_detail.html", context)
-
-
-@require_GET
 def submission_live(request: HttpRequest, pk: int) -> HttpResponse:
-    return render(request, "evaluations/_run_panel.html", _panel_context(request, _submission(pk)))
+    return render(
+        request, "evaluations/_run_panel.html", run_panel_context(request, _submission(pk))
+    )
 
 
 @require_POST
@@ -72,8 +70,8 @@ def requeue(request: HttpRequest, pk: int) -> HttpResponse:
     if not request.user.is_authenticated:
         return redirect_to_login(reverse("submissions:detail", args=[run.submission_id]))
     try:
-        services.requeue(run, request.user)
-    except services.RequeueRefused as refused:
+        flow.requeue(run, request.user)
+    except Refusal as refused:
         if refused.status == 403:
             return render(
                 request,

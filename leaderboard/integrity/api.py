@@ -6,26 +6,15 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema, Status
 
+from leaderboard import flow
 from leaderboard.accounts.auth import api_auth
-from leaderboard.api import error_response
 from leaderboard.integrity import services
-from leaderboard.integrity.services import ReportRefused
+from leaderboard.problems import error_responses
 
 router = Router(tags=["integrity"])
-
-
-class ErrorOut(Schema):
-    code: str
-    field: str
-    message: str
-
-
-class ErrorsOut(Schema):
-    errors: list[ErrorOut]
 
 
 class FlagIn(Schema):
@@ -83,7 +72,9 @@ class NodeOut(Schema):
     type: str
     repo_id: str
     depth: int = Field(description="generations from the requested node")
-    status: str = Field(description="clean, under-review, incomplete, tainted or flagged")
+    status: str = Field(
+        description="clean, resolving, incomplete, under-review, tainted or flagged"
+    )
     taint_path: str = Field(description="the explaining path as text, '' when clean")
     status_path: list[dict[str, Any]] = Field(description="the explaining path as steps")
     lineage_resolved: bool
@@ -104,38 +95,24 @@ class LineageOut(Schema):
     edges: list[EdgeOut]
 
 
-def _refused(request: HttpRequest, refused: ReportRefused) -> HttpResponse:
-    return error_response(request, [p.as_dict() for p in refused.problems], refused.status)
-
-
 @router.post(
     "/flags",
     auth=api_auth,
-    response={
-        201: FiledOut,
-        400: ErrorsOut,
-        401: ErrorsOut,
-        404: ErrorsOut,
-        409: ErrorsOut,
-        429: ErrorsOut,
-    },
+    response={201: FiledOut, **error_responses(400, 401, 404, 409, 429)},
     summary="Report a model or dataset",
     description="Files a report (201). A second open report of the same kind on the same target "
     "joins the first: the answer is the joined report with `joined: true`. Rate-limited per "
     "user (TRELLIS_REPORTS_PER_DAY, 429).",
 )
 def create_flag(request: HttpRequest, payload: FlagIn) -> Any:
-    try:
-        target = services.find_target(payload.target_type, payload.target)
-        filed = services.file_report(
-            reporter=request.auth,  # type: ignore[attr-defined]
-            target=target,
-            kind=payload.kind,
-            evidence=payload.evidence,
-            links=payload.links,
-        )
-    except ReportRefused as refused:
-        return _refused(request, refused)
+    target = services.find_target(payload.target_type, payload.target)
+    filed = flow.file_report(
+        reporter=request.auth,  # type: ignore[attr-defined]
+        target=target,
+        kind=payload.kind,
+        evidence=payload.evidence,
+        links=payload.links,
+    )
     filed.report.refresh_from_db()
     return Status(201, {**filed.report.to_dict(), "joined": filed.joined})
 
@@ -143,64 +120,38 @@ def create_flag(request: HttpRequest, payload: FlagIn) -> Any:
 @router.post(
     "/flags/{int:report_id}/resolve",
     auth=api_auth,
-    response={
-        200: ReportOut,
-        400: ErrorsOut,
-        401: ErrorsOut,
-        403: ErrorsOut,
-        404: ErrorsOut,
-        409: ErrorsOut,
-    },
+    response={200: ReportOut, **error_responses(400, 401, 403, 404, 409)},
     summary="Confirm, dismiss or lift (maintainers)",
     description="Confirm or dismiss an open report, or lift a confirmed flag. The status of the "
     "target and every descendant is recomputed in the same transaction. 403 for anyone not in "
     "the maintainers group.",
 )
 def resolve_flag(request: HttpRequest, report_id: int, payload: ResolveIn) -> Any:
-    try:
-        report = services.resolve(report_id, payload.decision, payload.note, request.auth)  # type: ignore[attr-defined]
-    except PermissionDenied:
-        return error_response(
-            request,
-            [
-                {
-                    "code": "not_a_maintainer",
-                    "field": "Authorization",
-                    "message": "Only maintainers can confirm, dismiss or lift reports; sign in "
-                    "with (or use a token of) an account in the maintainers group.",
-                }
-            ],
-            403,
-        )
-    except ReportRefused as refused:
-        return _refused(request, refused)
+    report = flow.resolve(report_id, payload.decision, payload.note, request.auth)  # type: ignore[attr-defined]
     report.refresh_from_db()
     return Status(200, report.to_dict())
 
 
 @router.get(
     "/flags",
-    response={200: list[ReportOut], 400: ErrorsOut},
+    response={200: list[ReportOut], **error_responses(400)},
     summary="List reports and flags",
     description="Newest first. A flag is a report with status `confirmed`.",
 )
 def list_flags(request: HttpRequest, filters: Query[FlagsQuery]) -> Any:
-    try:
-        reports = services.list_reports(
-            status=filters.status,
-            target=filters.target,
-            target_type=filters.target_type,
-            limit=filters.limit,
-            offset=filters.offset,
-        )
-    except ReportRefused as refused:
-        return _refused(request, refused)
+    reports = services.list_reports(
+        status=filters.status,
+        target=filters.target,
+        target_type=filters.target_type,
+        limit=filters.limit,
+        offset=filters.offset,
+    )
     return Status(200, [report.to_dict() for report in reports])
 
 
 @router.get(
     "/lineage/{org}/{name}",
-    response={200: LineageOut, 400: ErrorsOut, 404: ErrorsOut},
+    response={200: LineageOut, **error_responses(400, 404)},
     summary="Lineage of a model or dataset",
     description="Ancestors, descendants (all generations unless `depth` is given) and the edges "
     "between them with their relations; every node with its derived status and explaining path.",
@@ -212,10 +163,7 @@ def lineage(
     type: Literal["model", "dataset"] = "model",
     depth: int | None = Query(None, ge=1, le=100),  # type: ignore[type-arg]
 ) -> Any:
-    try:
-        repository = services.find_target(type, f"{org}/{name}")
-    except ReportRefused as refused:
-        return _refused(request, refused)
+    repository = services.find_target(type, f"{org}/{name}")
     # Ten thousand descendants make megabytes: serialised directly, not re-validated.
     return HttpResponse(
         json.dumps(services.lineage_dict(repository, depth=depth)),

@@ -1,12 +1,13 @@
 """The report form: collects the fields and shows each refusal next to its field; the rules
-live in services.file_report, for the form and the API alike."""
+live in leaderboard.integrity.services.record_report, for the form and the API alike."""
 
 from __future__ import annotations
 
 from django import forms
 
 from leaderboard.integrity.models import ReportKind
-from leaderboard.integrity.services import LINKS_MAX, Problem
+from leaderboard.integrity.services import LINKS_MAX
+from leaderboard.problems import Problem
 
 
 class ReportForm(forms.Form):

@@ -12,13 +12,12 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
+from django.db.models import QuerySet
 from django.db.models.expressions import RawSQL
 
 from leaderboard.catalog.models import LineageEdge, Repository
-from leaderboard.evaluations.models import EvaluationRun, RunState
 from leaderboard.integrity.models import Report, ReportStatus
 from leaderboard.integrity.status import Node, Path, Stored, own_signal
-from leaderboard.submissions.models import Submission
 
 REPO = Repository._meta.db_table
 EDGE = LineageEdge._meta.db_table
@@ -114,7 +113,7 @@ def load_subgraph(
     that set. A boundary parent that was never derived joins the seeds, so the result never
     rests on a default value. Runs inside the caller's transaction (temporary tables)."""
     seeds = None if seed_ids is None else set(seed_ids)
-    fields = ["id", "kind", "repo_id", "lineage_resolved", "resolution_note"]
+    fields = ["id", "kind", "repo_id", "lineage_resolved", "resolution_note", "lineage_pending"]
     if with_stored:
         fields += ["status", "status_path", "status_updated_at"]
     while True:
@@ -167,16 +166,17 @@ def load_subgraph(
 
     graph = Subgraph(parents=dict(parents), boundary=boundary)
     for row in rows:
-        rid, kind, repo_id, resolved, note = row[:5]
+        rid, kind, repo_id, resolved, note, pending = row[:6]
         level, reason = own_signal(
             confirmed=confirmed.get(rid, ()),
             open_reports=open_reports.get(rid, ()),
             lineage_resolved=resolved,
             resolution_note=note,
+            lineage_pending=pending,
         )
         graph.nodes[rid] = Node(rid, kind, repo_id, level, reason)
         if with_stored:
-            status, path, updated = row[5:]
+            status, path, updated = row[6:]
             graph.stored[rid] = Stored(status, path or [])
             if updated is None:
                 graph.underived.add(rid)
@@ -219,25 +219,24 @@ def write_statuses(
         return cursor.rowcount
 
 
-def count_ranked_below(target_ids: Iterable[int]) -> dict[int, int]:
-    """For each target: how many of it and its descendants have a finished evaluation, i.e.
-    how many ranked models a confirmation would affect. One query for all targets."""
+def count_below(target_ids: Iterable[int], ranked: QuerySet[Any]) -> dict[int, int]:
+    """For each target: how many of it and its descendants are among `ranked` (a query of
+    repository ids the caller defines, e.g. the models with a finished evaluation: how many
+    ranked models a confirmation would affect). One query for all targets."""
     ids = sorted(set(target_ids))
     if not ids:
         return {}
     marks = ", ".join(["%s"] * len(ids))
-    sub = Submission._meta.db_table
-    run = EvaluationRun._meta.db_table
+    ranked_sql, ranked_params = ranked.query.sql_with_params()
     sql = (
         f"WITH RECURSIVE reach(root, id) AS ("
         f"SELECT id, id FROM {REPO} WHERE id IN ({marks}) "
         f"UNION SELECT r.root, e.child_id FROM reach r JOIN {EDGE} e ON e.parent_id = r.id"
         f") SELECT reach.root, COUNT(DISTINCT reach.id) FROM reach "
-        f"WHERE EXISTS (SELECT 1 FROM {sub} s JOIN {run} x ON x.submission_id = s.id "
-        f"WHERE s.repository_id = reach.id AND x.state = %s) GROUP BY reach.root"
+        f"WHERE reach.id IN ({ranked_sql}) GROUP BY reach.root"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*ids, RunState.FINISHED])
+        cursor.execute(sql, [*ids, *ranked_params])
         counts = dict(cursor.fetchall())
     return {target: int(counts.get(target, 0)) for target in ids}
 
@@ -311,10 +310,11 @@ def neighbourhood(
     for batch in chunks(sorted(seen)):
         for row in Repository.objects.filter(pk__in=batch).order_by().values_list(*_VIEW_FIELDS):
             nodes[row[0]] = NodeView(*row)
+        # A node someone submitted is one the submissions app points at (Repository.submissions).
         submitted.update(
-            Submission.objects.filter(repository_id__in=batch).values_list(
-                "repository_id", flat=True
-            )
+            Repository.objects.filter(pk__in=batch, submissions__isnull=False)
+            .values_list("pk", flat=True)
+            .distinct()
         )
     edge_list = [
         (child, parent, relation)

@@ -1,21 +1,22 @@
 """Integrity rules: filing and joining reports, moderation decisions with their audit entries,
-and the incremental recompute of derived lineage status. Views, the API and the catalog call
-these; nothing else writes Repository.status / status_path."""
+and the incremental recompute of derived lineage status; nothing else writes Repository.status /
+status_path. A report or a decision changes a node's own signal: leaderboard.flow hands it on to
+`recompute` in the same transaction (see docs/architecture.md)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
-from django.db.models import Prefetch
+from django.db.models import Prefetch, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
@@ -31,7 +32,7 @@ from leaderboard.integrity.models import (
     ReportSupport,
 )
 from leaderboard.integrity.status import derive, path_text
-from leaderboard.problems import Problem
+from leaderboard.problems import Problem, Refusal
 
 DAY = timedelta(days=1)
 EVIDENCE_MAX = 10_000
@@ -42,20 +43,6 @@ LINK_MAX = 500
 SEEDS_MAX = 5_000
 
 
-class ReportRefused(Exception):
-    """A report or a decision the rules refuse; every problem names its field and the fix.
-    `status` is the HTTP status the API answers with."""
-
-    def __init__(self, problems: Sequence[Problem], status: int = 400) -> None:
-        super().__init__("; ".join(p.message for p in problems))
-        self.problems = list(problems)
-        self.status = status
-
-
-def _refuse(code: str, field: str, message: str, status: int = 400) -> ReportRefused:
-    return ReportRefused([Problem(code, field, message)], status)
-
-
 # --- targets -----------------------------------------------------------------------------------
 
 
@@ -64,16 +51,16 @@ def find_target(target_type: str, repo_id: str) -> Repository:
     target_type = (target_type or RepositoryKind.MODEL).strip()
     repo_id = (repo_id or "").strip()
     if target_type not in RepositoryKind.values:
-        raise _refuse(
+        raise Refusal.one(
             "invalid_target_type",
             "target_type",
             f"target_type {target_type!r} is not one of: {', '.join(RepositoryKind.values)}.",
         )
     if not repo_id:
-        raise _refuse("missing_target", "target", "Name the repository, as org/name.")
+        raise Refusal.one("missing_target", "target", "Name the repository, as org/name.")
     repository = Repository.objects.filter(kind=target_type, repo_id=repo_id).first()
     if repository is None:
-        raise _refuse(
+        raise Refusal.one(
             "unknown_target",
             "target",
             f"No {target_type} {repo_id!r} in the catalog: only repositories submitted or "
@@ -114,7 +101,7 @@ def clean_links(links: Iterable[str] | str | None) -> list[str]:
                 )
             )
     if problems:
-        raise ReportRefused(problems)
+        raise Refusal(problems)
     return list(dict.fromkeys(items))
 
 
@@ -163,7 +150,7 @@ def _check_rate(user: Any) -> None:
     if len(stamps) >= limit:
         again = stamps[len(stamps) - limit] + DAY if limit else None
         when = f" You can report again after {again:%Y-%m-%d %H:%M} UTC." if again else ""
-        raise _refuse(
+        raise Refusal.one(
             "rate_limited",
             "reporter",
             f"You have filed {len(stamps)} reports in the last 24 hours; the limit is {limit} "
@@ -178,7 +165,7 @@ class Filed:
     joined: bool
 
 
-def file_report(
+def record_report(
     *,
     reporter: Any,
     target: Repository,
@@ -189,18 +176,19 @@ def file_report(
     """File a report on `target`, or join the open report of the same kind on it.
 
     `reporter` is a signed-in user, or None for an automatic signal (no rate limit). A new open
-    report puts the target and its descendants under review."""
+    report changes the target's own signal (under review): the caller re-derives the status of
+    it and its descendants in the same transaction (leaderboard.flow.file_report)."""
     kind = (kind or "").strip()
     evidence = (evidence or "").strip()
     problems = _check_report(kind, evidence)
     try:
         cleaned_links = clean_links(links)
-    except ReportRefused as refused:
+    except Refusal as refused:
         problems.extend(refused.problems)
     if problems:
-        raise ReportRefused(problems)
+        raise Refusal(problems)
     if reporter is not None and not reporter.is_authenticated:
-        raise _refuse("not_authenticated", "reporter", "Sign in to file a report.", 401)
+        raise Refusal.one("not_authenticated", "reporter", "Sign in to file a report.", 401)
     if reporter is not None and not is_maintainer(reporter):
         _check_rate(reporter)
 
@@ -226,7 +214,6 @@ def file_report(
                 AuditEntry.objects.create(
                     actor=reporter, action=AuditAction.FILED, target=target, report=report
                 )
-                recompute([target.pk])
                 return Filed(report, joined=False)
         return Filed(_join(existing, reporter, evidence, cleaned_links), joined=True)
 
@@ -243,7 +230,7 @@ def _join(report: Report, reporter: Any, evidence: str, links: list[str]) -> Rep
     if reporter is not None and (
         report.reporter_id == reporter.pk or report.supports.filter(user=reporter).exists()
     ):
-        raise _refuse(
+        raise Refusal.one(
             "already_reported",
             "target",
             f"You already reported {report.target} for {report.kind} (report #{report.pk}); "
@@ -267,13 +254,20 @@ DECISIONS = {
 }
 
 
-def resolve(report_id: int, decision: str, note: str, actor: Any) -> Report:
+def record_decision(report_id: int, decision: str, note: str, actor: Any) -> Report:
     """Confirm or dismiss an open report, or lift a confirmed flag; maintainers only.
 
-    The decision, its audit entry and the recompute of the target and its descendants happen
-    in one transaction: nobody ever sees a confirmed flag whose descendants are not tainted."""
+    The decision and its audit entry are written here; leaderboard.flow.resolve re-derives the
+    status of the target and its descendants in the same transaction, so nobody ever sees a
+    confirmed flag whose descendants are not tainted."""
     if not is_maintainer(actor):
-        raise PermissionDenied("Only maintainers can confirm, dismiss or lift reports.")
+        raise Refusal.one(
+            "not_a_maintainer",
+            "Authorization",
+            "Only maintainers can confirm, dismiss or lift reports; sign in with (or use a "
+            "token of) an account in the maintainers group.",
+            403,
+        )
     decision = (decision or "").strip()
     note = (note or "").strip()
     problems = []
@@ -298,16 +292,16 @@ def resolve(report_id: int, decision: str, note: str, actor: Any) -> Report:
             Problem("note_too_long", "note", f"Keep the note under {NOTE_MAX} characters.")
         )
     if problems:
-        raise ReportRefused(problems)
+        raise Refusal(problems)
     required, new_status, action = DECISIONS[decision]
 
     with transaction.atomic():
         graph.lock_statuses()
         report = Report.objects.select_for_update().filter(pk=report_id).first()
         if report is None:
-            raise _refuse("unknown_report", "id", f"There is no report #{report_id}.", 404)
+            raise Refusal.one("unknown_report", "id", f"There is no report #{report_id}.", 404)
         if report.status != required:
-            raise _refuse(
+            raise Refusal.one(
                 "invalid_transition",
                 "decision",
                 f"Report #{report.pk} is {report.status}: only an open report can be confirmed "
@@ -333,7 +327,6 @@ def resolve(report_id: int, decision: str, note: str, actor: Any) -> Report:
         AuditEntry.objects.create(
             actor=actor, action=action, target_id=report.target_id, report=report, note=note
         )
-        recompute([report.target_id])
     return report
 
 
@@ -375,12 +368,6 @@ def recompute(seed_ids: Iterable[int]) -> Recomputed:
         derived = derive(sub.nodes, sub.parents, sub.boundary, json_out=texts)
         written = graph.write_statuses(derived, timezone.now(), texts)
     return Recomputed(len(derived), written, time.perf_counter() - started)
-
-
-def recompute_after_edges(child_ids: Iterable[int]) -> Recomputed:
-    """Called by leaderboard.catalog.services.record_lineage once its edges and lineage_resolved
-    marks are written: `child_ids` are the nodes whose parents or resolution may have changed."""
-    return recompute(child_ids)
 
 
 def recompute_all() -> Recomputed:
@@ -448,15 +435,16 @@ class QueueItem:
     affected_ranked: int
 
 
-def moderation_queue(order: str = "impact") -> list[QueueItem]:
+def moderation_queue(ranked: QuerySet[Any], order: str = "impact") -> list[QueueItem]:
     """Open reports, most ranked models affected first then newest (order='newest': newest
-    first), each with how many ranked models confirming it would affect."""
+    first), each with how many ranked models confirming it would affect. `ranked` is a query of
+    the ranked repositories' ids (evaluations knows which: integrity sits below it)."""
     reports = list(
         _with_supports(Report.objects.filter(status=ReportStatus.OPEN)).order_by(
             "-created_at", "-id"
         )
     )
-    counts = graph.count_ranked_below(r.target_id for r in reports)
+    counts = graph.count_below((r.target_id for r in reports), ranked)
     items = [QueueItem(r, counts.get(r.target_id, 0)) for r in reports]
     if order != "newest":
         items.sort(key=lambda item: -item.affected_ranked)  # stable: newest first within ties
@@ -496,7 +484,7 @@ def list_reports(
             )
         )
     if problems:
-        raise ReportRefused(problems)
+        raise Refusal(problems)
     if target:
         reports = reports.filter(target__repo_id=target.strip())
     if target_type:

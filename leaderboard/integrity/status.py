@@ -6,9 +6,15 @@ Levels, highest first (a node takes the highest level reachable from itself or a
     3  flagged / tainted   a confirmed flag on the node (flagged) or on an ancestor (tainted);
                            datasets are nodes and `trained-on` edges are edges, so a flagged
                            dataset taints every model that declares it and their descendants
-    2  under-review        an open report on the node or an ancestor
-    1  incomplete          the node or an ancestor has lineage_resolved = False
+    3  under-review        an open report on the node or an ancestor
+    2  incomplete          the node or an ancestor has lineage_resolved = False
+    1  resolving           the node or an ancestor waits for the task that reads the ancestors
+                           above a submission's declared parents (lineage_pending = True)
     0  clean
+
+`resolving` sits below `incomplete`: it says only that more may become known, while an ancestor
+that could not be read is already known; everything already known above it wins the same way.
+A node waiting to be read is `resolving` itself (not `incomplete`): nobody has tried it yet.
 
 The path is the shortest chain of edges from the node up to a node whose own signal explains
 the level; among equally short chains, the parent with the smallest id is taken at each step,
@@ -31,13 +37,14 @@ from typing import Any
 
 from leaderboard.catalog.models import LineageStatus, Relation
 
-FLAG, REVIEW, INCOMPLETE, CLEAN = 3, 2, 1, 0
+FLAG, REVIEW, INCOMPLETE, RESOLVING, CLEAN = 4, 3, 2, 1, 0
 
 LEVEL_OF_STATUS: dict[str, int] = {
     LineageStatus.FLAGGED: FLAG,
     LineageStatus.TAINTED: FLAG,
     LineageStatus.UNDER_REVIEW: REVIEW,
     LineageStatus.INCOMPLETE: INCOMPLETE,
+    LineageStatus.RESOLVING: RESOLVING,
     LineageStatus.CLEAN: CLEAN,
 }
 
@@ -73,6 +80,7 @@ def own_signal(
     open_reports: Sequence[tuple[int, str, Any]],
     lineage_resolved: bool,
     resolution_note: str,
+    lineage_pending: bool = False,
 ) -> tuple[int, dict[str, Any] | None]:
     """A node's own level and reason. Reports are (id, kind, datetime) tuples: confirmed ones
     with their confirmation time, open ones with their filing time; the earliest explains."""
@@ -82,6 +90,8 @@ def own_signal(
     if open_reports:
         rid, kind, at = min(open_reports, key=lambda r: (r[2], r[0]))
         return REVIEW, {"type": "open-report", "report": rid, "kind": kind, "reported_at": _day(at)}
+    if lineage_pending:
+        return RESOLVING, {"type": "resolving"}
     if not lineage_resolved:
         return INCOMPLETE, {"type": "unresolved", "note": resolution_note}
     return CLEAN, None
@@ -111,7 +121,7 @@ def derive(
     children: dict[int, list[int]] = defaultdict(list)
     # Where each level starts: a node's own signal (distance 0), or a parent outside the set
     # whose stored status carries that level (its distance plus this edge).
-    seeds: dict[int, dict[int, int]] = {FLAG: {}, REVIEW: {}, INCOMPLETE: {}}
+    seeds: dict[int, dict[int, int]] = {FLAG: {}, REVIEW: {}, INCOMPLETE: {}, RESOLVING: {}}
     for node in nodes.values():
         if node.own_level:
             seeds[node.own_level][node.id] = 0
@@ -131,7 +141,7 @@ def derive(
 
     level: dict[int, int] = {}
     dist: dict[int, int] = {}
-    for lvl in (FLAG, REVIEW, INCOMPLETE):
+    for lvl in (FLAG, REVIEW, INCOMPLETE, RESOLVING):
         start = {n: d for n, d in seeds[lvl].items() if n not in level}
         for node_id, d in _bucket_bfs(start, children, level).items():
             level[node_id] = lvl
@@ -231,6 +241,8 @@ def _status_name(lvl: int, d: int) -> str:
         return LineageStatus.FLAGGED.value if d == 0 else LineageStatus.TAINTED.value
     if lvl == REVIEW:
         return LineageStatus.UNDER_REVIEW.value
+    if lvl == RESOLVING:
+        return LineageStatus.RESOLVING.value
     return LineageStatus.INCOMPLETE.value
 
 
@@ -262,5 +274,7 @@ def reason_text(reason: Mapping[str, Any]) -> str:
         return f"{reason['kind']}, confirmed {reason['confirmed_at']}"
     if kind == "open-report":
         return f"{reason['kind']} report open since {reason['reported_at']}"
+    if kind == "resolving":
+        return "ancestors being resolved"
     note = reason.get("note") or ""
     return f"lineage unresolved: {note}" if note else "lineage unresolved"

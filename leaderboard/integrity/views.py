@@ -10,12 +10,14 @@ from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
+from leaderboard import flow
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.catalog.models import RepositoryKind
+from leaderboard.evaluations.services import evaluated_repositories
 from leaderboard.integrity import plots, services
 from leaderboard.integrity.forms import ReportForm
 from leaderboard.integrity.models import ReportKind
-from leaderboard.integrity.services import ReportRefused
+from leaderboard.problems import Refusal
 
 # The lineage page draws at most this much; the API returns everything.
 DEPTH_DEFAULT, DEPTH_MAX = 3, 12
@@ -34,7 +36,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         request,
         "integrity/queue.html",
         {
-            "items": services.moderation_queue(order),
+            "items": services.moderation_queue(evaluated_repositories(), order),
             "flags": services.active_flags(),
             "order": order,
         },
@@ -47,8 +49,8 @@ def resolve_report(request: HttpRequest, pk: int) -> HttpResponse:
         return _forbidden(request)
     decision = request.POST.get("decision", "")
     try:
-        report = services.resolve(pk, decision, request.POST.get("note", ""), request.user)
-    except ReportRefused as refused:
+        report = flow.resolve(pk, decision, request.POST.get("note", ""), request.user)
+    except Refusal as refused:
         for item in refused.problems:
             messages.error(request, f"Report #{pk}: {item.message}")
     else:
@@ -69,7 +71,7 @@ def report(request: HttpRequest) -> HttpResponse:
     repo_id = request.GET.get("target", "")
     try:
         target = services.find_target(target_type, repo_id)
-    except ReportRefused as refused:
+    except Refusal as refused:
         return render(
             request,
             "integrity/report.html",
@@ -83,14 +85,14 @@ def report(request: HttpRequest) -> HttpResponse:
     )
     if request.method == "POST" and form.is_valid():
         try:
-            filed = services.file_report(
+            filed = flow.file_report(
                 reporter=request.user,
                 target=target,
                 kind=form.cleaned_data["kind"],
                 evidence=form.cleaned_data["evidence"],
                 links=form.cleaned_data["links"],
             )
-        except ReportRefused as refused:
+        except Refusal as refused:
             form.add_problems(refused.problems)
         else:
             if filed.joined:
@@ -110,7 +112,7 @@ def report(request: HttpRequest) -> HttpResponse:
 def lineage(request: HttpRequest, repo_id: str) -> HttpResponse:
     try:
         repository = services.find_target(request.GET.get("type", RepositoryKind.MODEL), repo_id)
-    except ReportRefused as refused:
+    except Refusal as refused:
         raise Http404(refused.problems[0].message) from None
     try:
         depth = min(max(int(request.GET.get("depth", DEPTH_DEFAULT)), 1), DEPTH_MAX)

@@ -7,10 +7,11 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Field, Router, Schema, Status
 
+from leaderboard import flow
 from leaderboard.accounts.auth import api_auth
 from leaderboard.problems import error_responses
 from leaderboard.submissions.serializers import SubmissionOut, submission_to_dict
-from leaderboard.submissions.services import SubmissionRequest, submit
+from leaderboard.submissions.services import SubmissionRequest
 
 router = Router(tags=["submissions"])
 
@@ -34,5 +35,5 @@ class SubmissionIn(Schema):
     "is listed at once, each with a stable code (see docs/submission.md).",
 )
 def create_submission(request: HttpRequest, payload: SubmissionIn) -> Status[Any]:
-    submission = submit(SubmissionRequest(**payload.dict()), request.auth)  # type: ignore[attr-defined]
+    submission = flow.submit(SubmissionRequest(**payload.dict()), request.auth)  # type: ignore[attr-defined]
     return Status(201, submission_to_dict(submission))

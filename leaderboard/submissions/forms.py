@@ -8,7 +8,7 @@ from __future__ import annotations
 from django import forms
 from django.core.exceptions import ValidationError
 
-from leaderboard.submissions.checks import Problem
+from leaderboard.problems import Problem
 from leaderboard.submissions.models import ModelType, Precision, WeightType
 from leaderboard.submissions.services import SubmissionRequest
 

@@ -1,22 +1,32 @@
-"""Submitting a model: check_submission runs every rule and reports all problems at once; submit
-records an accepted model in one transaction (catalog node, submission, lineage, queued run)."""
+"""Submitting a model: check_submission runs every rule and reports all problems at once, reading
+the model and each declared parent from the source exactly once; record_submission saves an
+accepted outcome (catalog node and submission) inside the transaction leaderboard.flow.submit
+opens for the whole record (lineage, status, queued run)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.urls import reverse
 from django.utils import timezone
 
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.catalog.cards import ParsedCard, declared_datasets, relation_for_model_type
+from leaderboard.catalog.lineage import (
+    CardRead,
+    card_of,
+    cycle_paths,
+    unresolved,
+    upsert_repository,
+)
 from leaderboard.catalog.models import DeclaredIn, Relation, RepositoryKind
-from leaderboard.catalog.services import cycle_paths, record_lineage, upsert_repository
 from leaderboard.catalog.sources import (
     InvalidRepoId,
     ModelSource,
@@ -27,9 +37,10 @@ from leaderboard.catalog.sources import (
     SourceUnavailable,
     get_source,
 )
-from leaderboard.evaluations.services import create_run_for
+from leaderboard.catalog.sources.base import SourceError
+from leaderboard.problems import Problem, Refusal
 from leaderboard.submissions import checks
-from leaderboard.submissions.checks import Problem, problem
+from leaderboard.submissions.checks import problem
 from leaderboard.submissions.models import (
     ModelType,
     Precision,
@@ -63,7 +74,8 @@ class SubmissionRequest:
 
 @dataclass
 class CheckOutcome:
-    """Every problem found, and what was read on the way (reused by submit)."""
+    """Every problem found, and what was read on the way: the model's snapshot and each
+    declared parent's card, so recording the submission reads nothing again."""
 
     request: SubmissionRequest
     problems: list[Problem] = field(default_factory=list)
@@ -72,16 +84,12 @@ class CheckOutcome:
     parents: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)
     parameter_count: int | None = None
+    # (kind, repo_id) -> the card as read, for every declared parent the source knows.
+    cards: dict[tuple[str, str], CardRead] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-class SubmissionRefused(Exception):
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("; ".join(f"{p.code}: {p.message}" for p in problems))
-        self.problems = problems
 
 
 # --- the checks ---------------------------------------------------------------------------------
@@ -169,7 +177,7 @@ def _check_repository(outcome: CheckOutcome, source: ModelSource) -> None:
         outcome.parents = parents
         outcome.datasets = declared_datasets(metadata)
         problems.extend(parent_problems)
-        problems.extend(_check_parents_exist(source, req.repo_id, parents))
+        problems.extend(_read_parents(outcome, source, parents))
         problems.extend(checks.check_datasets(metadata, req.model_type))
         problems.extend(checks.check_merge(parents, snapshot, req.model_type))
     adapter_problems = checks.check_adapter(
@@ -181,7 +189,7 @@ def _check_repository(outcome: CheckOutcome, source: ModelSource) -> None:
     problems.extend(weight_problems)
     # Without safetensors files there is nothing to count: the weights problem already says so.
     if not any(p.code in ("weights_missing", "pickle_weights") for p in weight_problems):
-        outcome.parameter_count = _parameter_count(outcome, source, bool(adapter_problems))
+        outcome.parameter_count = _parameter_count(outcome, bool(adapter_problems))
         problems.extend(
             checks.check_parameter_count(outcome.parameter_count, settings.TRELLIS_MAX_PARAMETERS)
         )
@@ -191,38 +199,63 @@ def _check_repository(outcome: CheckOutcome, source: ModelSource) -> None:
         problems.append(duplicate_problem(duplicate))
 
 
-def _check_parents_exist(source: ModelSource, repo_id: str, parents: list[str]) -> list[Problem]:
+def _read_parents(outcome: CheckOutcome, source: ModelSource, parents: list[str]) -> list[Problem]:
+    """Read each declared parent once: its card (kept in the outcome for the lineage record),
+    or for an adapter's single base the whole snapshot, whose parameters count too. A parent
+    whose lineage the catalog already resolved is only looked up, as its card is not needed."""
     problems: list[Problem] = []
+    req = outcome.request
+    full = req.weight_type == WeightType.ADAPTER and len(parents) == 1
+    wanted = set(unresolved(parents, RepositoryKind.MODEL))
     for parent in parents:
+        if not full and parent not in wanted:
+            try:
+                found = source.exists(parent, "model")
+            except SourceUnavailable as exc:
+                return [*problems, _source_unavailable(exc)]
+            if not found:
+                problems.append(_parent_not_found(parent))
+            continue
         try:
-            found = source.exists(parent, "model")
+            try:
+                snapshot = source.snapshot(parent, None, kind="model", card_only=not full)
+            except RepoAccessDenied:
+                # A gated base is still a parent: its public card is what lineage needs.
+                snapshot = source.snapshot(parent, None, kind="model", card_only=True)
         except SourceUnavailable as exc:
             return [*problems, _source_unavailable(exc)]
-        if not found:
-            problems.append(
-                problem(
-                    "parent_not_found",
-                    f"base_model {parent!r} is not a model repository on the model source: "
-                    "correct the id in README.md (org/name, as in the parent's URL).",
-                )
-            )
+        except RepoNotFound:
+            problems.append(_parent_not_found(parent))
+            continue
+        except SourceError as exc:  # it exists, but its default revision cannot be read
+            outcome.cards[("model", parent)] = CardRead(None, None, f"card not readable: {exc}")
+            continue
+        outcome.cards[("model", parent)] = card_of(
+            snapshot, f"on the {getattr(source, 'name', 'model')} source"
+        )
     # Each path runs from the model back to itself: [model, parent, ..., model].
-    for path in cycle_paths(repo_id, parents):
+    for path in cycle_paths(req.repo_id, parents):
         problems.append(
             problem(
                 "lineage_cycle",
-                f"{path[1]} already derives from {repo_id} ({' → '.join(path)}), so declaring it "
-                f"as a parent would close a lineage cycle: remove {path[1]} from base_model.",
+                f"{path[1]} already derives from {req.repo_id} ({' → '.join(path)}), so declaring "
+                f"it as a parent would close a lineage cycle: remove {path[1]} from base_model.",
             )
         )
     return problems
 
 
-def _parameter_count(
-    outcome: CheckOutcome, source: ModelSource, adapter_unclear: bool
-) -> int | None:
+def _parent_not_found(parent: str) -> Problem:
+    return problem(
+        "parent_not_found",
+        f"base_model {parent!r} is not a model repository on the model source: correct the id "
+        "in README.md (org/name, as in the parent's URL).",
+    )
+
+
+def _parameter_count(outcome: CheckOutcome, adapter_unclear: bool) -> int | None:
     """The size a worker must load: an adapter's own tensors are a sliver of its base model, so
-    adapter weights count the base's parameters too (when the base can be read)."""
+    adapter weights count the base's parameters too (when the base could be read)."""
     req, snapshot = outcome.request, outcome.snapshot
     assert snapshot is not None
     own = snapshot.parameter_count
@@ -230,11 +263,10 @@ def _parameter_count(
         return own
     if len(outcome.parents) != 1:
         return own
-    try:
-        base = source.snapshot(outcome.parents[0], None, kind="model")
-    except (RepoNotFound, RevisionNotFound, SourceUnavailable):
+    base = outcome.cards.get(("model", outcome.parents[0]))
+    if base is None or base.snapshot is None or base.snapshot.parameter_count is None:
         return own  # the parent checks report an unreadable base
-    return own + base.parameter_count if base.parameter_count is not None else own
+    return own + base.snapshot.parameter_count
 
 
 def find_duplicate(repo_id: str, sha: str, precision: str) -> Submission | None:
@@ -292,53 +324,42 @@ def weekly_limit_problem(user: Any, now: datetime | None = None) -> Problem | No
 # --- recording an accepted submission -----------------------------------------------------------
 
 
-def submit(request: SubmissionRequest, user: Any) -> Submission:
-    """Check `request` and record it, or raise SubmissionRefused with every problem."""
-    outcome = check_submission(request, user)
-    if not outcome.ok:
-        raise SubmissionRefused(outcome.problems)
-    return record_submission(outcome, user)
-
-
-def record_submission(outcome: CheckOutcome, user: Any) -> Submission:
-    """Save an accepted outcome in one transaction: the repository node, the submission, its
-    lineage (ancestors resolved upward) and its queued evaluation run, whose Celery message
-    leaves on commit. Refusals found at this point save nothing either."""
-    if not outcome.ok:
-        raise SubmissionRefused(outcome.problems)
-    req, snapshot = outcome.request, outcome.snapshot
-    assert snapshot is not None and outcome.card is not None
+@contextmanager
+def refusing_duplicates(outcome: CheckOutcome) -> Iterator[None]:
+    """Around the recording transaction: a concurrent submission of the same repo, revision and
+    precision that won the race becomes the duplicate refusal (the unique constraint is the real
+    duplicate check, the earlier lookup only a courtesy)."""
     try:
-        with transaction.atomic():
-            # Serialises one user's concurrent submissions, so two cannot both take the last slot.
-            list(
-                get_user_model()
-                .objects.select_for_update()
-                .filter(pk=user.pk)
-                .values_list("pk", flat=True)
-            )
-            limit = weekly_limit_problem(user)
-            if limit is not None:
-                raise SubmissionRefused([limit])
-            submission = _save(outcome, user)
+        yield
     except IntegrityError:
-        # A concurrent submission of the same repo, revision and precision won the race: the
-        # unique constraint is the real duplicate check, the earlier lookup only a courtesy.
+        req, snapshot = outcome.request, outcome.snapshot
+        assert snapshot is not None
         existing = find_duplicate(req.repo_id, snapshot.sha, req.precision)
         if existing is None:
             raise
-        raise SubmissionRefused([duplicate_problem(existing)]) from None
-    return submission
+        raise Refusal([duplicate_problem(existing)]) from None
 
 
-def _save(outcome: CheckOutcome, user: Any) -> Submission:
+def record_submission(outcome: CheckOutcome, user: Any) -> Submission:
+    """Save an accepted outcome: the repository node and the submission. Runs inside the
+    caller's transaction and reads nothing from the source. Refusals found at this point (the
+    weekly limit, taken by a concurrent submission) raise Refusal and save nothing."""
+    if not outcome.ok:
+        raise Refusal(outcome.problems)
+    # Serialises one user's concurrent submissions, so two cannot both take the last slot.
+    list(
+        get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True)
+    )
+    limit = weekly_limit_problem(user)
+    if limit is not None:
+        raise Refusal([limit])
     req, snapshot, card = outcome.request, outcome.snapshot, outcome.card
     assert snapshot is not None and card is not None and outcome.parameter_count is not None
     metadata = card.metadata
     repository = upsert_repository(
         req.repo_id, RepositoryKind.MODEL, snapshot=snapshot, metadata=metadata
     )
-    submission = Submission.objects.create(
+    return Submission.objects.create(
         repository=repository,
         requested_revision=req.revision,
         revision=snapshot.sha,
@@ -353,29 +374,20 @@ def _save(outcome: CheckOutcome, user: Any) -> Submission:
         merge_method=checks.merge_method_of(snapshot.mergekit_config),
         submitter=user,
     )
-    record_lineage(
-        repository,
-        parents=outcome.parents,
-        relation=_relation(req),
-        declared_in=_declared_in(req, snapshot),
-        datasets=outcome.datasets,
-        source=get_source(),
-        max_depth=settings.TRELLIS_LINEAGE_MAX_DEPTH,
-    )
-    # Lineage resolution re-derived the node's status through other instances of the row.
-    repository.refresh_from_db()
-    create_run_for(submission)
-    return submission
 
 
-def _relation(req: SubmissionRequest) -> str:
+def declared_relation(outcome: CheckOutcome) -> str:
+    """How the model relates to its declared parents."""
+    req = outcome.request
     if req.weight_type == WeightType.ADAPTER:
         return Relation.ADAPTER
     return relation_for_model_type(req.model_type)
 
 
-def _declared_in(req: SubmissionRequest, snapshot: RepoSnapshot) -> str:
+def declared_in(outcome: CheckOutcome) -> str:
     """Where the parents were verified: the merge or adapter config when one backs the card."""
+    req, snapshot = outcome.request, outcome.snapshot
+    assert snapshot is not None
     if req.model_type == ModelType.MERGE and snapshot.mergekit_config is not None:
         return DeclaredIn.MERGEKIT
     if snapshot.adapter_config is not None:

@@ -1,6 +1,7 @@
+"""Submission pages: the form, the submitter's list, and a submission's page."""
+
 from django.urls import path
 
-from leaderboard.evaluations.views import submission_detail
 from leaderboard.submissions import views
 
 app_name = "submissions"
@@ -8,6 +9,5 @@ app_name = "submissions"
 urlpatterns = [
     path("new/", views.new, name="new"),
     path("mine/", views.mine, name="mine"),
-    # The submission page is mostly its evaluation runs' state: the evaluations app renders it.
-    path("<int:pk>/", submission_detail, name="detail"),
+    path("<int:pk>/", views.detail, name="detail"),
 ]

@@ -1,4 +1,5 @@
-"""Submission pages: the form, and the submitter's own list. The rules live in services."""
+"""Submission pages: the form, the submission page (mostly its evaluation runs' state, drawn by
+the evaluations app's run panel), and the submitter's own list. The rules live in services."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET
 
+from leaderboard import flow
+from leaderboard.evaluations.views import run_panel_context
+from leaderboard.problems import Refusal
 from leaderboard.submissions.forms import SubmissionForm
 from leaderboard.submissions.models import Submission
-from leaderboard.submissions.services import SubmissionRefused, submit
 
 PAGE_SIZE = 50
 
@@ -21,8 +25,8 @@ def new(request: HttpRequest) -> HttpResponse:
     problems = []
     if request.method == "POST" and form.is_valid():
         try:
-            submission = submit(form.to_request(), request.user)
-        except SubmissionRefused as refused:
+            submission = flow.submit(form.to_request(), request.user)
+        except Refusal as refused:
             problems = refused.problems
             form.add_problems(problems)
         else:
@@ -44,3 +48,13 @@ def mine(request: HttpRequest) -> HttpResponse:
     )
     page = Paginator(submissions, PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "submissions/mine.html", {"page": page})
+
+
+@require_GET
+def detail(request: HttpRequest, pk: int) -> HttpResponse:
+    submission = get_object_or_404(
+        Submission.objects.select_related("repository", "submitter"), pk=pk
+    )
+    context = run_panel_context(request, submission)
+    context["earlier_runs"] = submission.runs.order_by("-created_at", "-pk")[1:]
+    return render(request, "evaluations/submission_detail.html", context)

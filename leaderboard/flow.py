@@ -1,0 +1,170 @@
+"""The one place where a stage hands on to the next (docs/architecture.md):
+
+    submit            checks (source read once) → submission → lineage record → status
+                      recompute → evaluation run (sent on commit) → ancestors resolved after
+                      commit (resolve_ancestors, a retried task) → status recompute
+    ingest_result     worker report → validated scores → ranking read table
+    file_report       report → status recompute
+    resolve           moderation decision → status recompute
+
+Each stage is a plain function of its app that returns what changed; this module decides what
+follows and in which transaction. Edges (views, forms, API routes, tasks, commands) call these
+functions, or a stage directly where nothing is handed on; no stage imports this module."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from leaderboard.catalog import lineage
+from leaderboard.catalog.models import Repository
+from leaderboard.catalog.sources import get_source
+from leaderboard.celery import app
+from leaderboard.evaluations import services as runs
+from leaderboard.evaluations.models import EvaluationRun
+from leaderboard.integrity import services as integrity
+from leaderboard.integrity.models import Report
+from leaderboard.problems import Refusal
+from leaderboard.public.projection import refresh_entries_for
+from leaderboard.submissions import services as intake
+from leaderboard.submissions.models import Submission
+
+logger = logging.getLogger(__name__)
+
+# The web-side task resolving ancestors after a submission commits (leaderboard/catalog/tasks.py),
+# sent by name: flow never imports an edge.
+RESOLVE_TASK = "catalog.resolve_ancestors"
+
+
+# --- submission ---------------------------------------------------------------------------------
+
+
+def submit(request: intake.SubmissionRequest, user: Any) -> Submission:
+    """Check `request` and record it, or raise Refusal with every problem.
+
+    Every read of the model source happens before the transaction: the checks read the model
+    and each declared parent once, then the declared datasets' cards are read. The transaction
+    writes the submission, its lineage as far as those reads go, the derived status and the
+    queued run; the ancestors above the declared parents are resolved after commit."""
+    outcome = intake.check_submission(request, user)
+    if not outcome.ok:
+        raise Refusal(outcome.problems)
+    return record(outcome, user)
+
+
+def record(outcome: intake.CheckOutcome, user: Any) -> Submission:
+    """Record an accepted outcome (the second half of `submit`): the declared datasets' cards
+    are read, then one transaction writes everything; Refusal when the weekly limit or a
+    concurrent duplicate took the slot meanwhile (nothing is saved then)."""
+    if not outcome.ok:
+        raise Refusal(outcome.problems)
+    cards = dict(outcome.cards)
+    for repo_id, card in lineage.read_cards(get_source(), outcome.datasets, "dataset").items():
+        cards[("dataset", repo_id)] = card
+    with intake.refusing_duplicates(outcome), transaction.atomic():
+        submission = intake.record_submission(outcome, user)
+        recorded = lineage.record_declared(
+            submission.repository,
+            parents=outcome.parents,
+            relation=intake.declared_relation(outcome),
+            declared_in=intake.declared_in(outcome),
+            datasets=outcome.datasets,
+            cards=cards,
+            max_depth=settings.TRELLIS_LINEAGE_MAX_DEPTH,
+        )
+        integrity.recompute(recorded.touched)
+        # The recompute wrote the node's status through other instances of the row.
+        submission.repository.refresh_from_db()
+        runs.create_run_for(submission)
+        if recorded.pending:
+            repository_id = submission.repository_id
+            # robust: a broker outage must not undo what committed; the status says resolving.
+            transaction.on_commit(lambda: send_resolve(repository_id), robust=True)
+    return submission
+
+
+def send_resolve(repository_id: int) -> None:
+    """Queue the resolution of `repository_id`'s ancestors on the web queue."""
+    app.tasks[RESOLVE_TASK].apply_async(
+        args=[repository_id], queue=settings.CELERY_TASK_DEFAULT_QUEUE
+    )
+
+
+def resolve_ancestors(repository_id: int) -> set[int]:
+    """Read the ancestors above the declared parents of a submitted model from their own cards
+    (no transaction open while reading), then clear its `resolving` mark and re-derive the
+    status of every node walked, in one transaction. Returns the ids whose status was
+    re-derived; an unknown id changes nothing. Safe to run again (the task is retried)."""
+    repository = Repository.objects.filter(pk=repository_id).first()
+    if repository is None:
+        return set()
+    walked = lineage.resolve_ancestors(
+        repository, source=get_source(), max_depth=settings.TRELLIS_LINEAGE_MAX_DEPTH
+    )
+    with transaction.atomic():
+        lineage.finish_resolving(walked)
+        integrity.recompute(walked)
+    return walked
+
+
+# --- evaluation: what workers report ------------------------------------------------------------
+
+
+def mark_started(run_id: int, attempt: int, worker_hostname: str) -> bool:
+    return runs.mark_started(run_id, attempt, worker_hostname)
+
+
+def record_progress(run_id: int, attempt: int, done: int, total: int) -> bool:
+    return runs.record_progress(run_id, attempt, done, total)
+
+
+def record_failure(run_id: int, attempt: int, code: str, message: str, log_tail: str) -> bool:
+    return runs.record_failure(run_id, attempt, code, message, log_tail)
+
+
+def ingest_result(run_id: int, attempt: int, payload: Any) -> str:
+    """Store a worker's result; new scores enter the ranking read table in the same commit.
+    Returns "ingested", "duplicate", "stale" or "rejected" (evaluations.services.ingest_result)."""
+    with transaction.atomic():
+        ingested = runs.ingest_result(run_id, attempt, payload)
+        if ingested.submission_id is not None:
+            refresh_entries_for([ingested.submission_id])
+    return ingested.outcome
+
+
+def reconcile() -> runs.ReconcileReport:
+    return runs.reconcile_runs()
+
+
+def requeue(run: EvaluationRun, user: Any) -> EvaluationRun:
+    """Queue a failed run again (Refusal when `user` may not, or cannot now)."""
+    return runs.requeue(run, user)
+
+
+# --- integrity ----------------------------------------------------------------------------------
+
+
+def file_report(
+    *, reporter: Any, target: Repository, kind: str, evidence: str, links: Any = None
+) -> integrity.Filed:
+    """File a report (or join the open one); a new open report puts the target and its
+    descendants under review in the same transaction."""
+    with transaction.atomic():
+        filed = integrity.record_report(
+            reporter=reporter, target=target, kind=kind, evidence=evidence, links=links
+        )
+        if not filed.joined:
+            integrity.recompute([target.pk])
+    return filed
+
+
+def resolve(report_id: int, decision: str, note: str, actor: Any) -> Report:
+    """A maintainer's decision on a report, and the status of the target and every descendant
+    re-derived in the same transaction: nobody sees a flag whose descendants are not tainted."""
+    with transaction.atomic():
+        report = integrity.record_decision(report_id, decision, note, actor)
+        integrity.recompute([report.target_id])
+    return report
