@@ -294,10 +294,10 @@ def parent_jumps(
         return []
     zs: dict[str, tuple[float, float, float]] = {}
     for task in shared:
-        best = max(parents, key=lambda p: p[task].value)[task]
+        top = max(parents, key=lambda p: p[task].value)[task]
         own = child[task]
-        se = math.hypot(own.stderr or FALLBACK_STDERR, best.stderr or FALLBACK_STDERR)
-        zs[task] = ((own.value - best.value) / se, own.value, best.value)
+        se = math.hypot(own.stderr or FALLBACK_STDERR, top.stderr or FALLBACK_STDERR)
+        zs[task] = ((own.value - top.value) / se, own.value, top.value)
     jumps = []
     for task, (z, value, best) in zs.items():
         others = float(np.median([zs[t][0] for t in shared if t != task]))
