@@ -64,6 +64,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy leaderboard evaluator
+	$(BIN)/lint-imports
 	TRELLIS_DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
 
 format: setup
