@@ -22,6 +22,7 @@ STATUS_COLOURS = {
     LineageStatus.TAINTED: "#c25e00",
     LineageStatus.UNDER_REVIEW: "#8a6d00",
     LineageStatus.INCOMPLETE: "#6b6f7a",
+    LineageStatus.RESOLVING: "#4a6fa5",
     LineageStatus.CLEAN: "#1e7b43",
 }
 PATH_COLOUR = "#b3261e"
