@@ -7,8 +7,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import shlex
 import shutil
+import statistics
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,8 +68,15 @@ def quick_run(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     calls: list[tuple[int, int]] = []
     # The model root layout, as the local model source passes it: <root>/<org>/<name>/.
     job = make_job(tiny_repo.parent.parent, artifact_root)
+    started = time.monotonic()
     payload = run_job(job, progress=lambda done, total: calls.append((done, total)))
-    return {"payload": payload, "progress": calls, "artifact_root": artifact_root, "job": job}
+    return {
+        "payload": payload,
+        "progress": calls,
+        "artifact_root": artifact_root,
+        "job": job,
+        "wall_seconds": time.monotonic() - started,
+    }
 
 
 def read_rows(artifact_root: Path, payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -94,7 +104,15 @@ def test_payload_reports_every_suite_task_as_the_suite_defines_it(quick_run):
         assert result["metric"] == task.metric
         assert result["num_fewshot"] == task.num_fewshot
         assert 0.0 <= result["value"] <= 1.0
-        assert result["stderr"] is None or result["stderr"] >= 0.0
+    # lm-eval's standard error of a mean: the sample standard deviation over the square root of
+    # n, from the per-document outcomes in the details artifact.
+    rows = read_rows(quick_run["artifact_root"], payload)
+    for result in payload["tasks"]:
+        if result["task"] == "mmlu":
+            continue  # a group: lm-eval pools its subjects' errors (its own arithmetic)
+        correct = [float(row["correct"]) for row in rows if row["task"] == result["task"]]
+        expected = statistics.stdev(correct) / math.sqrt(len(correct))
+        assert result["stderr"] == pytest.approx(expected, abs=1e-12), result["task"]
     # The limit caps each lm-eval task; MMLU is a group of 57 subjects, each capped.
     assert {t["task"]: t["n_samples"] for t in payload["tasks"]} == {
         "arc_easy": 2,
@@ -113,7 +131,7 @@ def test_payload_reports_every_suite_task_as_the_suite_defines_it(quick_run):
     assert payload["run_id"] == 7
     assert payload["repo_id"] == REPO_ID
     assert payload["data"] == {"source": "local", "root": None}
-    assert payload["duration_seconds"] > 0
+    assert 0 < payload["duration_seconds"] <= quick_run["wall_seconds"]
     json.dumps(payload)  # the payload travels as JSON
 
 
