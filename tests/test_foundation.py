@@ -116,3 +116,23 @@ def test_no_torch_in_web_process():
         [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy()
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_filesystem_broker_writes_only_under_var(tmp_path, monkeypatch):
+    """kombu's filesystem transport puts its exchange tables in ./control unless told otherwise;
+    with the options both sides use, every file it writes lands under var/broker/."""
+    from kombu import Connection
+
+    from evaluator.config import broker_transport_options
+
+    var, cwd = tmp_path / "var", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    options = broker_transport_options("filesystem://", var)
+    with Connection("filesystem://", transport_options=options) as connection:
+        queue = connection.SimpleQueue("gpu-small")
+        queue.put({"run_id": 1})
+        queue.close()
+    assert list(cwd.iterdir()) == []
+    assert sorted(p.name for p in (var / "broker" / "control").iterdir()) == ["gpu-small.exchange"]
+    assert len(list((var / "broker" / "queue").iterdir())) == 1
