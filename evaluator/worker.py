@@ -90,7 +90,9 @@ class EvaluationTask(Task):
         report(Failure.model_validate({"run_id": run_id, "attempt": attempt, **fields}))
 
 
-@app.task(bind=True, base=EvaluationTask, name=EVALUATE_TASK)
+# Not shared: a process that imports this module (a test) must not give the web side's app
+# the GPU task.
+@app.task(bind=True, base=EvaluationTask, name=EVALUATE_TASK, shared=False)
 def evaluate(self: Task, job: dict[str, Any]) -> str:
     local = localize_job(
         job,

@@ -197,6 +197,7 @@ JOB = {
     "artifact_root": "/srv/artifacts",
     "limit": None,
     "batch_size": None,
+    "backend": None,
 }
 
 
