@@ -88,9 +88,7 @@ def record(outcome: intake.CheckOutcome, user: Any) -> Submission:
 
 def send_resolve(repository_id: int) -> None:
     """Queue the resolution of `repository_id`'s ancestors on the web queue."""
-    app.tasks[RESOLVE_TASK].apply_async(
-        args=[repository_id], queue=settings.CELERY_TASK_DEFAULT_QUEUE
-    )
+    app.send_task(RESOLVE_TASK, args=[repository_id], queue=settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
 def resolve_ancestors(repository_id: int) -> set[int]:
