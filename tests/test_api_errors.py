@@ -18,7 +18,7 @@ ERRORS = {"$ref": "#/components/schemas/Errors"}
 # Each operation's refusals, exactly: a new route, or a new way to refuse, is declared here and
 # in its `response=` on purpose.
 DECLARED = {
-    ("post", "/api/v1/submissions"): {"400", "401"},
+    ("post", "/api/v1/submissions"): {"400", "401", "429"},
     ("get", "/api/v1/submissions/{submission_id}"): {"400", "404"},
     ("post", "/api/v1/submissions/{submission_id}/requeue"): {"400", "401", "403", "404", "409"},
     ("post", "/api/v1/flags"): {"400", "401", "404", "409", "429"},
@@ -149,6 +149,16 @@ def test_refusals_of_authenticated_routes_validate(
     assert codes(check(openapi, "post", "/api/v1/flags", response)) == [
         ("unknown_target", "target")
     ]
+
+
+def test_a_burst_of_submissions_is_refused_in_the_error_shape(openapi, submitter_client, settings):
+    settings.TRELLIS_THROTTLE_SUBMISSIONS = 1
+    body = {"repo_id": "org/model"}  # refused by validation; the throttle counts it all the same
+    first = submitter_client.post("/api/v1/submissions", body, content_type="application/json")
+    assert first.status_code == 400
+    response = submitter_client.post("/api/v1/submissions", body, content_type="application/json")
+    assert response.status_code == 429
+    assert codes(check(openapi, "post", "/api/v1/submissions", response)) == [("rate_limited", "")]
 
 
 def test_refusals_of_public_routes_validate(openapi, anonymous_client):
