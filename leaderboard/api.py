@@ -4,6 +4,8 @@ ninja's own errors (validation, authentication, unparsable bodies) are translate
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -70,6 +72,19 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
         )
     else:
         refusal = Refusal.one(f"http_{exc.status_code}", "", str(exc), exc.status_code)
+    return _refusal(request, refusal)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_large(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    # Django would answer its own HTML 400 page; an API client gets the one error shape.
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    refusal = Refusal.one(
+        "body_too_large",
+        "body",
+        f"The request body is larger than {limit} bytes: send only the fields the route takes.",
+        413,
+    )
     return _refusal(request, refusal)
 
 

@@ -18,12 +18,12 @@ ERRORS = {"$ref": "#/components/schemas/Errors"}
 # Each operation's refusals, exactly: a new route, or a new way to refuse, is declared here and
 # in its `response=` on purpose.
 DECLARED = {
-    ("post", "/api/v1/submissions"): {"400", "401", "429"},
+    ("post", "/api/v1/submissions"): {"400", "401", "413", "429"},
     ("get", "/api/v1/submissions/{submission_id}"): {"400", "404"},
     ("post", "/api/v1/submissions/{submission_id}/requeue"): {"400", "401", "403", "404", "409"},
-    ("post", "/api/v1/flags"): {"400", "401", "404", "409", "429"},
+    ("post", "/api/v1/flags"): {"400", "401", "404", "409", "413", "429"},
     ("get", "/api/v1/flags"): {"400"},
-    ("post", "/api/v1/flags/{report_id}/resolve"): {"400", "401", "403", "404", "409"},
+    ("post", "/api/v1/flags/{report_id}/resolve"): {"400", "401", "403", "404", "409", "413"},
     ("get", "/api/v1/lineage/{org}/{name}"): {"400", "404"},
     ("get", "/api/v1/leaderboard"): {"400"},
     ("get", "/api/v1/models/{org}/{name}"): {"404"},
@@ -159,6 +159,16 @@ def test_a_burst_of_submissions_is_refused_in_the_error_shape(openapi, submitter
     response = submitter_client.post("/api/v1/submissions", body, content_type="application/json")
     assert response.status_code == 429
     assert codes(check(openapi, "post", "/api/v1/submissions", response)) == [("rate_limited", "")]
+
+
+def test_a_body_over_the_upload_limit_is_refused_in_the_error_shape(
+    openapi, submitter_client, settings
+):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = {"target": "org/model", "kind": "other", "evidence": "x" * 2000}
+    response = submitter_client.post("/api/v1/flags", body, content_type="application/json")
+    assert response.status_code == 413
+    assert codes(check(openapi, "post", "/api/v1/flags", response)) == [("body_too_large", "body")]
 
 
 def test_refusals_of_public_routes_validate(openapi, anonymous_client):

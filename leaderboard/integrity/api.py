@@ -98,7 +98,7 @@ class LineageOut(Schema):
 @router.post(
     "/flags",
     auth=api_auth,
-    response={201: FiledOut, **error_responses(400, 401, 404, 409, 429)},
+    response={201: FiledOut, **error_responses(400, 401, 404, 409, 413, 429)},
     summary="Report a model or dataset",
     description="Files a report (201). A second open report of the same kind on the same target "
     "joins the first: the answer is the joined report with `joined: true`. Rate-limited per "
@@ -120,7 +120,7 @@ def create_flag(request: HttpRequest, payload: FlagIn) -> Any:
 @router.post(
     "/flags/{int:report_id}/resolve",
     auth=api_auth,
-    response={200: ReportOut, **error_responses(400, 401, 403, 404, 409)},
+    response={200: ReportOut, **error_responses(400, 401, 403, 404, 409, 413)},
     summary="Confirm, dismiss or lift (maintainers)",
     description="Confirm or dismiss an open report, or lift a confirmed flag. The status of the "
     "target and every descendant is recomputed in the same transaction. 403 for anyone not in "

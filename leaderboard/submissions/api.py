@@ -29,7 +29,7 @@ class SubmissionIn(Schema):
 @router.post(
     "/submissions",
     auth=api_auth,
-    response={201: SubmissionOut, **error_responses(400, 401, 429)},
+    response={201: SubmissionOut, **error_responses(400, 401, 413, 429)},
     summary="Submit a model for evaluation",
     description="Runs the same metadata checks as the submission form. On refusal every problem "
     "is listed at once, each with a stable code (see docs/submission.md).",
