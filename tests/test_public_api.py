@@ -120,9 +120,11 @@ def test_model_matches_the_schema(anonymous_client, openapi, catalog):
     assert body["lineage_status"] == "tainted"
     assert body["parents"] == [{"repo_id": "org/root", "kind": "model", "relation": "merge"}]
     [submission] = body["submissions"]
-    [evaluation] = submission["evaluations"]
-    assert (evaluation["suite"], evaluation["version"]) == (SUITE, VERSION)
-    assert [task["score"] for task in evaluation["tasks"]] == pytest.approx([60.0] * 4)
+    assert (submission["repo_id"], submission["parameters"]) == ("org/child", 1_000_000_000)
+    [run] = submission["runs"]
+    assert (run["state"], run["suite"]) == ("finished", {"name": SUITE, "version": VERSION})
+    assert [score["value"] for score in run["scores"]] == pytest.approx([60.0] * 4)
+    assert run["average"] == pytest.approx(60.0)
 
     root = anonymous_client.get("/api/v1/models/org/root").json()
     validate(openapi, "/api/v1/models/{org}/{name}", 200, root)

@@ -1,7 +1,9 @@
-"""The one JSON shape of an evaluation run: the submission page, the API and exports use it."""
+"""The one JSON shape of an evaluation run: the submission page, the submission API and the
+public model API use it. Scores are percentages, as everywhere in the API (docs/api.md)."""
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -9,7 +11,8 @@ from django.urls import reverse
 from django.utils import timezone
 from ninja import Schema
 
-from leaderboard.evaluations.models import EvaluationRun, RunState
+from evaluator.suites import SuiteError, UnknownSuite, load_suite
+from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 from leaderboard.evaluations.services import queue_position
 from leaderboard.submissions.models import Submission
 from leaderboard.submissions.serializers import SubmissionOut, submission_to_dict
@@ -24,8 +27,70 @@ CONFIGURATION_KEYS = (
 )
 
 
+# Percentages to 4 decimals: far below any task's standard error.
+DECIMALS = 4
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, DECIMALS)
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, DECIMALS)
+
+
+@functools.lru_cache(maxsize=64)
+def chance_rates(suite_name: str, version: str) -> dict[str, float] | None:
+    """Each task of a suite version with its chance rate, as the evaluator defines it; None for
+    a version it no longer ships (its chance rates are unknown and taken as 0, as the ranking
+    takes them)."""
+    try:
+        suite = load_suite(suite_name, version)
+    except (UnknownSuite, SuiteError):
+        return None
+    if str(suite.version) != version:
+        return None
+    return {task.key: float(task.random_baseline) for task in suite.tasks}
+
+
+def _normalized(value: float, chance: float) -> float:
+    """Percent of the way from chance (0) to perfect (100); below chance is negative."""
+    return 100 * (value - chance) / (1 - chance) if chance < 1 else 0.0
+
+
+def _scores(run: EvaluationRun) -> tuple[list[dict[str, Any]], float | None, float | None]:
+    """The run's task scores, and its averages (raw and normalized) when every task of the
+    suite version has a score."""
+    chance = chance_rates(run.suite_name, run.suite_version)
+    scores: list[TaskScore] = list(run.scores.all())
+    items = []
+    for score in scores:
+        baseline = (chance or {}).get(score.task, 0.0)
+        items.append(
+            {
+                "task": score.task,
+                "metric": score.metric,
+                "num_fewshot": score.num_fewshot,
+                "n_samples": score.n_samples,
+                "random_baseline": _pct(baseline),
+                "value": _pct(score.value),
+                "stderr": _pct(score.stderr),
+                "normalized": _round(_normalized(score.value, baseline)),
+            }
+        )
+    tasks = set(chance) if chance is not None else {score.task for score in scores}
+    scored = {score.task: score.value for score in scores}
+    if not tasks or not tasks <= scored.keys():
+        return items, None, None
+    average = sum(100 * scored[task] for task in tasks) / len(tasks)
+    normalized = sum(
+        _normalized(scored[task], (chance or {}).get(task, 0.0)) for task in tasks
+    ) / len(tasks)
+    return items, _round(average), _round(normalized)
 
 
 def elapsed_seconds(run: EvaluationRun, now: datetime | None = None) -> float | None:
@@ -41,6 +106,7 @@ def run_to_dict(run: EvaluationRun) -> dict[str, Any]:
     payload = run.payload or {}
     finished = run.state == RunState.FINISHED
     total = run.progress_total
+    scores, average, average_normalized = _scores(run) if finished else ([], None, None)
     return {
         "id": run.pk,
         "suite": {"name": run.suite_name, "version": run.suite_version},
@@ -63,19 +129,9 @@ def run_to_dict(run: EvaluationRun) -> dict[str, Any]:
             if run.state == RunState.FAILED
             else None
         ),
-        "scores": [
-            {
-                "task": score.task,
-                "metric": score.metric,
-                "value": score.value,
-                "stderr": score.stderr,
-                "n_samples": score.n_samples,
-                "num_fewshot": score.num_fewshot,
-            }
-            for score in run.scores.all()
-        ]
-        if finished
-        else [],
+        "scores": scores,
+        "average": average,
+        "average_normalized": average_normalized,
         "reproduce": payload.get("reproduce") if finished else None,
         "configuration": (
             {key: payload.get(key) for key in CONFIGURATION_KEYS} if finished else None
@@ -105,10 +161,12 @@ def submission_detail_to_dict(submission: Submission) -> dict[str, Any]:
 class ScoreOut(Schema):
     task: str
     metric: str
+    num_fewshot: int
+    n_samples: int
+    random_baseline: float
     value: float
     stderr: float | None
-    n_samples: int
-    num_fewshot: int
+    normalized: float
 
 
 class RunOut(Schema):
@@ -128,6 +186,8 @@ class RunOut(Schema):
     worker: str | None
     failure: dict[str, str] | None
     scores: list[ScoreOut]
+    average: float | None
+    average_normalized: float | None
     reproduce: dict[str, Any] | None
     configuration: dict[str, Any] | None
     artifact: dict[str, Any] | None

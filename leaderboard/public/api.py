@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema
 from ninja.decorators import decorate_view
 
+from leaderboard.evaluations.serializers import SubmissionDetailOut
 from leaderboard.problems import Refusal, error_responses
 from leaderboard.public import detail, serializers
 from leaderboard.public.etags import Validator, model_validator, ranking_validator
@@ -25,7 +26,6 @@ from leaderboard.public.query import RankingQuery, parse_ranking_query
 from leaderboard.public.row import row_schema
 from leaderboard.public.selection import ranking_for_api
 from leaderboard.public.suites import suite_names, suite_view, versions_of
-from leaderboard.submissions.serializers import SubmissionOut
 
 router = Router(tags=["public"])
 
@@ -70,36 +70,6 @@ class LeaderboardOut(Schema):
     rows: list[LeaderboardRowOut]  # type: ignore[valid-type]  # built from the declaration
 
 
-class ModelTaskResultOut(Schema):
-    key: str
-    metric: str
-    num_fewshot: int
-    n_samples: int | None
-    random_baseline: float
-    score: float | None
-    stderr: float | None
-    normalized: float | None
-
-
-class ModelEvaluationOut(Schema):
-    run_id: int
-    suite: str
-    version: str
-    finished_at: datetime | None
-    average: float | None
-    average_normalized: float | None
-    reproduce: str | None
-    configuration: dict[str, str]
-    tasks: list[ModelTaskResultOut]
-
-
-class ModelSubmissionOut(SubmissionOut):
-    """The one submission shape (as POST/GET /api/v1/submissions answer it) with its finished
-    evaluations."""
-
-    evaluations: list[ModelEvaluationOut]
-
-
 class ModelParentOut(Schema):
     repo_id: str
     kind: str
@@ -132,7 +102,7 @@ class ModelOut(Schema):
     parents: list[ModelParentOut]
     children: int
     reports: list[ModelReportOut]
-    submissions: list[ModelSubmissionOut]
+    submissions: list[SubmissionDetailOut]
 
 
 RANKING_PARAMETERS: list[dict[str, Any]] = [

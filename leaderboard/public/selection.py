@@ -73,8 +73,9 @@ class Ranking(Generic[RowT]):
 
 @dataclass(slots=True)
 class Placed:
-    """A row's place in a ranking with its live lineage fields; `row_json` is read along when
-    every row is selected (the full leaderboard), else afterwards for the page's ids."""
+    """A row's place in a ranking with its live fields, and its stored JSON: the API sends it
+    as it is (serializers.api_row_json), the pages build a RankingRow from it. `row_json` is
+    read along when every row is selected (the full leaderboard), else for the page's ids."""
 
     entry_id: int
     rank: int
@@ -82,17 +83,6 @@ class Placed:
     lineage_status: str
     status_path: list[Any]
     row_json: str = ""
-
-
-@dataclass(slots=True)
-class ApiRow:
-    """A row as the API sends it: the stored JSON and the live fields."""
-
-    rank: int
-    repository_id: int
-    lineage_status: str
-    status_path: list[Any]
-    row_json: str
     flags: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -198,18 +188,33 @@ def _place_all(
     clean = (LineageStatus.CLEAN.value, None)
     hidden = set(query.hidden_statuses)
     columns = ["id", "repository_id", key, *(["row_json"] if with_json else [])]
-    visible = []
+    visible: list[Placed] = []
+    sort_keys: list[float] = []
     for values in ordered.values_list(*columns):
         status, path = lineage.get(values[1], clean)
-        if status not in hidden:
-            visible.append((values, status, path))
+        if status in hidden:
+            continue
+        sort_keys.append(values[2])
+        visible.append(
+            Placed(
+                values[0],
+                0,
+                values[1],
+                status,
+                _path(path) if path else _CLEAN_PATH,
+                values[3] if with_json else "",
+            )
+        )
     rank_of: dict[float, int] = {}
-    for position, sort_key in enumerate(sorted((v[0][2] for v in visible), reverse=True), 1):
+    for position, sort_key in enumerate(sorted(sort_keys, reverse=True), 1):
         rank_of.setdefault(sort_key, position)
-    return [
-        Placed(values[0], rank_of[values[2]], values[1], status, _path(path), *values[3:])
-        for values, status, path in visible
-    ]
+    for row, sort_key in zip(visible, sort_keys, strict=True):
+        row.rank = rank_of[sort_key]
+    return visible
+
+
+# Shared by every clean row (nearly all): never mutated.
+_CLEAN_PATH: list[Any] = []
 
 
 def _path(text: str | None) -> list[Any]:
@@ -269,23 +274,19 @@ def ranking(query: RankingQuery) -> Ranking[RankingRow]:
     return placed.with_rows(rows)
 
 
-def ranking_for_api(query: RankingQuery) -> Ranking[ApiRow]:
+def ranking_for_api(query: RankingQuery) -> Ranking[Placed]:
     """The same rows as `ranking`, as stored JSON plus live fields (see serializers)."""
     placed = select(query, with_json=True)
     if placed.page is not None:
         stored = _contents(placed, ("row_json",))
         for p in placed.rows:
             p.row_json = stored[p.entry_id][0] if p.entry_id in stored else ""
-    rows = [
-        ApiRow(p.rank, p.repository_id, p.lineage_status, p.status_path, p.row_json)
-        for p in placed.rows
-        if p.row_json
-    ]
-    flags = flags_by_repository({row.repository_id for row in rows})
+        placed.rows = [p for p in placed.rows if p.row_json]
+    flags = flags_by_repository({p.repository_id for p in placed.rows})
     if flags:
-        for row in rows:
-            row.flags = flags.get(row.repository_id, [])
-    return placed.with_rows(rows)
+        for p in placed.rows:
+            p.flags = flags.get(p.repository_id, [])
+    return placed
 
 
 def flags_by_repository(repository_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:

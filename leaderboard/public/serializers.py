@@ -1,14 +1,14 @@
 """One serializer per public resource (suite, leaderboard, model), feeding the JSON API, the
 exports and the export command alike. Rows are serialized as `row.py` declares them; a
-submission and a run as their own apps serialize them. Every score is a percentage."""
+submission and its runs as their own apps serialize them. Every score is a percentage."""
 
 from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
 
+from leaderboard.evaluations.serializers import submission_detail_to_dict
 from leaderboard.public.row import (
-    DECIMALS,
     RankingRow,
     live_row_dict,
     model_url,
@@ -16,19 +16,14 @@ from leaderboard.public.row import (
     stored_row_dict,
 )
 from leaderboard.public.suites import Column, SuiteView
-from leaderboard.submissions.serializers import submission_to_dict
 
 if TYPE_CHECKING:
-    from leaderboard.public.detail import ModelDetail, RunResult
-    from leaderboard.public.selection import ApiRow, Ranking
+    from leaderboard.public.detail import ModelDetail
+    from leaderboard.public.selection import Placed, Ranking
 
 
 def to_json(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, DECIMALS)
 
 
 def column_to_dict(column: Column) -> dict[str, Any]:
@@ -60,7 +55,7 @@ def entry_row_json(row: RankingRow, view: SuiteView) -> str:
     return to_json(stored_row_dict(row, view))
 
 
-def api_row_json(row: ApiRow, _clean: dict[str, str] = {}) -> str:  # noqa: B006 - a memo
+def api_row_json(row: Placed, _clean: dict[str, str] = {}) -> str:  # noqa: B006 - a memo
     """The JSON text of `row_to_dict` for a row, spliced from the stored part and the live
     part (the same keys in the same order) without parsing the stored part."""
     if not row.flags and not row.status_path:
@@ -94,7 +89,7 @@ def leaderboard_to_dict(result: Ranking[RankingRow]) -> dict[str, Any]:
     return leaderboard_header(result) | {"rows": [row_to_dict(row) for row in result.rows]}
 
 
-def leaderboard_json(result: Ranking[ApiRow]) -> str:
+def leaderboard_json(result: Ranking[Placed]) -> str:
     """The API body: `leaderboard_to_dict` as JSON text, built from the stored row JSON."""
     header = to_json(leaderboard_header(result))
     rows = ",".join(api_row_json(row) for row in result.rows)
@@ -102,34 +97,6 @@ def leaderboard_json(result: Ranking[ApiRow]) -> str:
 
 
 # --- model resource ----------------------------------------------------------------------------
-
-
-def evaluation_to_dict(result: RunResult) -> dict[str, Any]:
-    """A finished run's results on its suite version, as the ranking scores them."""
-    run = result.run
-    return {
-        "run_id": run.pk,
-        "suite": run.suite_name,
-        "version": run.suite_version,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "average": _round(result.average),
-        "average_normalized": _round(result.average_normalized),
-        "reproduce": result.reproduce_command,
-        "configuration": dict(result.configuration),
-        "tasks": [
-            {
-                "key": task.key,
-                "metric": task.metric,
-                "num_fewshot": task.num_fewshot,
-                "n_samples": task.n_samples,
-                "random_baseline": _round(task.random_baseline),
-                "score": _round(task.value),
-                "stderr": _round(task.stderr),
-                "normalized": _round(task.normalized),
-            }
-            for task in result.tasks
-        ],
-    }
 
 
 def model_to_dict(model: ModelDetail) -> dict[str, Any]:
@@ -151,9 +118,5 @@ def model_to_dict(model: ModelDetail) -> dict[str, Any]:
             {key: value for key, value in report.items() if key != "target"}
             for report in model.reports
         ],
-        "submissions": [
-            submission_to_dict(item.submission)
-            | {"evaluations": [evaluation_to_dict(result) for result in item.results]}
-            for item in model.submissions
-        ],
+        "submissions": [submission_detail_to_dict(item.submission) for item in model.submissions],
     }
