@@ -14,10 +14,12 @@ functions, or a stage directly where nothing is handed on; no stage imports this
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from leaderboard.catalog import lineage
 from leaderboard.catalog.models import Repository
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 # The web-side task resolving ancestors after a submission commits (leaderboard/catalog/tasks.py),
 # sent by name: flow never imports an edge.
 RESOLVE_TASK = "catalog.resolve_ancestors"
+# A resolution still pending this long after its submission is presumed lost and sent again.
+RESOLVE_GRACE = timedelta(minutes=15)
 
 
 # --- submission ---------------------------------------------------------------------------------
@@ -134,7 +138,15 @@ def ingest_result(run_id: int, attempt: int, payload: Any) -> str:
 
 
 def reconcile() -> runs.ReconcileReport:
-    return runs.reconcile_runs()
+    """One reconciler pass: lost or silent evaluation runs, and ancestor resolutions whose task
+    was lost (their models would say `resolving` for ever otherwise)."""
+    report = runs.reconcile_runs()
+    stalled = intake.awaiting_lineage(timezone.now() - RESOLVE_GRACE)
+    for repository_id in stalled:
+        send_resolve(repository_id)
+    if stalled:
+        logger.info("reconciler: resolution of %s sent again", stalled)
+    return report
 
 
 def requeue(run: EvaluationRun, user: Any) -> EvaluationRun:

@@ -152,6 +152,28 @@ def test_submit_records_everything_in_one_go(
     assert submission.state == "queued"
 
 
+def test_the_reconciler_sends_a_lost_resolution_again(
+    model_root, tiny_chat, submitter, monkeypatch, django_capture_on_commit_callbacks
+):
+    make_model_repo(model_root, "acme/base", card=default_card("acme/base", base_model="acme/root"))
+    make_model_repo(model_root, "acme/root")
+    with django_capture_on_commit_callbacks(execute=False):
+        submission = flow.submit(request(), submitter)  # its resolution message is lost
+    sent: list[int] = []
+    monkeypatch.setattr(flow, "send_resolve", sent.append)
+    monkeypatch.setattr(flow.runs, "reconcile_runs", lambda: None)
+    flow.reconcile()
+    assert sent == []  # within the grace period the task may still be on its way
+    Submission.objects.filter(pk=submission.pk).update(
+        created_at=timezone.now() - flow.RESOLVE_GRACE - timedelta(seconds=1)
+    )
+    flow.reconcile()
+    assert sent == [submission.repository_id]
+    flow.resolve_ancestors(submission.repository_id)
+    flow.reconcile()
+    assert sent == [submission.repository_id]
+
+
 def test_refusal_saves_nothing(model_root, base, submitter, django_capture_on_commit_callbacks):
     make_model_repo(model_root, "acme/tiny-chat", card=fine_tune_card(license=None))
     before = table_counts()

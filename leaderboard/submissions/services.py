@@ -269,6 +269,17 @@ def _parameter_count(outcome: CheckOutcome, adapter_unclear: bool) -> int | None
     return own + base.snapshot.parameter_count
 
 
+def awaiting_lineage(submitted_before: datetime) -> list[int]:
+    """Repositories submitted before `submitted_before` whose ancestors still wait to be
+    resolved: the task resolving them was lost or keeps failing."""
+    return list(
+        Submission.objects.filter(repository__lineage_pending=True, created_at__lt=submitted_before)
+        .order_by("repository_id")
+        .values_list("repository_id", flat=True)
+        .distinct()
+    )
+
+
 def find_duplicate(repo_id: str, sha: str, precision: str) -> Submission | None:
     return (
         Submission.objects.filter(
