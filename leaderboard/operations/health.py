@@ -3,7 +3,6 @@ each queue, and when did a worker last report. One function, `check()`, answers 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +12,7 @@ from django.db import connection
 from django.db.models import Max
 from django.utils import timezone
 
+from leaderboard import broker
 from leaderboard.evaluations.models import EvaluationRun, RunState
 
 BROKER_TIMEOUT = 3.0  # seconds; a probe must answer well inside a load balancer's own timeout
@@ -80,51 +80,12 @@ def _database() -> dict[str, Any]:
 
 def _broker(queues: list[str]) -> tuple[dict[str, Any], dict[str, int | None]]:
     """Connect to the broker with a short timeout and count each queue's waiting messages."""
-    from kombu import Connection
-
     started = time.monotonic()
-    options = dict(settings.CELERY_BROKER_TRANSPORT_OPTIONS or {})
-    options.update(
-        socket_connect_timeout=BROKER_TIMEOUT, socket_timeout=BROKER_TIMEOUT, max_retries=0
-    )
-    depths: dict[str, int | None] = dict.fromkeys(queues)
     try:
-        with Connection(
-            settings.CELERY_BROKER_URL,
-            connect_timeout=BROKER_TIMEOUT,
-            transport_options=options,
-        ) as conn:
-            conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT)
-            for queue in queues:
-                depths[queue] = _depth(conn, queue)
-    except Exception as exc:
+        depths: dict[str, int | None] = dict(broker.queue_depths(queues, BROKER_TIMEOUT))
+    except broker.BrokerUnreachable as exc:
         return {"ok": False, "error": _short(exc)}, dict.fromkeys(queues)
     return {"ok": True, "latency_ms": _timed(started)}, depths
-
-
-def _depth(conn: Any, queue: str) -> int:
-    """Messages waiting on `queue` (a queue nobody declared yet holds none). A passive declare
-    works on every transport: AMQP answers it, Redis and the filesystem count their lists."""
-    channel = conn.channel()
-    try:
-        _, count, _ = channel.queue_declare(queue=queue, passive=True)
-        return int(count)
-    except Exception as exc:
-        if _is_missing_queue(exc):
-            return 0
-        raise
-    finally:
-        with contextlib.suppress(Exception):
-            channel.close()
-
-
-def _is_missing_queue(exc: Exception) -> bool:
-    from amqp.exceptions import NotFound
-    from kombu.exceptions import ChannelError
-
-    return isinstance(exc, NotFound | ChannelError) and "NOT_FOUND" in str(exc).upper().replace(
-        " ", "_"
-    )
 
 
 def _workers() -> dict[str, Any]:
@@ -139,5 +100,6 @@ def _workers() -> dict[str, Any]:
 
 
 def _short(exc: Exception) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
+    text = str(exc) if isinstance(exc, broker.BrokerUnreachable) else f"{type(exc).__name__}: {exc}"
+    text = text.strip()
     return text if len(text) <= 200 else text[:199] + "…"
