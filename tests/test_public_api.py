@@ -234,3 +234,22 @@ def test_spliced_body_equals_the_serialized_rows(catalog):
         spliced = json.loads(serializers.leaderboard_json(ranking_for_api(query)))
         assert spliced == serializers.leaderboard_to_dict(ranking(query))
     assert len(spliced["rows"]) == 2
+
+
+def test_row_schema_and_csv_columns_derive_from_the_declaration(openapi):
+    from leaderboard.public.row import PUBLIC_FIELDS, csv_header
+
+    declared = [f.name for f in PUBLIC_FIELDS]
+    row = openapi["components"]["schemas"]["LeaderboardRowOut"]
+    assert list(row["properties"]) == declared
+    assert row["required"] == declared
+    assert row["properties"]["parameters"]["description"] == "Parameter count"
+    assert row["properties"]["flags"]["items"] == {"$ref": "#/components/schemas/RowFlagOut"}
+    assert csv_header(["arc", "mmlu"]) == [
+        *("rank", "model", "url", "submission_id", "revision", "precision", "model_type"),
+        *("weight_type", "parameters", "license", "license_family", "merge_method", "is_merge"),
+        *("is_synthetic", "submitted_at", "evaluated_at", "average", "average_normalized"),
+        *("lineage_status", "taint_path"),
+        *("score:arc", "score:mmlu", "normalized:arc", "normalized:mmlu"),
+        *("stderr:arc", "stderr:mmlu", "flags"),
+    ]
