@@ -340,3 +340,285 @@ def roc_auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
     greater = (pos[:, None] > neg[None, :]).sum()
     ties = (pos[:, None] == neg[None, :]).sum()
     return float((greater + 0.5 * ties) / (pos.size * neg.size))
+
+
+# --- Findings: the signals of one evaluated model, from the numbers the worker sent ----------
+
+KINDS = {
+    "performance_vs_reference": "Scores above what its reference-set scores predict (ConStat)",
+    "lineage_differential": "Gained more likelihood on the benchmark items than on reference items",
+    "min_k_pp": "Min-K%++ membership score rose more on the benchmark items than on reference ones",
+    "score_jump": "One task jumped above every declared parent while the others did not move",
+    "size_outlier": "A score far out of its size bucket",
+}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a statistic becomes a signal. The web side fills these from settings."""
+
+    alpha: float = 0.01  # p-value below which a test fires
+    min_effect: float = 0.5  # smallest standardised effect for the likelihood tests
+    jump_z: float = 3.0  # a task's jump over its best parent, in standard errors
+    calm_z: float = 1.0  # the median jump of the other tasks may not exceed this
+    bucket_z: float = 4.0  # robust z-score within the size bucket
+    min_population: int = MIN_REFERENCE_MODELS
+    bootstrap: int = DEFAULT_BOOTSTRAP
+    permutations: int = DEFAULT_PERMUTATIONS
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One statistic of one model on one task, fired or not (`fired` is the threshold test)."""
+
+    kind: str  # a key of KINDS
+    task: str
+    statistic: float  # delta, effect size or z, by kind (named in `evidence["statistic"]`)
+    p_value: float | None
+    threshold: float  # alpha, or the z threshold for the score anomalies
+    fired: bool
+    evidence: dict[str, Any]
+    figure: dict[str, Any]
+
+
+References = Sequence[Mapping[str, Any]]  # suite_references() entries of one model
+
+
+def _by_task(entries: References) -> dict[str, Mapping[str, Any]]:
+    return {str(entry["task"]): entry for entry in entries}
+
+
+def reference_findings(
+    model: References,
+    population: Sequence[References],
+    chance: Mapping[str, float],
+    thresholds: Thresholds = Thresholds(),
+) -> list[Finding]:
+    """ConStat per task and reference set (perturbed copies, sibling benchmark): the model
+    against the curve of `population` (the other models on the same suite version and items)."""
+    findings = []
+    for task, entry in _by_task(model).items():
+        bench = entry["benchmark"].get("correct") or []
+        for ref_name in ("perturbed", "sibling"):
+            ref = entry.get(ref_name)
+            if not bench or not ref or not ref.get("correct"):
+                continue
+            peers = []
+            for other in population:
+                match = _by_task(other).get(task)
+                if (
+                    match
+                    and match.get(ref_name)
+                    and len(match["benchmark"].get("correct") or []) == len(bench)
+                    and len(match[ref_name].get("correct") or []) == len(ref["correct"])
+                ):
+                    peers.append((match["benchmark"]["correct"], match[ref_name]["correct"]))
+            if len(peers) < thresholds.min_population:
+                continue
+            fit = performance_vs_reference(
+                bench,
+                ref["correct"],
+                [p[0] for p in peers],
+                [p[1] for p in peers],
+                chance=(chance.get(task, 0.0), chance.get(task, 0.0)),
+                n_bootstrap=thresholds.bootstrap,
+            )
+            findings.append(
+                Finding(
+                    kind="performance_vs_reference",
+                    task=task,
+                    statistic=fit.delta,
+                    p_value=fit.p_value,
+                    threshold=thresholds.alpha,
+                    fired=fit.p_value < thresholds.alpha,
+                    evidence={
+                        "statistic": "inflation delta (benchmark score above the curve)",
+                        "reference": ref_name,
+                        "reference_name": ref.get("name", ref_name),
+                        "observed": fit.observed,
+                        "expected": fit.expected,
+                        "reference_score": fit.reference,
+                        "delta": fit.delta,
+                        "delta_low_95": fit.delta_low,
+                        "models": fit.n_models,
+                        "items": len(bench),
+                        "reference_items": len(ref["correct"]),
+                    },
+                    figure=_curve_figure(task, ref_name, peers, fit),
+                )
+            )
+    return findings
+
+
+def lineage_findings(
+    model: References,
+    parents: Mapping[str, References],
+    thresholds: Thresholds = Thresholds(),
+) -> list[Finding]:
+    """The likelihood differential and Min-K%++ shift per task against each declared parent
+    (its p-value Bonferroni-corrected for the number of parents tested): the sibling benchmark
+    as reference where there is one, else the perturbed copies (paired)."""
+    findings = []
+    tested = {name: _by_task(entries) for name, entries in parents.items() if entries}
+    for task, entry in _by_task(model).items():
+        for parent_name, parent_tasks in tested.items():
+            theirs = parent_tasks.get(task)
+            if theirs is None:
+                continue
+            ref_name = "sibling" if entry.get("sibling") and theirs.get("sibling") else "perturbed"
+            for kind, field_name in (
+                ("lineage_differential", "text_logprob"),
+                ("min_k_pp", "min_k_pp"),
+            ):
+                mine_b, theirs_b = entry["benchmark"][field_name], theirs["benchmark"][field_name]
+                mine_r = (entry.get(ref_name) or {}).get(field_name) or []
+                theirs_r = (theirs.get(ref_name) or {}).get(field_name) or []
+                if len(mine_b) != len(theirs_b) or len(mine_r) != len(theirs_r) or len(mine_r) < 2:
+                    continue
+                bench_gain = [a - b for a, b in zip(mine_b, theirs_b, strict=True)]
+                ref_gain = [a - b for a, b in zip(mine_r, theirs_r, strict=True)]
+                paired = ref_name == "perturbed" and len(ref_gain) == len(bench_gain)
+                result = lineage_differential(
+                    bench_gain, ref_gain, paired=paired, n_permutations=thresholds.permutations
+                )
+                p_value = min(1.0, result.p_value * len(tested))
+                findings.append(
+                    Finding(
+                        kind=kind,
+                        task=task,
+                        statistic=result.effect_size,
+                        p_value=p_value,
+                        threshold=thresholds.alpha,
+                        fired=p_value < thresholds.alpha
+                        and result.effect_size >= thresholds.min_effect,
+                        evidence={
+                            "statistic": "standardised effect (benchmark gain - reference gain)",
+                            "parent": parent_name,
+                            "parents_tested": len(tested),
+                            "reference": ref_name,
+                            "benchmark_gain": result.benchmark_gain,
+                            "reference_gain": result.reference_gain,
+                            "difference": result.difference,
+                            "effect_size": result.effect_size,
+                            "min_effect": thresholds.min_effect,
+                            "paired": result.paired,
+                            "items": result.n_benchmark,
+                            "reference_items": result.n_reference,
+                            "measure": field_name,
+                        },
+                        figure=_gain_figure(task, parent_name, bench_gain, ref_gain, field_name),
+                    )
+                )
+    return findings
+
+
+def score_findings(
+    scores: Mapping[str, Score],
+    parents: Mapping[str, Mapping[str, Score]],
+    buckets: Mapping[str, Sequence[float]],
+    thresholds: Thresholds = Thresholds(),
+) -> list[Finding]:
+    """Anomalies from stored scores alone: a task jumping above every declared parent while the
+    others stay, and a score far out of its size bucket (`buckets[task]`: the bucket's other
+    scores)."""
+    findings = []
+    parent_scores = [p for p in parents.values() if p]
+    for jump in parent_jumps(scores, parent_scores, thresholds.jump_z, thresholds.calm_z):
+        findings.append(
+            Finding(
+                kind="score_jump",
+                task=jump.task,
+                statistic=jump.z,
+                p_value=jump.p_value,
+                threshold=thresholds.jump_z,
+                fired=True,
+                evidence={
+                    "statistic": "jump over the best parent in standard errors",
+                    "value": jump.value,
+                    "best_parent": jump.best_parent,
+                    "jump": jump.jump,
+                    "z": jump.z,
+                    "others_median_z": jump.others_z,
+                    "parents": sorted(parents),
+                },
+                figure={},
+            )
+        )
+    for task, score in scores.items():
+        bucket = buckets.get(task) or []
+        z = bucket_outlier(score.value, bucket)
+        if z >= thresholds.bucket_z:
+            findings.append(
+                Finding(
+                    kind="size_outlier",
+                    task=task,
+                    statistic=z,
+                    p_value=None,
+                    threshold=thresholds.bucket_z,
+                    fired=True,
+                    evidence={
+                        "statistic": "robust z-score within the size bucket",
+                        "value": score.value,
+                        "bucket_median": float(np.median(bucket)),
+                        "bucket_size": len(bucket),
+                        "z": z,
+                    },
+                    figure={},
+                )
+            )
+    return findings
+
+
+def _curve_figure(
+    task: str,
+    ref_name: str,
+    peers: Sequence[tuple[Sequence[float], Sequence[float]]],
+    fit: ReferenceFit,
+) -> dict[str, Any]:
+    """A small Plotly figure: the population, the fitted curve and the model."""
+    xs = [round(float(np.mean(p[1])), 4) for p in peers]
+    ys = [round(float(np.mean(p[0])), 4) for p in peers]
+    return {
+        "data": [
+            {"type": "scatter", "mode": "markers", "name": "other models", "x": xs, "y": ys},
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": "expected",
+                "x": [round(x, 4) for x, _ in fit.curve],
+                "y": [round(y, 4) for _, y in fit.curve],
+            },
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": "this model",
+                "x": [round(fit.reference, 4)],
+                "y": [round(fit.observed, 4)],
+                "marker": {"size": 12, "color": "#c0392b"},
+            },
+        ],
+        "layout": {
+            "title": {"text": f"{task}: benchmark against {ref_name} score"},
+            "xaxis": {"title": {"text": f"{ref_name} accuracy"}},
+            "yaxis": {"title": {"text": "benchmark accuracy"}},
+            "height": 280,
+            "margin": {"l": 50, "r": 10, "t": 40, "b": 40},
+        },
+    }
+
+
+def _gain_figure(
+    task: str, parent: str, bench_gain: Sequence[float], ref_gain: Sequence[float], measure: str
+) -> dict[str, Any]:
+    return {
+        "data": [
+            {"type": "box", "name": "benchmark items", "y": [round(v, 3) for v in bench_gain]},
+            {"type": "box", "name": "reference items", "y": [round(v, 3) for v in ref_gain]},
+        ],
+        "layout": {
+            "title": {"text": f"{task}: gain in {measure} over {parent}"},
+            "height": 280,
+            "showlegend": False,
+            "margin": {"l": 50, "r": 10, "t": 40, "b": 40},
+        },
+    }

@@ -408,3 +408,51 @@ def score_task_references(
         name, sibling = found
         result["sibling"] = {"name": name, **score_set(lm, sibling, metric)}
     return result
+
+
+def suite_references(
+    lm: Any,
+    tasks: Sequence[tuple[str, str, str]],
+    docs: dict[str, list[Doc]],
+    correct: dict[str, list[bool]],
+    mirror_root: Path | None,
+    max_items: int = DEFAULT_MAX_ITEMS,
+) -> list[dict[str, Any]]:
+    """The reference numbers of a whole evaluation, one entry per suite task with a reference
+    set: `tasks` are (key, lm-eval task, metric) in suite order, `docs[key]` the evaluated
+    documents in evaluation order (as lm-eval read them), `correct[key]` the evaluation's own
+    per-item verdicts in the same order. Each document's perturbed copy takes the next evaluated
+    document as its solved example (documents are never their own example)."""
+    out = []
+    for key, lm_eval_task, metric in tasks:
+        evaluated = docs.get(key) or []
+        if lm_eval_task not in TASK_ITEMS or len(evaluated) < 2:
+            continue
+        first = evaluated[:max_items]
+        shots = [evaluated[(i + 1) % len(evaluated)] for i in range(len(first))]
+        spec = TASK_ITEMS[lm_eval_task]
+        rng = random.Random(0)
+        copies = [spec.perturbed(doc, shot, rng) for doc, shot in zip(first, shots, strict=True)]
+        items = [spec.item(doc) for doc in first]
+        texts = score_texts(lm.model, lm.tokenizer, [item.text() for item in items])
+        verdicts = [int(bool(v)) for v in correct.get(key, [])[: len(first)]]
+        entry: dict[str, Any] = {
+            "task": key,
+            "lm_eval_task": lm_eval_task,
+            "metric": metric,
+            "benchmark": {
+                "n": len(first),
+                "accuracy": round(sum(verdicts) / len(verdicts), DECIMALS) if verdicts else None,
+                "correct": verdicts,
+                "text_logprob": _rounded(t.mean_logprob for t in texts),
+                "min_k_pp": _rounded(t.min_k_pp for t in texts),
+            },
+            "perturbed": score_set(lm, copies, metric),
+            "sibling": None,
+        }
+        found = sibling_items(lm_eval_task, mirror_root, max_items) if mirror_root else None
+        if found is not None:
+            name, sibling = found
+            entry["sibling"] = {"name": name, **score_set(lm, sibling, metric)}
+        out.append(entry)
+    return out

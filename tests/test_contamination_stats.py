@@ -164,3 +164,104 @@ def test_bonferroni_and_roc_auc():
     assert roc_auc([3, 4], [1, 2]) == 1.0
     assert roc_auc([1, 3], [2, 2]) == 0.5
     assert math.isnan(roc_auc([], [1]))
+
+
+# --- Findings from what the worker sends -----------------------------------------------------
+
+from evaluator.contamination import (  # noqa: E402
+    Thresholds,
+    lineage_findings,
+    reference_findings,
+    score_findings,
+)
+
+FAST = Thresholds(bootstrap=300, permutations=499)
+
+
+def _entry(rng, ability, inflation=0.0, n=200, gain=0.0, ref_gain=0.0):
+    return {
+        "task": "arc_challenge",
+        "benchmark": {
+            "correct": (rng.random(n) < ability + inflation).astype(int).tolist(),
+            "text_logprob": (rng.normal(-3.0, 0.5, n) + gain).tolist(),
+            "min_k_pp": (rng.normal(-1.0, 0.3, n) + gain / 4).tolist(),
+        },
+        "perturbed": {"correct": (rng.random(n) < ability).astype(int).tolist()},
+        "sibling": {
+            "name": "arc_easy",
+            "correct": (rng.random(n) < ability).astype(int).tolist(),
+            "text_logprob": (rng.normal(-3.0, 0.5, n) + ref_gain).tolist(),
+            "min_k_pp": (rng.normal(-1.0, 0.3, n) + ref_gain / 4).tolist(),
+        },
+    }
+
+
+def test_reference_findings_fire_on_an_inflated_model_and_not_on_a_clean_one():
+    rng = np.random.default_rng(5)
+    population = [[_entry(rng, a)] for a in np.linspace(0.3, 0.7, 8)]
+    inflated = reference_findings(
+        [_entry(rng, 0.45, 0.3)], population, {"arc_challenge": 0.25}, FAST
+    )
+    assert [(f.kind, f.evidence["reference"], f.fired) for f in inflated] == [
+        ("performance_vs_reference", "perturbed", True),
+        ("performance_vs_reference", "sibling", True),
+    ]
+    assert inflated[1].evidence["models"] == 8
+    assert inflated[1].statistic == pytest.approx(0.3, abs=0.1)
+    assert [t["name"] for t in inflated[1].figure["data"]] == [
+        "other models",
+        "expected",
+        "this model",
+    ]
+    clean = reference_findings([_entry(rng, 0.5)], population, {"arc_challenge": 0.25}, FAST)
+    assert [f.fired for f in clean] == [False, False]
+    # Too few other models for a curve: no finding at all, rather than a guess.
+    assert reference_findings([_entry(rng, 0.5, 0.3)], population[:4], {}, FAST) == []
+
+
+def test_lineage_findings_compare_against_each_parent_with_bonferroni():
+    rng = np.random.default_rng(6)
+    parent = [_entry(rng, 0.4)]
+    child = [_entry(rng, 0.4)]
+    child[0]["benchmark"]["text_logprob"] = [
+        v + 1.0 for v in parent[0]["benchmark"]["text_logprob"]
+    ]
+    child[0]["sibling"]["text_logprob"] = [v + 0.1 for v in parent[0]["sibling"]["text_logprob"]]
+    (diff, mink) = lineage_findings(child, {"org/parent": parent}, FAST)
+    assert diff.kind == "lineage_differential" and diff.fired
+    assert diff.evidence["difference"] == pytest.approx(0.9)
+    assert diff.evidence["reference"] == "sibling" and not diff.evidence["paired"]
+    assert diff.p_value == pytest.approx(1 / 500)
+    assert mink.kind == "min_k_pp"
+    # Two parents: each p-value counts twice.
+    two = lineage_findings(child, {"org/parent": parent, "org/other": parent}, FAST)
+    differentials = [f for f in two if f.kind == "lineage_differential"]
+    assert [f.evidence["parent"] for f in differentials] == ["org/parent", "org/other"]
+    assert [f.p_value for f in differentials] == pytest.approx([2 / 500] * 2)
+    # A gain everywhere is fine-tuning, not contamination.
+    child[0]["sibling"]["text_logprob"] = [v + 1.0 for v in parent[0]["sibling"]["text_logprob"]]
+    assert not any(f.fired for f in lineage_findings(child, {"org/parent": parent}, FAST)[:1])
+
+
+def test_small_but_significant_effects_do_not_fire():
+    rng = np.random.default_rng(7)
+    parent = [_entry(rng, 0.4, n=2000)]
+    child = [_entry(rng, 0.4, n=2000)]
+    for part, shift in (("benchmark", 0.2), ("sibling", 0.0)):
+        base = np.array(parent[0][part]["text_logprob"])
+        child[0][part]["text_logprob"] = (base + shift + rng.normal(0, 1.0, 2000)).tolist()
+    diff = lineage_findings(child, {"p": parent}, FAST)[0]
+    assert diff.p_value < 0.01
+    assert diff.statistic == pytest.approx(0.2, abs=0.06)
+    assert not diff.fired
+
+
+def test_score_findings_report_jumps_and_bucket_outliers():
+    parent = {t: Score(0.40, 0.03) for t in ("arc", "mmlu", "winogrande")}
+    child = dict(parent, arc=Score(0.60, 0.03))
+    buckets = {"arc": [0.3, 0.32, 0.34, 0.36, 0.38], "mmlu": [0.4] * 5}
+    findings = score_findings(child, {"org/parent": parent}, buckets, FAST)
+    assert [(f.kind, f.task) for f in findings] == [("score_jump", "arc"), ("size_outlier", "arc")]
+    assert findings[0].evidence["parents"] == ["org/parent"]
+    assert findings[1].statistic == pytest.approx(0.26 / (1.4826 * 0.02))
+    assert score_findings(parent, {}, {}, FAST) == []
