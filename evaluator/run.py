@@ -40,6 +40,11 @@ SEEDS = {
 }
 # On CPU, batch 8 beat 1 by 1.2-1.6x while "auto" picked 64 and ran 2.5x slower in 17 GB.
 CPU_BATCH_SIZE = 8
+# Loglikelihood backends: Trellis's prefix-sharing subclass of HFLM (evaluator/prefix_lm.py) and
+# stock HFLM. Both score alike (float32: within 1e-4 per request), so the stock command
+# reproduces either; the prefix one forwards each shared token once.
+BACKENDS = ("trellis-prefix", "hf")
+DEFAULT_BACKEND = "trellis-prefix"
 LOG_TAIL_LINES = 40
 PROGRESS_INTERVAL = 0.5  # seconds between progress callbacks while scoring
 # Logger -> the lowest level the log tail keeps from it. Only the evaluator's own milestones are
@@ -142,7 +147,8 @@ def _run(job: EvaluationJob, progress: Progress | None, work: Path, started: flo
     except DataMissing as exc:
         raise EvaluationFailure("data_missing", f"Task data is missing: {exc}") from exc
     pretrained = check_repository(job)
-    lm, model_args, device, batch_size = _load_model(job, pretrained)
+    backend = eval_backend(job)
+    lm, model_args, device, batch_size = _load_model(job, pretrained, backend)
     manager, loaded = _load_tasks(data, stages)
 
     counter = _ProgressCounter(progress)
@@ -189,19 +195,35 @@ def _run(job: EvaluationJob, progress: Progress | None, work: Path, started: flo
         "versions": {name: metadata.version(dist) for name, dist in VERSIONED.items()},
         "dtype": job.precision,
         "device": device,
+        "backend": backend,
         "batch_size": batch_size,
         "batch_sizes_detected": [int(b) for b in getattr(lm, "batch_sizes", {}).values()],
         "duration_seconds": round(time.monotonic() - started, 3),
         "loglikelihood_requests": counter.done,
         "seeds": dict(SEEDS),
         "data": {"source": data.source, "root": job.data_root},
-        "reproduce": reproduction(job, model_args, batch_size, device, stages, data),
+        "reproduce": reproduction(job, model_args, batch_size, device, stages, data, backend),
         "artifact": artifact,
     }
 
 
-def _load_model(job: EvaluationJob, pretrained: str) -> tuple[Any, dict[str, Any], str, int | str]:
-    """lm-eval's HFLM as the stock `--model hf --model_args ...` would build it."""
+def eval_backend(job: EvaluationJob) -> str:
+    """The job's loglikelihood backend, else the worker's TRELLIS_EVAL_BACKEND."""
+    backend = job.backend or os.environ.get("TRELLIS_EVAL_BACKEND") or DEFAULT_BACKEND
+    if backend not in BACKENDS:
+        raise EvaluationFailure(
+            "error",
+            f"TRELLIS_EVAL_BACKEND={backend!r} on this worker is not one of "
+            f"{', '.join(BACKENDS)}: set it to one of those (or unset it).",
+        )
+    return backend
+
+
+def _load_model(
+    job: EvaluationJob, pretrained: str, backend: str
+) -> tuple[Any, dict[str, Any], str, int | str]:
+    """The model as the stock `--model hf --model_args ...` would build it, in the class of
+    `backend` (both take the same arguments)."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -211,7 +233,7 @@ def _load_model(job: EvaluationJob, pretrained: str) -> tuple[Any, dict[str, Any
         model_args["revision"] = job.revision
     model_args |= {"dtype": job.precision, "trust_remote_code": False, "use_safetensors": True}
     logger.info("loading %s@%s in %s on %s", job.repo_id, job.revision, job.precision, device)
-    lm = _model_class().create_from_arg_obj(
+    lm = _model_class(backend).create_from_arg_obj(
         model_args, {"batch_size": batch_size, "device": device}
     )
     return lm, model_args, device, batch_size
@@ -291,16 +313,20 @@ def check_files(repo_id: str, files: list[str]) -> None:
         )
 
 
-_MODEL_CLASS: Any = None
+_MODEL_CLASSES: dict[str, Any] = {}
 
 
-def _model_class() -> Any:
-    """lm-eval's HFLM, counting scored requests for progress; batching and scores untouched."""
-    global _MODEL_CLASS
-    if _MODEL_CLASS is not None:
-        return _MODEL_CLASS
+def _model_class(backend: str = DEFAULT_BACKEND) -> Any:
+    """The backend's lm-eval class (stock HFLM, or Trellis's prefix-sharing subclass of it),
+    counting scored requests for progress; batching and scores are the backend's own."""
+    if backend in _MODEL_CLASSES:
+        return _MODEL_CLASSES[backend]
     from lm_eval.api.model import CacheHook
     from lm_eval.models.huggingface import HFLM
+
+    from evaluator.prefix_lm import PrefixHFLM
+
+    base = PrefixHFLM if backend == "trellis-prefix" else HFLM
 
     class _CountingHook(CacheHook):
         # HFLM calls cache_hook.add_partial once per scored request, right after scoring it.
@@ -314,7 +340,7 @@ def _model_class() -> Any:
             if self._on_scored is not None:
                 self._on_scored(1)
 
-    class ProgressHFLM(HFLM):
+    class ProgressHFLM(base):  # type: ignore[misc, valid-type]
         on_scored: Callable[[int], None] | None = None
 
         def _get_config(self, *args: Any, **kwargs: Any) -> None:
@@ -345,8 +371,8 @@ def _model_class() -> Any:
             finally:
                 self.cache_hook = inner
 
-    _MODEL_CLASS = ProgressHFLM
-    return _MODEL_CLASS
+    _MODEL_CLASSES[backend] = ProgressHFLM
+    return ProgressHFLM
 
 
 # --- Progress ----------------------------------------------------------------------------------
@@ -519,9 +545,11 @@ def reproduction(
     device: str,
     stages: list[Stage],
     data: TaskData,
+    backend: str = "hf",
 ) -> dict[str, Any]:
     """The stock `lm_eval` command lines (one per few-shot count and limit) and the task YAML
-    overrides that reproduce this run's scores."""
+    overrides that reproduce this run's scores. The commands name stock HFLM (`--model hf`)
+    whichever backend scored the run: Trellis's backend computes the same loglikelihoods."""
     args = ",".join(f"{key}={value}" for key, value in model_args.items())
     seeds = ",".join(str(SEEDS[key]) for key in SEEDS)
     commands = []
@@ -543,6 +571,12 @@ def reproduction(
         "mirror's .arrow files by their paths on the worker that ran this evaluation: adjust "
         "those paths to your installation."
     )
+    if backend != "hf":
+        note += (
+            f" This run was scored by Trellis's {backend} backend (evaluator/prefix_lm.py), "
+            "which forwards each shared token prefix once and gives stock HFLM's "
+            "loglikelihoods up to rounding; the stock commands reproduce its scores."
+        )
     return {
         "command": "\n".join(commands),
         "commands": commands,
