@@ -43,14 +43,24 @@ CAST_MIN_EQUAL_PER_TENSOR = 0.9
 # Residual energy left after the first candidate (1 - cos^2): 0.75 is a cosine of 0.5, far
 # above independent models' ~0 and below any fine-tune we measured.
 FIRST_MAX_RESIDUAL = 0.75
-# A further candidate must remove at least this share of what is still unexplained.
-NEXT_MIN_GAIN = 0.5
+# A further candidate must remove at least this share of what is still unexplained. TIES and
+# DARE merges (trimmed, sign-elected task vectors) gain ~40% from their second parent on the
+# tiny bench family; a sibling fine-tune explains ~30% of a fine-tune trained the same way.
+NEXT_MIN_GAIN = 0.4
+PAIR_LEADERS = 6
+# A chosen model gives way to one of its own parents that explains the target nearly as well.
+SOURCE_SLACK = 1.5
+# For merges the fit is sharper: a parent must explain nearly as well as the merge it replaces.
+MERGE_SOURCE_SLACK = 1.2
 # Below this residual energy the fit is exact up to float32 and fp16/bf16 rounding.
 EXACT_RESIDUAL = 1e-9
 MIN_MERGE_WEIGHT = 0.1
 # Declared parents are kept when they leave at most this much more unexplained than the best
 # set found from the weights alone.
-DECLARED_SLACK = 1.5
+# Fine-tunes of one base made with the same optimiser are aligned (on the tiny bench family a
+# sibling explains a fine-tune 2-2.5x better than their common parent), so the slack is wide;
+# a parent the weights contradict is unrelated (over FIRST_MAX_RESIDUAL) or much farther.
+DECLARED_SLACK = 3.0
 MAX_PARENTS = 6
 
 # LSH of the sketches: 48 bands of 10 random-hyperplane bits. A pair with sketch cosine 0.9
@@ -260,24 +270,76 @@ def explain(target: Sketch, candidates: Sequence[Sketch]) -> _Fit | None:
     names = _shared_matrices(target, pool)
     if not names:
         return None
-    best: _Fit | None = None
-    chosen: list[Sketch] = []
-    while len(chosen) < MAX_PARENTS:
-        trials = [_fit(target, [*chosen, c], names) for c in pool if c not in chosen]
+    singles = sorted((_fit(target, [c], names) for c in pool), key=lambda fit: fit.residual)
+    if singles[0].residual > FIRST_MAX_RESIDUAL:
+        return None
+    by_id = {c.id: c for c in pool}
+    best = singles[0]
+    # The closest single model of a merge is often another merge of the same parents: pairs
+    # among the closest few are tried too, not only pairs that extend the closest one.
+    leaders = [by_id[fit.chosen[0]] for fit in singles[:PAIR_LEADERS]]
+    pairs = [
+        _fit(target, [first, second], names)
+        for index, first in enumerate(leaders)
+        for second in leaders[index + 1 :]
+    ]
+    extended = [
+        _fit(target, [by_id[best.chosen[0]], c], names) for c in pool if c.id != best.chosen[0]
+    ]
+    for trial in sorted(pairs + extended, key=lambda fit: fit.residual)[:1]:
+        if best.residual > EXACT_RESIDUAL and trial.residual <= best.residual * (1 - NEXT_MIN_GAIN):
+            best = trial
+    if len(best.chosen) < 2:
+        return best
+    while len(best.chosen) < MAX_PARENTS and best.residual > EXACT_RESIDUAL:
+        chosen = [by_id[cid] for cid in best.chosen]
+        trials = [_fit(target, [*chosen, c], names) for c in pool if c.id not in best.chosen]
         if not trials:
             break
         trial = min(trials, key=lambda fit: fit.residual)
-        limit = FIRST_MAX_RESIDUAL if best is None else best.residual * (1 - NEXT_MIN_GAIN)
-        if best is not None and best.residual <= EXACT_RESIDUAL:
-            break
-        if trial.residual > limit:
+        if trial.residual > best.residual * (1 - NEXT_MIN_GAIN):
             break
         best = trial
-        chosen = [next(c for c in pool if c.id == cid) for cid in trial.chosen]
     return best
 
 
-def relate(target: Sketch, candidates: Sequence[Sketch], declared: Sequence[str] = ()) -> Relation:
+def prefer_sources(
+    target: Sketch,
+    fit: _Fit,
+    pool: Sequence[Sketch],
+    parents_of: Mapping[str, Sequence[str]],
+) -> _Fit:
+    """Replace a chosen model by one of its own parents while the fit stays within
+    `SOURCE_SLACK`: a merge that contains a parent, or a sibling fine-tuned the same way,
+    explains a model almost as well as the parent itself; the simpler story is the parent.
+    `parents_of` maps a candidate to its known parents (declared or confirmed edges)."""
+    by_id = {c.id: c for c in pool}
+    names = _shared_matrices(target, [by_id[cid] for cid in fit.chosen])
+    for _ in range(2 * MAX_PARENTS):
+        changed = False
+        for cid in fit.chosen:
+            for parent in parents_of.get(cid, ()):
+                if parent not in by_id or parent in fit.chosen:
+                    continue
+                chosen = [by_id[parent if c == cid else c] for c in fit.chosen]
+                trial = _fit(target, chosen, names)
+                slack = SOURCE_SLACK if len(fit.chosen) == 1 else MERGE_SOURCE_SLACK
+                if trial.residual <= slack * fit.residual + EXACT_RESIDUAL:
+                    fit, changed = trial, True
+                    break
+            if changed:
+                break
+        if not changed:
+            break
+    return fit
+
+
+def relate(
+    target: Sketch,
+    candidates: Sequence[Sketch],
+    declared: Sequence[str] = (),
+    parents_of: Mapping[str, Sequence[str]] | None = None,
+) -> Relation:
     """The relation of `target` to older `candidates` (the caller passes only models that
     precede it: submitted earlier, or declared as its parents).
 
@@ -299,6 +361,8 @@ def relate(target: Sketch, candidates: Sequence[Sketch], declared: Sequence[str]
             evidence={**found, "original": original.id},
         )
     fit = explain(target, pool)
+    if fit is not None and parents_of:
+        fit = prefer_sources(target, fit, pool, parents_of)
     evidence: dict[str, Any] = {"candidates": len(pool)}
     known = [c for c in pool if c.id in set(declared)]
     if known:
