@@ -25,13 +25,13 @@ from leaderboard.catalog import lineage
 from leaderboard.catalog.models import Repository
 from leaderboard.catalog.sources import get_source
 from leaderboard.celery import app
-from leaderboard.evaluations import services as runs
+from leaderboard.evaluations import runs
 from leaderboard.evaluations.models import EvaluationRun
 from leaderboard.integrity import services as integrity
 from leaderboard.integrity.models import Report
 from leaderboard.problems import Refusal
 from leaderboard.public.projection import refresh_entries_for
-from leaderboard.submissions import services as intake
+from leaderboard.submissions import intake
 from leaderboard.submissions.models import Submission
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def record_failure(run_id: int, attempt: int, code: str, message: str, log_tail:
 
 def ingest_result(run_id: int, attempt: int, payload: Any) -> str:
     """Store a worker's result; new scores enter the ranking read table in the same commit.
-    Returns "ingested", "duplicate", "stale" or "rejected" (evaluations.services.ingest_result)."""
+    Returns "ingested", "duplicate", "stale" or "rejected" (evaluations.runs.ingest_result)."""
     with transaction.atomic():
         ingested = runs.ingest_result(run_id, attempt, payload)
         if ingested.submission_id is not None:

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from evaluator.suites import load_suite
 from leaderboard import flow
-from leaderboard.evaluations import services
+from leaderboard.evaluations import runs
 from leaderboard.evaluations.models import EvaluationRun
 from tests.factories import QUEUES, RunFactory, SubmissionFactory, drain, quick_payload
 
@@ -31,7 +31,7 @@ def submission(submitter):
 
 def finished_run(submission, artifact_root) -> EvaluationRun:
     run = RunFactory(submission=submission, state="running", queue="gpu-small")
-    services.mark_started(run.pk, 1, "celery@gpu-box")
+    runs.mark_started(run.pk, 1, "celery@gpu-box")
     payload = quick_payload(run.pk, artifact_root, {"arc_easy": 0.625})
     assert flow.ingest_result(run.pk, 1, payload) == "ingested"
     return EvaluationRun.objects.get(pk=run.pk)
@@ -39,7 +39,7 @@ def finished_run(submission, artifact_root) -> EvaluationRun:
 
 def failed_run(submission) -> EvaluationRun:
     run = RunFactory(submission=submission, state="running", queue="gpu-small")
-    services.record_failure(
+    runs.record_failure(
         run.pk, 1, "tokenizer_missing", "acme/tiny-chat has no tokenizer.", "line 1\nOSError: x"
     )
     return EvaluationRun.objects.get(pk=run.pk)
@@ -67,11 +67,11 @@ def test_queued_run_shows_its_position_and_polls(anonymous_client, submission):
 @pytest.mark.django_db
 def test_running_run_shows_progress_and_elapsed_time(anonymous_client, submission):
     run = RunFactory(submission=submission, queue="gpu-small")
-    services.mark_started(run.pk, 1, "celery@gpu-box")
+    runs.mark_started(run.pk, 1, "celery@gpu-box")
     EvaluationRun.objects.filter(pk=run.pk).update(
         started_at=timezone.now() - timedelta(seconds=125)
     )
-    services.record_progress(run.pk, 1, 300, 1200)
+    runs.record_progress(run.pk, 1, 300, 1200)
     response = anonymous_client.get(f"/runs/submission/{submission.pk}/live/")
     assert response.status_code == 200
     html = response.content.decode()
@@ -179,7 +179,7 @@ def test_page_requeue_matrix(
     assert response["Location"] == f"/submissions/{submission.pk}/"
     assert EvaluationRun.objects.get(pk=run.pk).state == "queued"
 
-    services.record_failure(run.pk, 2, "error", "again", "")
+    runs.record_failure(run.pk, 2, "error", "again", "")
     response = submitter_client.post(f"/runs/{run.pk}/requeue/")
     assert response.status_code == 403
     assert "already re-queued this run once" in response.content.decode()
@@ -276,8 +276,8 @@ def test_api_shows_queue_position_progress_and_failure(anonymous_client, submiss
         1,
         {"done": 0, "total": 0, "share": None},
     )
-    services.mark_started(run.pk, 1, "w1")
-    services.record_progress(run.pk, 1, 1, 8)
+    runs.mark_started(run.pk, 1, "w1")
+    runs.record_progress(run.pk, 1, 1, 8)
     started = timezone.now() - timedelta(seconds=125)
     EvaluationRun.objects.filter(pk=run.pk).update(started_at=started)
     monkeypatch.setattr(timezone, "now", lambda: started + timedelta(seconds=125.5))
@@ -288,7 +288,7 @@ def test_api_shows_queue_position_progress_and_failure(anonymous_client, submiss
         {"done": 1, "total": 8, "share": 0.125},
     )
     assert got["elapsed_seconds"] == 125.5
-    services.record_failure(run.pk, 1, "out_of_memory", "", "tail")
+    runs.record_failure(run.pk, 1, "out_of_memory", "", "tail")
     got = anonymous_client.get(f"/api/v1/submissions/{submission.pk}").json()["runs"][0]
     assert got["failure"] == {
         "code": "out_of_memory",
@@ -347,7 +347,7 @@ def test_api_requeue_matrix(anonymous_client, submitter, other_submitter, mainta
     assert response.status_code == 409
     assert response.json()["errors"][0]["code"] == "not_failed"
 
-    services.record_failure(run.pk, 2, "error", "again", "")
+    runs.record_failure(run.pk, 2, "error", "again", "")
     response = post(submitter)
     assert response.status_code == 403
     assert response.json()["errors"][0]["code"] == "requeue_limit"

@@ -1,4 +1,4 @@
-"""The evaluation rules, through leaderboard.evaluations.services: creating and routing runs,
+"""The evaluation rules, through leaderboard.evaluations.runs: creating and routing runs,
 what workers report (claims by conditional UPDATE), validating and ingesting results,
 re-queueing, and the reconciler."""
 
@@ -12,7 +12,7 @@ from django.utils import timezone
 from evaluator.suites import load_suite
 from leaderboard import flow
 from leaderboard.celery import app
-from leaderboard.evaluations import services
+from leaderboard.evaluations import runs
 from leaderboard.evaluations.dispatch import build_job
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 from leaderboard.problems import Refusal
@@ -58,7 +58,7 @@ def test_create_run_for_routes_by_size_and_sends_on_commit(
     submission = SubmissionFactory(parameter_count=parameters, state="failed")
     before = timezone.now()
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        run = services.create_run_for(submission)
+        run = runs.create_run_for(submission)
     # Nothing leaves before the transaction commits.
     assert broker(queue) == []
     assert len(callbacks) == 1
@@ -97,9 +97,9 @@ def test_create_run_for_routes_by_size_and_sends_on_commit(
 def test_create_run_for_honours_queue_settings_and_suite_name(settings, broker):
     settings.TRELLIS_QUEUE_SMALL = "cards-24gb"
     settings.TRELLIS_LARGE_MODEL_PARAMETERS = 1_000
-    assert services.queue_for(999) == "cards-24gb"
-    assert services.queue_for(1_000) == settings.TRELLIS_QUEUE_LARGE
-    run = services.create_run_for(SubmissionFactory(), suite_name="open-llm-v1")
+    assert runs.queue_for(999) == "cards-24gb"
+    assert runs.queue_for(1_000) == settings.TRELLIS_QUEUE_LARGE
+    run = runs.create_run_for(SubmissionFactory(), suite_name="open-llm-v1")
     assert (run.suite_name, run.suite_version) == ("open-llm-v1", "1")
 
 
@@ -137,8 +137,8 @@ def test_job_carries_the_model_and_data_sources(settings, tmp_path):
 @pytest.mark.django_db
 def test_mark_started_claims_a_queued_run_once_per_attempt():
     run = RunFactory(queue="gpu-small", attempt=2)
-    assert services.mark_started(run.pk, 1, "gpu-1") is False  # an older attempt's message
-    assert services.mark_started(run.pk, 2, "gpu-1") is True
+    assert runs.mark_started(run.pk, 1, "gpu-1") is False  # an older attempt's message
+    assert runs.mark_started(run.pk, 2, "gpu-1") is True
     run.refresh_from_db()
     assert (run.state, run.worker) == ("running", "gpu-1")
     assert run.started_at is not None and run.heartbeat_at == run.started_at
@@ -148,43 +148,43 @@ def test_mark_started_claims_a_queued_run_once_per_attempt():
 @pytest.mark.django_db
 def test_redelivery_restarts_a_running_run_and_revives_a_reaped_one():
     run = running_run(worker="gpu-1", progress_done=50, progress_total=100)
-    assert services.mark_started(run.pk, 1, "gpu-2") is True
+    assert runs.mark_started(run.pk, 1, "gpu-2") is True
     run.refresh_from_db()
     assert (run.worker, run.progress_done, run.progress_total) == ("gpu-2", 0, 0)
 
     EvaluationRun.objects.filter(pk=run.pk).update(state="failed", failure_code="worker_lost")
-    assert services.mark_started(run.pk, 1, "gpu-3") is True
+    assert runs.mark_started(run.pk, 1, "gpu-3") is True
     run.refresh_from_db()
     assert (run.state, run.failure_code, run.worker) == ("running", "", "gpu-3")
 
     EvaluationRun.objects.filter(pk=run.pk).update(state="failed", failure_code="out_of_memory")
-    assert services.mark_started(run.pk, 1, "gpu-4") is False
+    assert runs.mark_started(run.pk, 1, "gpu-4") is False
     EvaluationRun.objects.filter(pk=run.pk).update(state="finished")
-    assert services.mark_started(run.pk, 1, "gpu-4") is False
+    assert runs.mark_started(run.pk, 1, "gpu-4") is False
 
 
 @pytest.mark.django_db
 def test_progress_updates_running_runs_of_the_current_attempt_only():
     run = running_run(heartbeat_at=timezone.now() - timedelta(minutes=5))
     before = run.heartbeat_at
-    assert services.record_progress(run.pk, 1, 30, 120) is True
+    assert runs.record_progress(run.pk, 1, 30, 120) is True
     run.refresh_from_db()
     assert (run.progress_done, run.progress_total) == (30, 120)
     assert run.heartbeat_at > before
     # Clamped: never more done than total, never negative.
-    assert services.record_progress(run.pk, 1, 500, 120) is True
+    assert runs.record_progress(run.pk, 1, 500, 120) is True
     run.refresh_from_db()
     assert (run.progress_done, run.progress_total) == (120, 120)
-    assert services.record_progress(run.pk, 2, 1, 120) is False
+    assert runs.record_progress(run.pk, 2, 1, 120) is False
     queued = RunFactory()
-    assert services.record_progress(queued.pk, 1, 1, 10) is False
+    assert runs.record_progress(queued.pk, 1, 1, 10) is False
 
 
 @pytest.mark.django_db
 def test_record_failure_keeps_words_and_log_but_never_undoes_a_finished_run():
     run = running_run()
     assert (
-        services.record_failure(run.pk, 1, "out_of_memory", "CUDA OOM at 2 GiB", "l1\nl2") is True
+        runs.record_failure(run.pk, 1, "out_of_memory", "CUDA OOM at 2 GiB", "l1\nl2") is True
     )
     run.refresh_from_db()
     assert run.state == "failed"
@@ -196,7 +196,7 @@ def test_record_failure_keeps_words_and_log_but_never_undoes_a_finished_run():
     assert run.submission.state == "failed"
 
     finished = RunFactory(state="finished")
-    assert services.record_failure(finished.pk, 1, "error", "late duplicate", "") is False
+    assert runs.record_failure(finished.pk, 1, "error", "late duplicate", "") is False
     assert EvaluationRun.objects.get(pk=finished.pk).state == "finished"
 
 
@@ -207,7 +207,7 @@ def test_submission_state_follows_its_newest_run_only():
     RunFactory(submission=submission, state="running")
     submission.refresh_from_db()
     EvaluationRun.objects.filter(pk=old.pk).update(state="running", attempt=1)
-    services.record_failure(old.pk, 1, "error", "boom", "")
+    runs.record_failure(old.pk, 1, "error", "boom", "")
     assert Submission.objects.get(pk=submission.pk).state == "finished"
 
 
@@ -368,12 +368,12 @@ def failed_run(submitter):
 def test_requeue_permission_matrix(failed_run, submitter, other_submitter, maintainer):
     from django.contrib.auth.models import AnonymousUser
 
-    refusal = services.requeue_refusal(failed_run, AnonymousUser())
+    refusal = runs.requeue_refusal(failed_run, AnonymousUser())
     assert (refusal.code, refusal.status) == ("not_authenticated", 401)
-    refusal = services.requeue_refusal(failed_run, other_submitter)
+    refusal = runs.requeue_refusal(failed_run, other_submitter)
     assert (refusal.code, refusal.status) == ("forbidden", 403)
-    assert services.requeue_refusal(failed_run, submitter) is None
-    assert services.requeue_refusal(failed_run, maintainer) is None
+    assert runs.requeue_refusal(failed_run, submitter) is None
+    assert runs.requeue_refusal(failed_run, maintainer) is None
 
 
 @pytest.mark.django_db
@@ -381,7 +381,7 @@ def test_submitter_requeues_once_maintainer_any_time(
     failed_run, submitter, maintainer, broker, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
-        run = services.requeue(failed_run, submitter)
+        run = runs.requeue(failed_run, submitter)
     assert (run.state, run.attempt, run.submitter_requeues) == ("queued", 2, 1)
     assert (run.failure_code, run.failure_reason, run.log_tail, run.requeued_by) == (
         "",
@@ -393,19 +393,19 @@ def test_submitter_requeues_once_maintainer_any_time(
     messages = broker("gpu-small")
     assert [(name, args[0]["attempt"]) for name, args in messages] == [("evaluations.evaluate", 2)]
 
-    services.record_failure(run.pk, 2, "model_load", "again", "")
+    runs.record_failure(run.pk, 2, "model_load", "again", "")
     run.refresh_from_db()
     with pytest.raises(Refusal) as refused:
-        services.requeue(run, submitter)
+        runs.requeue(run, submitter)
     assert (refused.value.code, refused.value.status) == ("requeue_limit", 403)
     assert refused.value.message == (
         "You have already re-queued this run once; ask a maintainer to re-queue it again."
     )
 
     for attempt in (3, 4):
-        run = services.requeue(run, maintainer)
+        run = runs.requeue(run, maintainer)
         assert (run.attempt, run.submitter_requeues, run.requeued_by) == (attempt, 1, maintainer)
-        services.record_failure(run.pk, attempt, "error", "again", "")
+        runs.record_failure(run.pk, attempt, "error", "again", "")
         run.refresh_from_db()
 
 
@@ -414,7 +414,7 @@ def test_only_failed_runs_can_be_requeued(maintainer):
     for state in ("queued", "running", "finished"):
         run = RunFactory(state=state)
         with pytest.raises(Refusal) as refused:
-            services.requeue(run, maintainer)
+            runs.requeue(run, maintainer)
         assert (refused.value.code, refused.value.status) == ("not_failed", 409)
         assert refused.value.message == f"Only a failed run can be re-queued; this one is {state}."
 
@@ -422,9 +422,9 @@ def test_only_failed_runs_can_be_requeued(maintainer):
 @pytest.mark.django_db
 def test_a_requeue_that_lost_the_race_changes_nothing(failed_run, maintainer):
     stale_copy = EvaluationRun.objects.get(pk=failed_run.pk)
-    services.requeue(failed_run, maintainer)
+    runs.requeue(failed_run, maintainer)
     with pytest.raises(Refusal) as refused:
-        services.requeue(stale_copy, maintainer)
+        runs.requeue(stale_copy, maintainer)
     assert refused.value.code == "already_requeued"
     assert EvaluationRun.objects.get(pk=failed_run.pk).attempt == 2
 
@@ -440,8 +440,8 @@ def test_queue_position_counts_queued_runs_ahead_in_the_same_queue():
     RunFactory(queue="gpu-small", state="running", enqueued_at=now - timedelta(minutes=9))
     second = RunFactory(queue="gpu-small", enqueued_at=now - timedelta(minutes=1))
     third = RunFactory(queue="gpu-small", enqueued_at=second.enqueued_at)
-    assert [services.queue_position(r) for r in (first, second, third)] == [1, 2, 3]
-    assert services.queue_position(running_run()) is None
+    assert [runs.queue_position(r) for r in (first, second, third)] == [1, 2, 3]
+    assert runs.queue_position(running_run()) is None
 
 
 # --- reconciler -----------------------------------------------------------------------------------
@@ -452,13 +452,13 @@ def test_reconciler_sends_runs_whose_publish_never_happened(broker):
     now = timezone.now()
     unsent = RunFactory(queue="gpu-small", enqueued_at=now - timedelta(minutes=2))
     just_created = RunFactory(queue="gpu-small", enqueued_at=now - timedelta(seconds=5))
-    report = services.reconcile_runs(now)
+    report = runs.reconcile_runs(now)
     assert report.resent == [unsent.pk]
     assert report.reaped == []
     assert [args[0]["run_id"] for _, args in broker("gpu-small")] == [unsent.pk]
     assert now <= EvaluationRun.objects.get(pk=unsent.pk).sent_at <= timezone.now()
     assert EvaluationRun.objects.get(pk=just_created.pk).sent_at is None
-    assert services.reconcile_runs(now).resent == []
+    assert runs.reconcile_runs(now).resent == []
 
 
 @pytest.mark.django_db
@@ -472,7 +472,7 @@ def test_reconciler_resends_long_queued_runs_only_where_no_worker_is_seen(settin
     running_run(queue="gpu-small", heartbeat_at=now - timedelta(minutes=10))
     recent = RunFactory(queue="gpu-large", enqueued_at=now, sent_at=now - timedelta(minutes=5))
 
-    report = services.reconcile_runs(now)
+    report = runs.reconcile_runs(now)
     assert report.resent == [idle.pk]
     assert [args[0]["run_id"] for _, args in broker("gpu-large")] == [idle.pk]
     assert broker("gpu-small") == []
@@ -483,6 +483,7 @@ def test_reconciler_resends_long_queued_runs_only_where_no_worker_is_seen(settin
 @pytest.mark.django_db
 def test_reconciler_reaps_runs_whose_heartbeat_stopped(settings, failed_run, submitter):
     settings.TRELLIS_HEARTBEAT_TIMEOUT = 900
+    settings.TRELLIS_MAX_ATTEMPTS = 1  # no retry left: reaped means failed (retries: test_faults)
     settings.CELERY_TASK_TIME_LIMIT = 4 * 3600
     now = timezone.now()
     silent = running_run(
@@ -497,20 +498,20 @@ def test_reconciler_reaps_runs_whose_heartbeat_stopped(settings, failed_run, sub
         started_at=now - timedelta(hours=1), heartbeat_at=now - timedelta(seconds=60)
     )
 
-    report = services.reconcile_runs(now)
+    report = runs.reconcile_runs(now)
     assert sorted(report.reaped) == sorted([silent.pk, over_time.pk])
     silent.refresh_from_db()
     assert (silent.state, silent.failure_code) == ("failed", "worker_lost")
     assert silent.failure_reason == (
         "The worker stopped reporting: it was killed or lost its connection. "
-        "No progress for 900 seconds."
+        "No progress for 900 seconds (attempt 1 of 1)."
     )
     assert silent.submission.state == "failed"
     assert EvaluationRun.objects.get(pk=over_time.pk).failure_code == "time_limit"
     assert EvaluationRun.objects.get(pk=alive.pk).state == "running"
     # A reaped run is an ordinary failed run: its submitter may re-queue it.
-    assert services.requeue_refusal(silent, submitter) is None
-    assert services.reconcile_runs(now).reaped == []
+    assert runs.requeue_refusal(silent, submitter) is None
+    assert runs.reconcile_runs(now).reaped == []
 
 
 def test_the_reconciler_runs_on_the_beat_schedule():

@@ -355,7 +355,7 @@ def test_submission_is_evaluated_by_real_workers_and_survives_a_killed_worker(
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_an_evaluation_past_its_time_limit_fails_with_that_reason(workers, settings):
-    from leaderboard.evaluations.services import create_run_for
+    from leaderboard.evaluations.runs import create_run_for
     from tests.factories import RepositoryFactory, SubmissionFactory
 
     # open-llm-v1 without document limits is hours of work even for the tiny model: it cannot

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from leaderboard import flow
 from leaderboard.catalog.models import Repository
-from leaderboard.evaluations.services import evaluated_repositories
+from leaderboard.evaluations.runs import evaluated_repositories
 from leaderboard.integrity import services
 from leaderboard.integrity.models import AuditEntry, Report, ReportSupport
 from leaderboard.problems import Refusal

@@ -18,7 +18,7 @@ from leaderboard import flow
 from leaderboard.catalog.models import LineageEdge, Repository
 from leaderboard.catalog.sources.local import LocalSource
 from leaderboard.catalog.tasks import resolve_ancestors
-from leaderboard.submissions.services import SubmissionRequest
+from leaderboard.submissions.intake import SubmissionRequest
 from tests.builders import default_card, make_dataset_repo, make_model_repo
 from tests.conftest import service_unavailable
 
@@ -120,7 +120,7 @@ def test_a_slow_source_never_holds_a_database_lock(
     # The parent is already in the catalog: its row is one the submission will write.
     Repository.objects.create(kind="model", repo_id="acme/base")
     source = SlowSource(LocalSource(model_root), slow=["acme/base", "acme/root"])
-    monkeypatch.setattr("leaderboard.submissions.services.get_source", lambda: source)
+    monkeypatch.setattr("leaderboard.submissions.intake.get_source", lambda: source)
     monkeypatch.setattr("leaderboard.flow.get_source", lambda: source)
     request = SubmissionRequest(repo_id="me/chat", precision="bfloat16", model_type="fine-tuned")
 

@@ -51,7 +51,7 @@ def setup_demo(model_root: Path | None = None) -> DemoOutcome:
         build_demo_repositories,
     )
     from leaderboard import flow
-    from leaderboard.submissions.services import SubmissionRequest
+    from leaderboard.submissions.intake import SubmissionRequest
 
     if settings.TRELLIS_MODEL_SOURCE != "local":
         raise DemoError(

@@ -10,7 +10,7 @@ from ninja import Router
 
 from leaderboard import flow
 from leaderboard.accounts.auth import api_auth
-from leaderboard.evaluations import services
+from leaderboard.evaluations import runs
 from leaderboard.evaluations.serializers import SubmissionDetailOut, submission_detail_to_dict
 from leaderboard.problems import Refusal, error_responses
 from leaderboard.submissions.models import Submission
@@ -55,7 +55,7 @@ def get_submission(request: HttpRequest, submission_id: int) -> Any:
 )
 def requeue_submission(request: HttpRequest, submission_id: int) -> Any:
     submission = _submission(submission_id)
-    run = services.latest_run(submission) if submission is not None else None
+    run = runs.latest_run(submission) if submission is not None else None
     if submission is None or run is None:
         raise _not_found(submission_id)
     flow.requeue(run, request.auth)  # type: ignore[attr-defined]

@@ -12,8 +12,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
-from django.db.models import F, Max, Q, QuerySet
+from django.db.models import Count, F, Max, Q, QuerySet
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 # A queued run whose publish did not succeed is sent again after this grace period, which
 # leaves room for the on-commit send of a run created a moment ago.
 UNSENT_GRACE = timedelta(seconds=30)
+# The runs the previous reconciler pass suspected the broker had lost (_missing_from_broker).
+SUSPECTS_KEY = "reconciler:suspected-lost"
 
 
 # --- Creating and sending ----------------------------------------------------------------------
@@ -314,6 +317,7 @@ def requeue(run: EvaluationRun, user: Any) -> EvaluationRun:
 class ReconcileReport:
     resent: list[int] = field(default_factory=list)
     reaped: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)  # reaped, and queued as the next attempt
 
 
 def reconcile_runs(now: datetime | None = None) -> ReconcileReport:
@@ -327,9 +331,14 @@ def reconcile_runs(now: datetime | None = None) -> ReconcileReport:
                 report.resent.append(run_id)
         except Exception:
             logger.exception("run %s: re-send failed; next pass tries again", run_id)
-    report.reaped = _reap_silent_runs(now)
-    if report.resent or report.reaped:
-        logger.info("reconciler: resent %s, reaped %s", report.resent, report.reaped)
+    report.reaped, report.retried = _reap_silent_runs(now)
+    if report.resent or report.reaped or report.retried:
+        logger.info(
+            "reconciler: resent %s, reaped %s, retried %s",
+            report.resent,
+            report.reaped,
+            report.retried,
+        )
     return report
 
 
@@ -356,13 +365,51 @@ def _runs_to_resend(now: datetime) -> list[tuple[int, int]]:
         Q(sent_at__isnull=True, enqueued_at__lt=now - UNSENT_GRACE)
         | Q(sent_at__lt=cutoff, queue__in=idle_queues)
     )
-    return list(due.order_by("enqueued_at", "pk").values_list("pk", "attempt"))
+    found = list(due.order_by("enqueued_at", "pk").values_list("pk", "attempt"))
+    return found + [lost for lost in _missing_from_broker(now) if lost not in found]
 
 
-def _reap_silent_runs(now: datetime) -> list[int]:
+def _missing_from_broker(now: datetime) -> list[tuple[int, int]]:
+    """Queued runs that were sent but whose message the broker no longer holds (a broker that
+    restarted without its data): per queue, the database's sent runs outnumber the messages
+    waiting there. Which ones are missing is not written anywhere, so the oldest sent are the
+    candidates (a queue is first in, first out); a run is sent again only when it was a
+    candidate at the previous pass as well, so a message a worker took a moment ago (its
+    `started` report still on the way) is not mistaken for a lost one. Nothing is decided while
+    the web queue has reports waiting, nor when the broker does not answer."""
+    from leaderboard import broker
+
+    sent = EvaluationRun.objects.filter(state=RunState.QUEUED, sent_at__isnull=False)
+    counts = dict(sent.values_list("queue").annotate(n=Count("pk")).order_by())
+    if not counts:
+        cache.delete(SUSPECTS_KEY)
+        return []
+    web_queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    try:
+        depths = broker.queue_depths([*counts, web_queue])
+    except broker.BrokerUnreachable:
+        return []
+    if depths[web_queue]:
+        return []
+    suspects: list[tuple[int, int]] = []
+    for queue, n in counts.items():
+        shortfall = n - depths[queue]
+        if shortfall > 0:
+            oldest = sent.filter(queue=queue, sent_at__lt=now - UNSENT_GRACE)
+            suspects += oldest.order_by("sent_at", "pk").values_list("pk", "attempt")[:shortfall]
+    earlier = {tuple(pair) for pair in cache.get(SUSPECTS_KEY, [])}
+    cache.set(SUSPECTS_KEY, suspects, timeout=3 * settings.TRELLIS_RECONCILE_INTERVAL)
+    return [pair for pair in suspects if pair in earlier]
+
+
+def _reap_silent_runs(now: datetime) -> tuple[list[int], list[int]]:
+    """Running runs whose worker went silent. A lost worker's run is queued again as the next
+    attempt, up to TRELLIS_MAX_ATTEMPTS attempts, then fails with worker_lost; a run past the
+    hard time limit fails with time_limit. Returns (failed, retried)."""
     cutoff = now - timedelta(seconds=settings.TRELLIS_HEARTBEAT_TIMEOUT)
     time_limit = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
-    reaped = []
+    reaped: list[int] = []
+    retried: list[int] = []
     silent = EvaluationRun.objects.filter(state=RunState.RUNNING).filter(
         Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
     )
@@ -370,8 +417,13 @@ def _reap_silent_runs(now: datetime) -> list[int]:
         over_time = run.started_at is not None and now - run.started_at >= time_limit
         code = "time_limit" if over_time else "worker_lost"
         silence = settings.TRELLIS_HEARTBEAT_TIMEOUT
+        if code == "worker_lost" and run.attempt < settings.TRELLIS_MAX_ATTEMPTS:
+            if _retry_lost_run(run.pk, run.attempt, run.submission_id, cutoff, silence, now):
+                retried.append(run.pk)
+            continue
         message = (
-            f"No progress for {silence} seconds."
+            f"No progress for {silence} seconds (attempt {run.attempt} of "
+            f"{settings.TRELLIS_MAX_ATTEMPTS})."
             if code == "worker_lost"
             else f"Still running after the hard limit of {int(time_limit.total_seconds())} s."
         )
@@ -388,7 +440,42 @@ def _reap_silent_runs(now: datetime) -> list[int]:
         if claimed:
             _mirror_submission(run.pk, run.submission_id, RunState.FAILED)
             reaped.append(run.pk)
-    return reaped
+    return reaped, retried
+
+
+def _retry_lost_run(
+    run_id: int, attempt: int, submission_id: int, cutoff: datetime, silence: int, now: datetime
+) -> bool:
+    """Queue a silent run again as the next attempt: the old attempt's messages become stale,
+    so its worker, should it wake up, changes nothing."""
+    note = (
+        f"Attempt {attempt}: no progress for {silence} seconds (the worker was lost); "
+        f"queued again automatically as attempt {attempt + 1}."
+    )
+    with transaction.atomic():
+        claimed = (
+            EvaluationRun.objects.filter(pk=run_id, attempt=attempt, state=RunState.RUNNING)
+            .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True))
+            .update(
+                state=RunState.QUEUED,
+                attempt=F("attempt") + 1,
+                enqueued_at=now,
+                sent_at=None,
+                started_at=None,
+                heartbeat_at=None,
+                finished_at=None,
+                progress_done=0,
+                progress_total=0,
+                worker="",
+                failure_code="",
+                failure_reason="",
+                log_tail=note,
+            )
+        )
+        if claimed:
+            _mirror_submission(run_id, submission_id, RunState.QUEUED)
+            _send_on_commit(run_id, attempt + 1)
+    return bool(claimed)
 
 
 # --- What the pages and the API show ------------------------------------------------------------

@@ -13,7 +13,7 @@ from ninja import Schema
 
 from evaluator.suites import SuiteError, UnknownSuite, load_suite
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
-from leaderboard.evaluations.services import queue_position
+from leaderboard.evaluations.runs import queue_position
 from leaderboard.submissions.models import Submission
 from leaderboard.submissions.serializers import SubmissionOut, submission_to_dict
 

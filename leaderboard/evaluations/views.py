@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from leaderboard import flow
-from leaderboard.evaluations import services
+from leaderboard.evaluations import runs
 from leaderboard.evaluations.models import EvaluationRun, RunState
 from leaderboard.evaluations.serializers import run_to_dict
 from leaderboard.evaluations.validation import resolve_artifact
@@ -41,14 +41,14 @@ def format_duration(seconds: float | None) -> str:
 
 def run_panel_context(request: HttpRequest, submission: Submission) -> dict[str, Any]:
     """What evaluations/_run_panel.html shows of `submission`'s newest run."""
-    run = services.latest_run(submission)
+    run = runs.latest_run(submission)
     view = run_to_dict(run) if run is not None else None
     return {
         "submission": submission,
         "run": view,
         "live": run is not None and run.state in LIVE_STATES,
         "elapsed": format_duration(view["elapsed_seconds"]) if view else "",
-        "can_requeue": run is not None and services.requeue_refusal(run, request.user) is None,
+        "can_requeue": run is not None and runs.requeue_refusal(run, request.user) is None,
         "poll_seconds": 3,
     }
 

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 from leaderboard import flow
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.catalog.models import RepositoryKind
-from leaderboard.evaluations.services import evaluated_repositories
+from leaderboard.evaluations.runs import evaluated_repositories
 from leaderboard.integrity import plots, services
 from leaderboard.integrity.forms import ReportForm
 from leaderboard.integrity.models import ReportKind

@@ -11,7 +11,7 @@ from leaderboard import flow
 from leaderboard.accounts.auth import api_auth
 from leaderboard.problems import error_responses
 from leaderboard.submissions.serializers import SubmissionOut, submission_to_dict
-from leaderboard.submissions.services import SubmissionRequest
+from leaderboard.submissions.intake import SubmissionRequest
 
 router = Router(tags=["submissions"])
 

@@ -1,7 +1,7 @@
 """The submission rules as pure functions over the request, a RepoSnapshot and its ParsedCard.
 
 Each rule returns Problems (a stable code, the field it concerns, a message naming the fix);
-services.check_submission runs them all and adds the ones that need the database or the source.
+intake.check_submission runs them all and adds the ones that need the database or the source.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The submission form: collects the five fields and shows each refusal next to its field.
 
-It validates nothing itself: services.check_submission is the one judge, for the form and the
+It validates nothing itself: intake.check_submission is the one judge, for the form and the
 API alike."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 
 from leaderboard.problems import Problem
 from leaderboard.submissions.models import ModelType, Precision, WeightType
-from leaderboard.submissions.services import SubmissionRequest
+from leaderboard.submissions.intake import SubmissionRequest
 
 INPUT_FIELDS = ("repo_id", "revision", "precision", "model_type", "weight_type")
 

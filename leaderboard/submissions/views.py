@@ -1,5 +1,5 @@
 """Submission pages: the form, the submission page (mostly its evaluation runs' state, drawn by
-the evaluations app's run panel), and the submitter's own list. The rules live in services."""
+the evaluations app's run panel), and the submitter's own list. The rules live in intake."""
 
 from __future__ import annotations
 
