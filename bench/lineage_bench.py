@@ -373,7 +373,7 @@ def main() -> None:
     from leaderboard import flow
     from leaderboard.accounts.models import MAINTAINERS_GROUP
     from leaderboard.catalog.models import Repository
-    from leaderboard.integrity import services
+    from leaderboard.integrity import derived
 
     started = time.perf_counter()
     call_command("migrate", verbosity=0)
@@ -406,11 +406,11 @@ def main() -> None:
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
 
-    first_all, first = timed(services.recompute_all)
+    first_all, first = timed(derived.recompute_all)
     print(f"recompute_all, first (every row written): {ms(first_all)}, {first.written:,} rows")
     baseline_times = []
     for _ in range(args.repeat):
-        seconds, result = timed(services.recompute_all)
+        seconds, result = timed(derived.recompute_all)
         baseline_times.append(seconds)
     baseline = statistics.median(baseline_times)
     print(
@@ -454,14 +454,14 @@ def main() -> None:
         ).report
         flow.resolve(report.pk, "confirm", "bench", maintainer)
         Report.objects.filter(pk=report.pk).update(status="lifted")
-        seconds, result = timed(lambda: services.recompute([target.pk]))
+        seconds, result = timed(lambda: derived.recompute([target.pk]))
         recompute_times.append(seconds)
         written = result.written
         Report.objects.filter(pk=report.pk).update(status="confirmed")
-        seconds, full = timed(services.recompute_all)
+        seconds, full = timed(derived.recompute_all)
         full_times.append(seconds)
         Report.objects.filter(pk=report.pk).update(status="lifted")
-        services.recompute([target.pk])
+        derived.recompute([target.pk])
     print(
         f"BASELINE recompute_all of the same change ({full.written:,} rows rewritten), "
         f"median of {args.repeat}: {ms(statistics.median(full_times))}"

@@ -27,7 +27,7 @@ from leaderboard.catalog.sources import get_source
 from leaderboard.celery import app
 from leaderboard.evaluations import runs
 from leaderboard.evaluations.models import EvaluationRun
-from leaderboard.integrity import services as integrity
+from leaderboard.integrity import derived, reports
 from leaderboard.integrity.models import Report
 from leaderboard.problems import Refusal
 from leaderboard.public.projection import refresh_entries_for
@@ -79,7 +79,7 @@ def record(outcome: intake.CheckOutcome, user: Any) -> Submission:
             cards=cards,
             max_depth=settings.TRELLIS_LINEAGE_MAX_DEPTH,
         )
-        integrity.recompute(recorded.touched)
+        derived.recompute(recorded.touched)
         # The recompute wrote the node's status through other instances of the row.
         submission.repository.refresh_from_db()
         runs.create_run_for(submission)
@@ -108,7 +108,7 @@ def resolve_ancestors(repository_id: int) -> set[int]:
     )
     with transaction.atomic():
         lineage.finish_resolving(walked)
-        integrity.recompute(walked)
+        derived.recompute(walked)
     return walked
 
 
@@ -159,15 +159,15 @@ def requeue(run: EvaluationRun, user: Any) -> EvaluationRun:
 
 def file_report(
     *, reporter: Any, target: Repository, kind: str, evidence: str, links: Any = None
-) -> integrity.Filed:
+) -> reports.Filed:
     """File a report (or join the open one); a new open report puts the target and its
     descendants under review in the same transaction."""
     with transaction.atomic():
-        filed = integrity.record_report(
+        filed = reports.record_report(
             reporter=reporter, target=target, kind=kind, evidence=evidence, links=links
         )
         if not filed.joined:
-            integrity.recompute([target.pk])
+            derived.recompute([target.pk])
     return filed
 
 
@@ -175,6 +175,6 @@ def resolve(report_id: int, decision: str, note: str, actor: Any) -> Report:
     """A maintainer's decision on a report, and the status of the target and every descendant
     re-derived in the same transaction: nobody sees a flag whose descendants are not tainted."""
     with transaction.atomic():
-        report = integrity.record_decision(report_id, decision, note, actor)
-        integrity.recompute([report.target_id])
+        report = reports.record_decision(report_id, decision, note, actor)
+        derived.recompute([report.target_id])
     return report

@@ -11,7 +11,7 @@ from django.test import Client
 from leaderboard import flow
 from leaderboard.accounts.models import ApiToken
 from leaderboard.catalog.models import Repository
-from leaderboard.integrity import services
+from leaderboard.integrity import derived
 from leaderboard.integrity.models import AuditEntry, Report
 from leaderboard.integrity.plots import lineage_figure
 from tests.factories import DatasetFactory, EdgeFactory, RepositoryFactory, SubmissionFactory
@@ -33,7 +33,7 @@ def family():
     EdgeFactory(child=child, parent=data, relation="trained-on")
     EdgeFactory(child=root, parent=external, relation="fine-tune")
     SubmissionFactory(repository=child)
-    services.recompute_all()
+    derived.recompute_all()
     return {"root": root, "child": child, "data": data, "external": external}
 
 

@@ -1,5 +1,6 @@
-"""Reports and moderation decisions through the integrity services: validation with one clear
-message per problem, joining, the daily rate limit, decisions, permissions and the audit log."""
+"""Reports and moderation decisions through leaderboard.flow and leaderboard.integrity.reports:
+validation with one clear message per problem, joining, the daily rate limit, decisions,
+permissions and the audit log."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from django.utils import timezone
 from leaderboard import flow
 from leaderboard.catalog.models import Repository
 from leaderboard.evaluations.runs import evaluated_repositories
-from leaderboard.integrity import services
+from leaderboard.integrity import reports
 from leaderboard.integrity.models import AuditEntry, Report, ReportSupport
 from leaderboard.problems import Refusal
 from tests.factories import (
@@ -60,14 +61,14 @@ def test_every_problem_of_a_report_is_named_at_once(target, submitter):
 
 
 def test_links_are_cleaned_and_limited():
-    assert services.clean_links(
+    assert reports.clean_links(
         " https://a.example/x\n\nhttp://b.example/y https://a.example/x "
     ) == [
         "https://a.example/x",
         "http://b.example/y",
     ]
     with pytest.raises(Refusal) as refused:
-        services.clean_links([f"https://example.org/{i}" for i in range(11)])
+        reports.clean_links([f"https://example.org/{i}" for i in range(11)])
     assert codes(refused) == [("too_many_links", "links")]
 
 
@@ -218,12 +219,12 @@ def test_decisions_follow_the_report_lifecycle(target, submitter, maintainer):
 def test_unknown_targets_are_refused_with_the_fix():
     DatasetFactory(repo_id="data-org/only-a-dataset")
     with pytest.raises(Refusal) as refused:
-        services.find_target("model", "data-org/only-a-dataset")
+        reports.find_target("model", "data-org/only-a-dataset")
     assert codes(refused) == [("unknown_target", "target")]
     assert refused.value.status == 404
-    assert services.find_target("dataset", "data-org/only-a-dataset").kind == "dataset"
+    assert reports.find_target("dataset", "data-org/only-a-dataset").kind == "dataset"
     with pytest.raises(Refusal) as refused:
-        services.find_target("space", "x/y")
+        reports.find_target("space", "x/y")
     assert codes(refused) == [("invalid_target_type", "target_type")]
 
 
@@ -244,13 +245,13 @@ def test_queue_orders_by_ranked_models_affected_then_newest(submitter, monkeypat
         monkeypatch.setattr(timezone, "now", lambda offset=offset: base + timedelta(hours=offset))
         flow.file_report(reporter=submitter, target=target, kind="other", evidence=EVIDENCE)
 
-    by_impact = services.moderation_queue(evaluated_repositories())
+    by_impact = reports.moderation_queue(evaluated_repositories())
     assert [(i.report.target.repo_id, i.affected_ranked) for i in by_impact] == [
         ("org/popular", 3),
         ("org/quiet", 0),
         ("org/lonely", 0),
     ]
-    by_date = services.moderation_queue(evaluated_repositories(), "newest")
+    by_date = reports.moderation_queue(evaluated_repositories(), "newest")
     assert [i.report.target.repo_id for i in by_date] == ["org/quiet", "org/lonely", "org/popular"]
 
 
@@ -258,7 +259,7 @@ def test_integrity_context_collects_status_reports_and_history(target, submitter
     filed = flow.file_report(reporter=submitter, target=target, kind="license", evidence=EVIDENCE)
     flow.resolve(filed.report.pk, "confirm", "License text says NC.", maintainer)
     flow.file_report(reporter=submitter, target=target, kind="other", evidence="More.")
-    context = services.integrity_context(Repository.objects.get(pk=target.pk))
+    context = reports.integrity_context(Repository.objects.get(pk=target.pk))
     assert context["status"] == "flagged"
     assert context["status_label"] == "flagged"
     assert context["path_text"].startswith("org/suspect (license, confirmed ")

@@ -1,6 +1,6 @@
-"""The incident Trellis exists for, replayed through the integrity services: a contaminated root,
-its DPO fine-tune, a SLERP merge with another model, merges of merges several levels deep, and
-elsewhere a fine-tune on a contaminated dataset. Plus the catalog's record_lineage hook."""
+"""The incident Trellis exists for, replayed through the flow: a contaminated root, its DPO
+fine-tune, a SLERP merge with another model, merges of merges several levels deep, and elsewhere
+a fine-tune on a contaminated dataset. Plus the status a newly recorded lineage derives."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from leaderboard.catalog.cards import declared_datasets, declared_parents, parse
 from leaderboard.catalog.lineage import read_cards, record_declared, upsert_repository
 from leaderboard.catalog.models import Repository
 from leaderboard.catalog.sources import get_source
-from leaderboard.integrity import services
+from leaderboard.integrity import derived, reports
 from leaderboard.integrity.models import AuditEntry
 from tests.builders import default_card, make_dataset_repo, make_model_repo
 from tests.factories import DatasetFactory, EdgeFactory, RepositoryFactory
@@ -73,7 +73,7 @@ def incident():
         ("clean/finetune", "other/base", "fine-tune"),
     ]:
         EdgeFactory(child=m[child], parent=m[parent], relation=relation)
-    services.recompute_all()
+    derived.recompute_all()
     return m
 
 
@@ -85,7 +85,7 @@ def status_map() -> dict[str, str]:
 
 
 def text(repo_id: str, kind: str = "model") -> str:
-    return services.taint_path_text(Repository.objects.get(repo_id=repo_id, kind=kind))
+    return reports.taint_path_text(Repository.objects.get(repo_id=repo_id, kind=kind))
 
 
 def file_and_confirm(monkeypatch, target, reporter, maintainer, kind="contamination"):
@@ -264,7 +264,7 @@ def test_unresolved_ancestor_makes_descendants_incomplete(incident):
     Repository.objects.filter(pk=base.pk).update(
         lineage_resolved=False, resolution_note="no model card (README.md) on the hub source"
     )
-    services.recompute([base.pk])
+    derived.recompute([base.pk])
     current = status_map()
     assert current["other/base"] == "incomplete"
     assert current["clean/finetune"] == "incomplete"
@@ -275,7 +275,7 @@ def test_unresolved_ancestor_makes_descendants_incomplete(incident):
     )
 
 
-def test_record_lineage_derives_status_of_new_descendants(
+def test_recorded_lineage_derives_status_of_new_descendants(
     model_root, monkeypatch, submitter, maintainer
 ):
     """A new model declaring a flagged base is tainted the moment its lineage is recorded."""
@@ -315,7 +315,7 @@ def test_record_lineage_derives_status_of_new_descendants(
         cards=cards,
         max_depth=12,
     )
-    services.recompute(recorded.touched)
+    derived.recompute(recorded.touched)
     flow.resolve_ancestors(child.pk)
     current = status_map()
     assert current["fresh/child"] == "tainted"

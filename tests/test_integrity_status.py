@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leaderboard.catalog.models import Repository
-from leaderboard.integrity import services
+from leaderboard.integrity import derived, reports
 from leaderboard.integrity.models import Report, ReportStatus
 from leaderboard.integrity.status import (
     CLEAN,
@@ -307,11 +307,11 @@ def test_recompute_touches_exactly_the_target_and_its_descendants():
     EdgeFactory(child=grandchild, parent=child, relation="merge")
     EdgeFactory(child=grandchild, parent=sibling_root, relation="merge")
     EdgeFactory(child=bystander, parent=sibling_root)
-    services.recompute_all()
+    derived.recompute_all()
     stamps = dict(Repository.objects.values_list("pk", "status_updated_at"))
 
     confirm(root, when=datetime(2024, 5, 1, tzinfo=UTC))
-    result = services.recompute([root.pk])
+    result = derived.recompute([root.pk])
     assert (result.computed, result.written) == (3, 3)
     after = dict(Repository.objects.values_list("pk", "status_updated_at"))
     assert {pk for pk in after if after[pk] != stamps[pk]} == {root.pk, child.pk, grandchild.pk}
@@ -322,7 +322,7 @@ def test_recompute_touches_exactly_the_target_and_its_descendants():
         "clean",
         "clean",
     ]
-    assert services.taint_path_text(Repository.objects.get(pk=grandchild.pk)) == (
+    assert reports.taint_path_text(Repository.objects.get(pk=grandchild.pk)) == (
         "org/grandchild ← org/child ← org/root (contamination, confirmed 2024-05-01)"
     )
 
@@ -335,10 +335,10 @@ def _flag_fan(width: int) -> tuple[Repository, int]:
         EdgeFactory(child=child, parent=root)
         if i:
             EdgeFactory(child=child, parent=children[i - 1], relation="merge")
-    services.recompute_all()
+    derived.recompute_all()
     confirm(root)
     with CaptureQueriesContext(connection) as captured:
-        result = services.recompute([root.pk])
+        result = derived.recompute([root.pk])
     assert result.written == width + 1
     return root, len(captured)
 
@@ -355,8 +355,8 @@ def test_recompute_of_an_unchanged_seed_writes_nothing():
     root = RepositoryFactory(repo_id="org/root")
     child = RepositoryFactory(repo_id="org/child")
     EdgeFactory(child=child, parent=root)
-    services.recompute_all()
-    assert services.recompute([root.pk]).written == 0
+    derived.recompute_all()
+    assert derived.recompute([root.pk]).written == 0
 
 
 @pytestmark_db
@@ -364,14 +364,14 @@ def test_parents_never_derived_are_derived_before_their_children():
     # A parent created after the last recompute (status_updated_at null) whose lineage is
     # unresolved: the child's recompute must not trust its default "clean".
     child = RepositoryFactory(repo_id="org/child")
-    services.recompute_all()
+    derived.recompute_all()
     parent = RepositoryFactory(
         repo_id="ext/unknown", lineage_resolved=False, resolution_note="not found on the hub"
     )
     EdgeFactory(child=child, parent=parent)
-    services.recompute([child.pk])
+    derived.recompute([child.pk])
     assert statuses(parent, child) == ["incomplete", "incomplete"]
-    assert services.taint_path_text(Repository.objects.get(pk=child.pk)) == (
+    assert reports.taint_path_text(Repository.objects.get(pk=child.pk)) == (
         "org/child ← ext/unknown (lineage unresolved: not found on the hub)"
     )
 
@@ -383,9 +383,9 @@ def test_cycle_in_the_stored_graph_terminates():
     EdgeFactory(child=c, parent=b, relation="merge")
     EdgeFactory(child=a, parent=c, relation="merge")
     confirm(b, when=datetime(2024, 5, 1, tzinfo=UTC))
-    services.recompute([b.pk])
+    derived.recompute([b.pk])
     assert statuses(a, b, c) == ["tainted", "flagged", "tainted"]
-    assert services.taint_path_text(Repository.objects.get(pk=a.pk)) == (
+    assert reports.taint_path_text(Repository.objects.get(pk=a.pk)) == (
         "org/a ← org/c ← org/b (contamination, confirmed 2024-05-01)"
     )
 

@@ -11,7 +11,7 @@ from ninja import Field, Query, Router, Schema, Status
 
 from leaderboard import flow
 from leaderboard.accounts.auth import api_auth
-from leaderboard.integrity import services
+from leaderboard.integrity import reports
 from leaderboard.problems import error_responses
 
 router = Router(tags=["integrity"])
@@ -105,7 +105,7 @@ class LineageOut(Schema):
     "user (TRELLIS_REPORTS_PER_DAY, 429).",
 )
 def create_flag(request: HttpRequest, payload: FlagIn) -> Any:
-    target = services.find_target(payload.target_type, payload.target)
+    target = reports.find_target(payload.target_type, payload.target)
     filed = flow.file_report(
         reporter=request.auth,  # type: ignore[attr-defined]
         target=target,
@@ -139,14 +139,14 @@ def resolve_flag(request: HttpRequest, report_id: int, payload: ResolveIn) -> An
     description="Newest first. A flag is a report with status `confirmed`.",
 )
 def list_flags(request: HttpRequest, filters: Query[FlagsQuery]) -> Any:
-    reports = services.list_reports(
+    found = reports.list_reports(
         status=filters.status,
         target=filters.target,
         target_type=filters.target_type,
         limit=filters.limit,
         offset=filters.offset,
     )
-    return Status(200, [report.to_dict() for report in reports])
+    return Status(200, [report.to_dict() for report in found])
 
 
 @router.get(
@@ -163,9 +163,9 @@ def lineage(
     type: Literal["model", "dataset"] = "model",
     depth: int | None = Query(None, ge=1, le=100),  # type: ignore[type-arg]
 ) -> Any:
-    repository = services.find_target(type, f"{org}/{name}")
+    repository = reports.find_target(type, f"{org}/{name}")
     # Ten thousand descendants make megabytes: serialised directly, not re-validated.
     return HttpResponse(
-        json.dumps(services.lineage_dict(repository, depth=depth)),
+        json.dumps(reports.lineage_dict(repository, depth=depth)),
         content_type="application/json",
     )

@@ -1,12 +1,12 @@
 """The report form: collects the fields and shows each refusal next to its field; the rules
-live in leaderboard.integrity.services.record_report, for the form and the API alike."""
+live in leaderboard.integrity.reports.record_report, for the form and the API alike."""
 
 from __future__ import annotations
 
 from django import forms
 
 from leaderboard.integrity.models import ReportKind
-from leaderboard.integrity.services import LINKS_MAX
+from leaderboard.integrity.reports import LINKS_MAX
 from leaderboard.problems import Problem
 
 

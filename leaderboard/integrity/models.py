@@ -2,7 +2,7 @@
 co-reporters who joined a report, and the public moderation audit log.
 
 The derived lineage status lives on catalog.Repository and is written only by
-leaderboard.integrity.services (through leaderboard.integrity.status).
+leaderboard.integrity.derived (through leaderboard.integrity.status).
 """
 
 from __future__ import annotations

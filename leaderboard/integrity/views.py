@@ -1,5 +1,5 @@
 """Integrity pages: reporting (signed-in users), the moderation queue and decisions
-(maintainers; everyone else gets 403), and the public lineage graph. Rules live in services."""
+(maintainers; everyone else gets 403), and the public lineage graph. Rules live in reports."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from leaderboard import flow
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.catalog.models import RepositoryKind
 from leaderboard.evaluations.runs import evaluated_repositories
-from leaderboard.integrity import plots, services
+from leaderboard.integrity import plots, reports
 from leaderboard.integrity.forms import ReportForm
 from leaderboard.integrity.models import ReportKind
 from leaderboard.problems import Refusal
@@ -36,8 +36,8 @@ def queue(request: HttpRequest) -> HttpResponse:
         request,
         "integrity/queue.html",
         {
-            "items": services.moderation_queue(evaluated_repositories(), order),
-            "flags": services.active_flags(),
+            "items": reports.moderation_queue(evaluated_repositories(), order),
+            "flags": reports.active_flags(),
             "order": order,
         },
     )
@@ -70,7 +70,7 @@ def report(request: HttpRequest) -> HttpResponse:
     target_type = request.GET.get("type", RepositoryKind.MODEL)
     repo_id = request.GET.get("target", "")
     try:
-        target = services.find_target(target_type, repo_id)
+        target = reports.find_target(target_type, repo_id)
     except Refusal as refused:
         return render(
             request,
@@ -105,13 +105,13 @@ def report(request: HttpRequest) -> HttpResponse:
                     f"Report #{filed.report.pk} on {target} was filed; a maintainer will review it."
                 )
             messages.success(request, text)
-            return redirect(services.lineage_url(target))
+            return redirect(reports.lineage_url(target))
     return render(request, "integrity/report.html", {"form": form, "target": target})
 
 
 def lineage(request: HttpRequest, repo_id: str) -> HttpResponse:
     try:
-        repository = services.find_target(request.GET.get("type", RepositoryKind.MODEL), repo_id)
+        repository = reports.find_target(request.GET.get("type", RepositoryKind.MODEL), repo_id)
     except Refusal as refused:
         raise Http404(refused.problems[0].message) from None
     try:
@@ -127,6 +127,6 @@ def lineage(request: HttpRequest, repo_id: str) -> HttpResponse:
             "figure": figure,
             "depth": depth,
             "depth_choices": range(1, DEPTH_MAX + 1),
-            "integrity": services.integrity_context(repository),
+            "integrity": reports.integrity_context(repository),
         },
     )

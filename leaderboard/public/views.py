@@ -11,7 +11,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from leaderboard.integrity.plots import lineage_figure
-from leaderboard.integrity.services import integrity_context
+from leaderboard.integrity.reports import integrity_context
 from leaderboard.problems import Problem, Refusal
 from leaderboard.public import compare, detail, plots
 from leaderboard.public.etags import ranking_validator

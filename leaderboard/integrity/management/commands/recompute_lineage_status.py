@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from leaderboard.integrity import graph
-from leaderboard.integrity.services import recompute_all
+from leaderboard.integrity.derived import recompute_all
 from leaderboard.integrity.status import derive
 
 

@@ -1,11 +1,10 @@
-"""Integrity rules: filing and joining reports, moderation decisions with their audit entries,
-and the incremental recompute of derived lineage status; nothing else writes Repository.status /
-status_path. A report or a decision changes a node's own signal: leaderboard.flow hands it on to
-`recompute` in the same transaction (see docs/architecture.md)."""
+"""Reports and moderation: filing and joining reports, maintainers' decisions with their audit
+entries, and what pages and the API show of them. A report or a decision changes a node's own
+signal: leaderboard.flow hands it on to leaderboard.integrity.derived.recompute in the same
+transaction (see docs/architecture.md)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,7 +30,7 @@ from leaderboard.integrity.models import (
     ReportStatus,
     ReportSupport,
 )
-from leaderboard.integrity.status import derive, path_text
+from leaderboard.integrity.status import path_text
 from leaderboard.problems import Problem, Refusal
 
 DAY = timedelta(days=1)
@@ -39,8 +38,6 @@ EVIDENCE_MAX = 10_000
 NOTE_MAX = 5_000
 LINKS_MAX = 10
 LINK_MAX = 500
-# Past this many seeds the recursive CTE's IN list stops paying off: recompute everything.
-SEEDS_MAX = 5_000
 
 
 # --- targets -----------------------------------------------------------------------------------
@@ -328,58 +325,6 @@ def record_decision(report_id: int, decision: str, note: str, actor: Any) -> Rep
             actor=actor, action=action, target_id=report.target_id, report=report, note=note
         )
     return report
-
-
-# --- derived status ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Recomputed:
-    computed: int  # nodes whose status was derived
-    written: int  # rows whose stored status changed (or was never derived)
-    seconds: float
-
-
-def recompute(seed_ids: Iterable[int]) -> Recomputed:
-    """Re-derive status after the seeds' own signals or parent edges changed.
-
-    First the seeds alone (their parents' stored status is correct); only seeds whose status
-    or path actually changed carry the change down, and then to exactly their descendants."""
-    started = time.perf_counter()
-    seeds = set(seed_ids)
-    if not seeds:
-        return Recomputed(0, 0, 0.0)
-    if len(seeds) > SEEDS_MAX:
-        return recompute_all()
-    with transaction.atomic():
-        graph.lock_statuses()
-        local = graph.load_subgraph(seeds, descendants=False, with_stored=True)
-        derived = derive(local.nodes, local.parents, local.boundary)
-        changed = {
-            node_id
-            for node_id, (status, path) in derived.items()
-            if node_id in local.underived
-            or (status, path) != (local.stored[node_id].status, local.stored[node_id].path)
-        }
-        if not changed:
-            return Recomputed(len(derived), 0, time.perf_counter() - started)
-        sub = graph.load_subgraph(changed)
-        texts: dict[int, str] = {}
-        derived = derive(sub.nodes, sub.parents, sub.boundary, json_out=texts)
-        written = graph.write_statuses(derived, timezone.now(), texts)
-    return Recomputed(len(derived), written, time.perf_counter() - started)
-
-
-def recompute_all() -> Recomputed:
-    """Re-derive every node from scratch (the management command recompute_lineage_status)."""
-    started = time.perf_counter()
-    with transaction.atomic():
-        graph.lock_statuses()
-        sub = graph.load_subgraph(None)
-        texts: dict[int, str] = {}
-        derived = derive(sub.nodes, sub.parents, json_out=texts)
-        written = graph.write_statuses(derived, timezone.now(), texts)
-    return Recomputed(len(derived), written, time.perf_counter() - started)
 
 
 # --- reading -----------------------------------------------------------------------------------
