@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from django.conf import settings
-
 TIMEOUT = 3.0  # seconds
 
 
@@ -22,11 +20,14 @@ def queue_depths(queues: list[str], timeout: float = TIMEOUT) -> dict[str, int]:
     none. Raises BrokerUnreachable when the broker does not answer within `timeout`."""
     from kombu import Connection
 
-    options = dict(settings.CELERY_BROKER_TRANSPORT_OPTIONS or {})
+    from leaderboard.celery import app
+
+    # The Celery app's own broker settings: what the messages really travel through.
+    options = dict(app.conf.broker_transport_options or {})
     options.update(socket_connect_timeout=timeout, socket_timeout=timeout, max_retries=0)
     try:
         with Connection(
-            settings.CELERY_BROKER_URL, connect_timeout=timeout, transport_options=options
+            app.conf.broker_url, connect_timeout=timeout, transport_options=options
         ) as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
             return {queue: _depth(conn, queue) for queue in queues}

@@ -266,6 +266,9 @@ TRELLIS_HUB_TIMEOUT = env_float("TRELLIS_HUB_TIMEOUT", 20.0)
 # queue where no worker has been seen before its message is presumed lost and sent again.
 TRELLIS_RECONCILE_INTERVAL = env_int("TRELLIS_RECONCILE_INTERVAL", 60, minimum=5)
 TRELLIS_RESEND_AFTER = env_int("TRELLIS_RESEND_AFTER", 6 * 3600, minimum=60)
+# Attempts a run gets when its worker is lost (killed, frozen, its host gone): the reaper queues
+# it again as the next attempt until this many attempts have been lost, then it fails.
+TRELLIS_MAX_ATTEMPTS = env_int("TRELLIS_MAX_ATTEMPTS", 3, minimum=1)
 # Documents per task for every run, overriding the suite's limits: 0 = the suite's own. Only for
 # smoke tests and CI; scores under a limit are not comparable with anyone else's.
 TRELLIS_EVAL_LIMIT = env_int("TRELLIS_EVAL_LIMIT", 0, minimum=0)

@@ -347,15 +347,23 @@ def test_healthz_answers_200_with_every_part(anonymous_client):
     assert response["Cache-Control"] == "no-store"
 
 
+def use_broker(monkeypatch, url: str) -> None:
+    """Point the Celery app's broker (what /healthz reads) at `url` for the test. Celery takes
+    the URL from the environment first, as in every deployed process."""
+    from leaderboard.celery import app
+
+    monkeypatch.setenv("CELERY_BROKER_URL", url)
+    monkeypatch.setitem(app.conf, "broker_transport_options", {})
+
+
 def _closed_port() -> int:
     port = _free_port()  # bound then released: nothing listens there
     return port
 
 
 @pytest.mark.django_db
-def test_healthz_answers_503_naming_the_broker_when_it_is_down(anonymous_client, settings):
-    settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{_closed_port()}/0"
-    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {}
+def test_healthz_answers_503_naming_the_broker_when_it_is_down(anonymous_client, monkeypatch):
+    use_broker(monkeypatch, f"redis://127.0.0.1:{_closed_port()}/0")
     started = time.monotonic()
     response = anonymous_client.get("/healthz")
     assert time.monotonic() - started < 10
@@ -370,13 +378,12 @@ def test_healthz_answers_503_naming_the_broker_when_it_is_down(anonymous_client,
 
 @pytest.mark.django_db
 def test_healthz_counts_the_messages_waiting_on_each_redis_queue(
-    redis_url, anonymous_client, settings
+    redis_url, anonymous_client, settings, monkeypatch
 ):
     from kombu import Connection
 
     queue = f"gpu-small-{uuid.uuid4().hex[:8]}"
-    settings.CELERY_BROKER_URL = redis_url
-    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    use_broker(monkeypatch, redis_url)
     settings.TRELLIS_QUEUE_SMALL = queue
     with Connection(redis_url) as conn:
         simple = conn.SimpleQueue(queue)

@@ -20,6 +20,7 @@ from evaluator.messages import STARTED_TASK, Started
 from leaderboard.evaluations.models import EvaluationRun
 from tests.conftest import service_unavailable
 from tests.factories import RunFactory
+from tests.test_operations import use_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 RABBITMQ_URL = os.environ.get("TRELLIS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -48,7 +49,7 @@ def _database_url() -> str:
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_report_travels_through_rabbitmq_to_a_real_web_side_worker(
-    rabbitmq_url, tmp_path, anonymous_client, settings
+    rabbitmq_url, tmp_path, anonymous_client, settings, monkeypatch
 ):
     from kombu import Connection, Exchange, Queue
 
@@ -66,8 +67,7 @@ def test_a_report_travels_through_rabbitmq_to_a_real_web_side_worker(
         sender.send_task(STARTED_TASK, args=[message], queue=web_queue, connection=conn)
 
     # The message waits on its queue; /healthz counts it over AMQP.
-    settings.CELERY_BROKER_URL = rabbitmq_url
-    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    use_broker(monkeypatch, rabbitmq_url)
     settings.CELERY_TASK_DEFAULT_QUEUE = web_queue
     health = anonymous_client.get("/healthz").json()
     assert health["status"] == "ok"
