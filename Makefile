@@ -86,8 +86,8 @@ pytest: setup
 # Everything, as CI runs it: lint, then every test (browser, real evaluations, worker processes).
 test: lint pytest
 
-# The inner loop: unit and HTTP tests only. Tests that drive Chromium, run a real model
-# evaluation or start worker processes carry a marker (tests/conftest.py fails one that does
+# The inner loop: unit and HTTP tests only. Tests that drive Chromium, load or evaluate a real
+# model or start worker processes carry a marker (tests/conftest.py fails one that does
 # without it), so the selection is by marker alone. Two pytest-xdist processes (each with its own
 # test database, test_<name>_gw0/_gw1 on PostgreSQL); FAST_PROCESSES=0 runs them serially.
 FAST_MARKERS = not browser and not slow and not worker

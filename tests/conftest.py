@@ -1,11 +1,14 @@
 """Shared fixtures: the fixed cast of users, service guards, a local model root, and the marker
-guard that keeps `make test-fast` fast (a worker process, Chromium or a real evaluation started
-by a test without its marker fails that test)."""
+guard that keeps `make test-fast` fast (a worker process, Chromium, or a model loaded through
+lm-eval by a test without its marker fails that test)."""
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -81,6 +84,40 @@ def _guard_evaluation(simple_evaluate: Callable[..., Any]) -> Callable[..., Any]
     return evaluate
 
 
+def _guard_model(module: Any) -> None:
+    init = module.HFLM.__init__
+
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> None:
+        require_marker("slow", "loads a model (lm-eval's HFLM)")
+        init(self, *args, **kwargs)
+
+    module.HFLM.__init__ = guarded
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs `then(module)` once `name` is imported. lm-eval's model module pulls in torch and
+    transformers (seconds), so it is guarded when a test imports it, not imported here."""
+
+    def __init__(self, name: str, then: Callable[[Any], None]) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module, then = spec.loader.exec_module, self.then
+
+        def exec_and_guard(module: Any) -> None:
+            exec_module(module)
+            then(module)
+
+        spec.loader.exec_module = exec_and_guard  # type: ignore[method-assign]
+        return spec
+
+
 subprocess.Popen.__init__ = _guard_processes(subprocess.Popen.__init__)  # type: ignore[method-assign]
 try:
     import lm_eval  # cheap: torch and transformers load only when a model does
@@ -88,6 +125,7 @@ except ImportError:  # the web-only install has no evaluator extra
     pass
 else:
     lm_eval.simple_evaluate = _guard_evaluation(lm_eval.simple_evaluate)
+    sys.meta_path.insert(0, _AfterImport("lm_eval.models.huggingface", _guard_model))
 
 
 @pytest.fixture(autouse=True)

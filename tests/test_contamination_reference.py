@@ -105,6 +105,7 @@ def test_siblings_come_from_the_end_of_their_split_and_only_where_one_exists():
     assert sibling_items("hellaswag", MIRROR, 3)[0] == "piqa"
 
 
+@pytest.mark.slow
 def test_item_scores_are_lm_eval_loglikelihoods_and_its_prediction(lm):
     docs = mirror_docs(MIRROR / "ai2_arc/ARC-Easy/validation", 0, 4)
     items = [TASK_ITEMS["arc_easy"].item(doc) for doc in docs]
@@ -120,6 +121,7 @@ def test_item_scores_are_lm_eval_loglikelihoods_and_its_prediction(lm):
         assert score.correct == (normed.index(max(normed)) == item.gold)
 
 
+@pytest.mark.slow
 def test_text_scores_match_the_models_own_loss_and_a_hand_computed_min_k(lm):
     import torch
 
@@ -144,6 +146,7 @@ def test_text_scores_match_the_models_own_loss_and_a_hand_computed_min_k(lm):
     assert batched[0].mean_logprob == pytest.approx(score.mean_logprob, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_task_references_carry_every_list_per_item(lm):
     docs = mirror_docs(MIRROR / "ai2_arc/ARC-Challenge/validation", 0, 6)
     shots = mirror_docs(MIRROR / "ai2_arc/ARC-Challenge/validation", 6, 2)

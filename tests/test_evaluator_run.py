@@ -301,6 +301,7 @@ def test_a_repository_without_tokenizer_fails_as_tokenizer_missing(tiny_repo, tm
     )
 
 
+@pytest.mark.slow
 def test_a_tokenizer_that_will_not_load_fails_as_tokenizer_missing(tiny_repo, tmp_path):
     repo = copy_repo(tiny_repo, tmp_path / "models")
     (repo / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "Nonsense"}}')
@@ -311,6 +312,7 @@ def test_a_tokenizer_that_will_not_load_fails_as_tokenizer_missing(tiny_repo, tm
     assert "loading" in caught.value.log_tail
 
 
+@pytest.mark.slow
 def test_corrupt_weights_fail_as_model_load(tiny_repo, tmp_path):
     repo = copy_repo(tiny_repo, tmp_path / "models")
     weights = repo / "model.safetensors"
@@ -355,6 +357,7 @@ def test_a_mirror_without_the_task_data_fails_as_data_missing(tiny_repo, tmp_pat
     )
 
 
+@pytest.mark.slow
 def test_hub_task_data_out_of_reach_fails_as_data_missing(tiny_repo, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(EvaluationFailure) as caught:
@@ -364,6 +367,7 @@ def test_hub_task_data_out_of_reach_fails_as_data_missing(tiny_repo, tmp_path, m
     assert "allenai/ai2_arc" in caught.value.message
 
 
+@pytest.mark.slow
 def test_a_time_limit_during_scoring_fails_as_time_limit_with_the_log_tail(tiny_repo, tmp_path):
     from celery.exceptions import SoftTimeLimitExceeded
 

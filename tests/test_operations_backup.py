@@ -62,6 +62,7 @@ def empty_database():
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_backup_restored_into_an_empty_database_gives_the_same_ranking(
     tmp_path, maintainer, empty_database, settings

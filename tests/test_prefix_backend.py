@@ -65,6 +65,7 @@ def test_the_backend_is_registered_with_lm_evals_model_registry():
     assert get_model("trellis-prefix") is PrefixHFLM
 
 
+@pytest.mark.slow
 def test_text_requests_score_as_stock_hflm_and_each_shared_token_is_forwarded_once(models):
     stock, mine = models
     requests = [
@@ -101,6 +102,7 @@ def test_text_requests_score_as_stock_hflm_and_each_shared_token_is_forwarded_on
     assert mine.forward_stats.tokens < sum(len(s) for s in sequences) * 0.7
 
 
+@pytest.mark.slow
 def test_token_requests_keep_stocks_is_greedy_truncation_and_order(models):
     """Through `_loglikelihood_tokens` directly: continuations that are the model's own greedy
     tokens (is_greedy true), the same with the last token changed (false), single-token
@@ -129,6 +131,7 @@ def test_token_requests_keep_stocks_is_greedy_truncation_and_order(models):
     assert_same(expected, mine._loglikelihood_tokens(requests))
 
 
+@pytest.mark.slow
 def test_every_request_is_reported_to_lm_evals_cache_hook_once(models):
     _, mine = models
     seen: list[tuple[str, str]] = []
