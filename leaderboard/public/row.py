@@ -295,7 +295,7 @@ def stored_row_dict(row: RankingRow, view: SuiteView) -> dict[str, Any]:
     return {f.name: _encode(f, getattr(row, f.name), view) for f in STORED_FIELDS}
 
 
-def live_row_dict(status: str, taint_path: str, flags: list[dict[str, Any]]) -> dict[str, Any]:
+def live_row_dict(status: str, taint_path: str, flags: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The part read at request time, in LIVE_FIELDS order after `rank`."""
     return {"lineage_status": status, "taint_path": taint_path or None, "flags": flags}
 

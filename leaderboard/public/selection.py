@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from django.db.models import Count, F, FloatField, QuerySet, TextField, Window
@@ -83,7 +83,7 @@ class Placed:
     lineage_status: str
     status_path: list[Any]
     row_json: str = ""
-    flags: list[dict[str, Any]] = field(default_factory=list)
+    flags: Sequence[dict[str, Any]] = ()
 
     @property
     def taint_path(self) -> str:
@@ -129,9 +129,8 @@ def select(query: RankingQuery, *, with_json: bool = False) -> Ranking[Placed]:
             f"Suite '{query.suite}' has no version '{query.version}'.",
         )
     entries = filtered_entries(query)
-    # Two cheap counts rather than one join over every row: the total (index-only with the
-    # default filters) and the few rows whose repository is flagged or tainted (status index).
-    total = entries.aggregate(n=Count("*"))["n"]
+    # The few rows whose repository is flagged or tainted (status index), rather than a join
+    # over every row; with a page, the total is one more index-only count.
     by_status = dict(
         entries.filter(repository__status__in=HIDDEN_BY_DEFAULT)
         .values_list("repository__status")
@@ -140,12 +139,12 @@ def select(query: RankingQuery, *, with_json: bool = False) -> Ranking[Placed]:
     )
     hidden_flagged = 0 if query.show_flagged else by_status.get(LineageStatus.FLAGGED, 0)
     hidden_tainted = 0 if query.show_tainted else by_status.get(LineageStatus.TAINTED, 0)
-    count = total - hidden_flagged - hidden_tainted
     key = "normalized_key" if query.normalized else "average_key"
     ordered = entries.order_by(*_ordering(query, key))
     page: int | None = None
     pages = 1
     if query.page is not None:
+        count = entries.aggregate(n=Count("*"))["n"] - hidden_flagged - hidden_tainted
         pages = max(1, math.ceil(count / query.per_page))
         page = min(query.page, pages)
         start = (page - 1) * query.per_page
@@ -165,6 +164,7 @@ def select(query: RankingQuery, *, with_json: bool = False) -> Ranking[Placed]:
         ]
     else:
         placed = _place_all(query, entries, ordered, key, with_json)
+        count = len(placed)
     return Ranking(query, view, placed, count, hidden_flagged, hidden_tainted, page, pages)
 
 
