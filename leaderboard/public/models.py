@@ -1,7 +1,7 @@
 """The ranking's read table: one denormalized row per (evaluated submission, suite version).
 
 The source of truth stays in submissions, runs and scores; this table is rebuilt from them by
-`leaderboard.public.services.refresh_entries_for` so that a 10,000-row ranking is one indexed
+`leaderboard.public.projection.refresh_entries_for` so that a 10,000-row ranking is one indexed
 query instead of a pivot over every task score. Lineage status and flags are not copied: the
 ranking joins them live from the catalog and integrity tables."""
 
@@ -59,7 +59,7 @@ class RankingEntry(models.Model):
     average_key = models.FloatField()
     normalized_key = models.FloatField()
     # The row's serialized JSON object minus its live fields (rank, lineage status, flags),
-    # written by leaderboard.public.serializers.static_row_dict: the full-leaderboard API
+    # written by leaderboard.public.row.stored_row_dict at refresh: the full-leaderboard API
     # splices these instead of serializing 10,000 rows per request.
     row_json = models.TextField()
     updated_at = models.DateTimeField()
