@@ -1,7 +1,9 @@
-"""The Celery side for real: the GPU task runs the evaluator with the database out of reach and
-reports by message; the trusted web-side tasks ingest what it says; and, end to end, a
-submission through the API is evaluated by real worker processes on Redis, surviving a worker
-killed mid-run."""
+"""The trust boundary for real. The GPU worker is its own Celery application (evaluator.worker):
+it imports neither Django nor `leaderboard`, runs the evaluator with the database out of reach
+and reports by message; the trusted web-side tasks validate and ingest what it says. End to
+end, a submission through the API is evaluated by a GPU worker process started with no database
+settings at all (in CI from a virtualenv holding only the worker extra) and ingested by a
+web-side worker process, surviving a GPU worker killed mid-run."""
 
 from __future__ import annotations
 
@@ -20,19 +22,104 @@ from typing import Any
 import pytest
 from celery.utils.nodenames import gethostname
 from django.db import connection
-from django.test import override_settings
 from kombu import pools
 
+from evaluator import worker
+from evaluator.messages import SCHEMA_VERSION
 from evaluator.suites import load_suite
 from leaderboard.celery import app
 from leaderboard.evaluations import tasks
 from leaderboard.evaluations.models import EvaluationRun, TaskScore
+from tests.conftest import REQUIRE_SERVICES
 from tests.factories import drain
 from tests.tiny_model import TINY_REPO_ID, build_tiny_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 2
 RUN_ID = 4242
+
+
+def job_message(model_root: Path, artifact_root: Path, **changes: Any) -> dict[str, Any]:
+    """A job as the web side sends it (leaderboard/evaluations/dispatch.py)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": RUN_ID,
+        "attempt": 3,
+        "repo_id": TINY_REPO_ID,
+        "revision": "0" * 40,
+        "precision": "float32",
+        "suite_name": "quick",
+        "suite_version": "1",
+        "model_source": "local",
+        "model_path": str(model_root),
+        "data_source": "local",
+        "data_root": None,
+        "artifact_root": str(artifact_root),
+        "limit": LIMIT,
+        "batch_size": None,
+    } | changes
+
+
+@contextmanager
+def gpu_config(**changes: Any):
+    """This process's GPU worker configuration with some fields replaced, for one test."""
+    saved = worker.config
+    worker.configure(**changes)
+    try:
+        yield
+    finally:
+        worker.config = saved
+
+
+# --- the boundary in code -------------------------------------------------------------------------
+
+# Makes `django` and `leaderboard` impossible to import, as on a GPU host with the worker extra
+# alone, then imports the GPU worker's application and prints what got imported.
+BLOCKED_IMPORT = """
+import importlib.abc, sys
+
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("django", "leaderboard"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+if "--block" in sys.argv:
+    sys.meta_path.insert(0, Absent())
+import evaluator.worker
+print(sorted(evaluator.worker.app.tasks.keys() & {"evaluations.evaluate"}))
+print(sorted({m.split(".")[0] for m in sys.modules} & {"django", "leaderboard", "psycopg"}))
+print(sorted(m for m in sys.modules if m.startswith(("django.conf", "django.db"))))
+"""
+
+
+@pytest.mark.parametrize("block", [True, False], ids=["django-absent", "django-installed"])
+def test_the_gpu_worker_app_imports_neither_django_nor_leaderboard(block):
+    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE",)}
+    env["CELERY_BROKER_URL"] = "memory://"
+    command = [sys.executable, "-c", BLOCKED_IMPORT] + (["--block"] if block else [])
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    registered, packages, django_setup = result.stdout.splitlines()
+    assert registered == "['evaluations.evaluate']"
+    # kombu probes for django.utils when Django is installed; nothing reaches for the rest.
+    assert packages == ("[]" if block else "['django']")
+    assert django_setup == "[]"
+
+
+def test_the_web_side_app_does_not_register_the_gpu_task():
+    app.loader.import_default_modules()
+    assert "evaluations.evaluate" not in app.tasks
+    assert {
+        "evaluations.mark_started",
+        "evaluations.record_progress",
+        "evaluations.ingest_result",
+        "evaluations.record_failure",
+        "evaluations.reconcile",
+    } <= set(app.tasks)
+
+
+# --- the GPU task in this process, the database blocked -------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -46,29 +133,12 @@ def tiny_model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gpu_reports(tiny_model_root: Path, tmp_path_factory, django_db_blocker) -> dict[str, Any]:
     """Run the GPU task in this process with the database blocked and keep what it sent."""
     artifact_root = tmp_path_factory.mktemp("worker-artifacts")
-    job = {
-        "run_id": RUN_ID,
-        "repo_id": TINY_REPO_ID,
-        "revision": "0" * 40,
-        "precision": "float32",
-        "suite_name": "quick",
-        "suite_version": "1",
-        "model_source": "local",
-        "model_path": str(tiny_model_root),
-        "data_source": "local",
-        "data_root": None,
-        "artifact_root": str(artifact_root),
-        "limit": LIMIT,
-        "batch_size": None,
-    }
-    drain("trellis")
     # The worker's own paths win over the job's (they describe the web host).
-    job_paths = {"artifact_root": "/web-host/artifacts", "model_path": "/web-host/models"}
-    here = override_settings(
-        TRELLIS_ARTIFACT_ROOT=artifact_root, TRELLIS_MODEL_ROOT=tiny_model_root
-    )
+    job = job_message(Path("/web-host/models"), Path("/web-host/artifacts"))
+    drain("trellis")
+    here = gpu_config(artifact_root=artifact_root, model_root=tiny_model_root, web_queue="trellis")
     with django_db_blocker.block(), here:
-        outcome = tasks.evaluate.apply(args=[job | job_paths, 3]).get()
+        outcome = worker.evaluate.apply(args=[job]).get()
     return {"outcome": outcome, "messages": drain("trellis"), "artifact_root": artifact_root}
 
 
@@ -81,11 +151,13 @@ def test_gpu_task_reports_by_message_without_the_database(gpu_reports):
     assert names[0] == "evaluations.mark_started"
     assert names[-1] == "evaluations.ingest_result"
     assert set(names[1:-1]) == {"evaluations.record_progress"}
-    assert messages[0][1] == [RUN_ID, 3, gethostname()]
-    progress = [args for name, args in messages if name == "evaluations.record_progress"]
-    done, total = progress[-1][2:]
-    run_id, attempt, payload = messages[-1][1]
-    assert (run_id, attempt) == (RUN_ID, 3)
+    ids = {"schema_version": SCHEMA_VERSION, "run_id": RUN_ID, "attempt": 3}
+    assert messages[0][1] == [ids | {"worker": gethostname()}]
+    progress = [args[0] for name, args in messages if name == "evaluations.record_progress"]
+    done, total = progress[-1]["done"], progress[-1]["total"]
+    [result] = messages[-1][1]
+    assert {key: result[key] for key in ids} == ids
+    payload = result["payload"]
     # One loglikelihood request per answer choice of every document in the details artifact.
     artifact = gpu_reports["artifact_root"] / payload["artifact"]["path"]
     with gzip.open(artifact, "rt") as rows:
@@ -97,52 +169,75 @@ def test_gpu_task_reports_by_message_without_the_database(gpu_reports):
 
 
 def test_gpu_task_reports_a_model_that_cannot_load(tmp_path, django_db_blocker):
-    job = {
-        "run_id": RUN_ID,
-        "repo_id": "nobody/missing-model",
-        "revision": "0" * 40,
-        "precision": "float32",
-        "suite_name": "quick",
-        "suite_version": "1",
-        "model_source": "local",
-        "model_path": str(tmp_path),
-        "data_source": "local",
-        "data_root": None,
-        "artifact_root": str(tmp_path),
-        "limit": LIMIT,
-        "batch_size": None,
-    }
     drain("trellis")
     models = tmp_path / "models"  # holds no repository
-    paths_here = {"TRELLIS_ARTIFACT_ROOT": tmp_path, "TRELLIS_MODEL_ROOT": models}
-    with django_db_blocker.block(), override_settings(**paths_here):
-        assert tasks.evaluate.apply(args=[job, 1]).get() == "failed"
+    job = job_message(tmp_path, tmp_path, repo_id="nobody/missing-model", attempt=1)
+    here = gpu_config(artifact_root=tmp_path, model_root=models, web_queue="trellis")
+    with django_db_blocker.block(), here:
+        assert worker.evaluate.apply(args=[job]).get() == "failed"
     messages = drain("trellis")
     assert [name for name, _ in messages] == [
         "evaluations.mark_started",
         "evaluations.record_failure",
     ]
-    run_id, attempt, code, message, _log_tail = messages[-1][1]
-    assert (run_id, attempt, code) == (RUN_ID, 1, "model_load")
-    assert message == f"There is no repository folder for nobody/missing-model at {models}."
+    [failure] = messages[-1][1]
+    assert (failure["run_id"], failure["attempt"], failure["code"]) == (RUN_ID, 1, "model_load")
+    assert failure["message"] == (
+        f"There is no repository folder for nobody/missing-model at {models}."
+    )
+
+
+def test_gpu_task_refuses_a_job_of_another_schema_version(tmp_path, django_db_blocker):
+    drain("trellis")
+    job = job_message(tmp_path, tmp_path, schema_version=SCHEMA_VERSION + 1, attempt=1)
+    with django_db_blocker.block(), gpu_config(web_queue="trellis"):
+        assert worker.evaluate.apply(args=[job]).get() == "refused"
+    [(name, [failure])] = drain("trellis")
+    assert (name, failure["run_id"], failure["code"]) == (
+        "evaluations.record_failure",
+        RUN_ID,
+        "error",
+    )
+    assert failure["message"] == (
+        "This worker could not read the job: schema_version: Input should be 1"
+    )
 
 
 def test_an_evaluation_killed_at_the_hard_time_limit_is_reported(django_db_blocker):
     from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 
-    job = {"run_id": RUN_ID}
+    job = {"run_id": RUN_ID, "attempt": 2}
     drain("trellis")
-    with django_db_blocker.block():
+    with django_db_blocker.block(), gpu_config(web_queue="trellis"):
         # What the pool's main process calls when it kills the task at the hard limit.
-        tasks.evaluate.on_failure(TimeLimitExceeded(25), "task-id", [job, 2], {}, None)
+        worker.evaluate.on_failure(TimeLimitExceeded(25), "task-id", [job], {}, None)
         # A lost worker is not a failure: its message goes back to the queue.
-        tasks.evaluate.on_failure(WorkerLostError("killed"), "task-id", [job, 2], {}, None)
+        worker.evaluate.on_failure(WorkerLostError("killed"), "task-id", [job], {}, None)
     assert drain("trellis") == [
         (
             "evaluations.record_failure",
-            [RUN_ID, 2, "time_limit", "It was stopped at the hard limit of 25 s.", ""],
+            [
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "run_id": RUN_ID,
+                    "attempt": 2,
+                    "code": "time_limit",
+                    "message": "It was stopped at the hard limit of 25 s.",
+                    "log_tail": "",
+                }
+            ],
         )
     ]
+
+
+# --- the web side validates what it consumes ------------------------------------------------------
+
+WEB_TASKS = {
+    "evaluations.mark_started": tasks.mark_started,
+    "evaluations.record_progress": tasks.record_progress,
+    "evaluations.ingest_result": tasks.ingest_result,
+    "evaluations.record_failure": tasks.record_failure,
+}
 
 
 @pytest.mark.slow
@@ -152,22 +247,80 @@ def test_web_side_tasks_ingest_what_the_gpu_task_sent(gpu_reports, settings):
 
     settings.TRELLIS_ARTIFACT_ROOT = gpu_reports["artifact_root"]
     RunFactory(id=RUN_ID, attempt=3, queue="gpu-small")
-    web_tasks = {
-        "evaluations.mark_started": tasks.mark_started,
-        "evaluations.record_progress": tasks.record_progress,
-        "evaluations.ingest_result": tasks.ingest_result,
-    }
-    outcomes = [web_tasks[name].apply(args=args).get() for name, args in gpu_reports["messages"]]
+    messages = gpu_reports["messages"]
+    outcomes = [WEB_TASKS[name].apply(args=args).get() for name, args in messages]
     assert outcomes[0] is True
     assert outcomes[-1] == "ingested"
     run = EvaluationRun.objects.get(pk=RUN_ID)
     assert (run.state, run.worker, run.submission.state) == ("finished", gethostname(), "finished")
-    payload = gpu_reports["messages"][-1][1][2]
+    payload = messages[-1][1][0]["payload"]
+    assert run.payload == payload
     stored = {s.task: s.value for s in TaskScore.objects.filter(run=run)}
     assert stored == {t["task"]: t["value"] for t in payload["tasks"]}
     # Redelivered, the same report changes nothing.
-    assert tasks.ingest_result.apply(args=gpu_reports["messages"][-1][1]).get() == "duplicate"
+    assert tasks.ingest_result.apply(args=messages[-1][1]).get() == "duplicate"
     assert TaskScore.objects.filter(run=run).count() == len(stored)
+
+
+def report(run_id: int, attempt: int = 1, **fields: Any) -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "attempt": attempt, **fields}
+
+
+INVALID_REPORTS = [
+    (
+        "evaluations.record_progress",
+        {"done": -1, "total": 5},
+        "done: Input should be greater than or equal to 0",
+    ),
+    ("evaluations.mark_started", {"worker": 7}, "worker: Input should be a valid string"),
+    (
+        "evaluations.record_failure",
+        {"code": "worker_lost", "message": "", "log_tail": ""},
+        "code: Input should be 'out_of_memory', 'model_load', 'tokenizer_missing', "
+        "'time_limit', 'unsafe_weights', 'data_missing' or 'error'",
+    ),
+    (
+        "evaluations.ingest_result",
+        {"payload": {"tasks": []}},
+        "payload.tasks: List should have at least 1 item after validation, not 0",
+    ),
+    ("evaluations.record_progress", {"done": 1, "total": 2, "gpu": 0}, "gpu: Extra inputs"),
+    (
+        "evaluations.record_progress",
+        {"done": 1, "total": 2, "schema_version": 2},
+        "schema_version: Input should be 1",
+    ),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("task", "fields", "problem"), INVALID_REPORTS)
+def test_a_report_that_fails_the_schema_fails_the_run_it_names(task, fields, problem):
+    from tests.factories import RunFactory
+
+    run = RunFactory(state="running", queue="gpu-small")
+    assert WEB_TASKS[task].apply(args=[report(run.pk) | fields]).get() == "rejected"
+    run.refresh_from_db()
+    assert (run.state, run.failure_code, run.submission.state) == (
+        "failed",
+        "invalid_result",
+        "failed",
+    )
+    assert problem in run.log_tail
+    assert run.failure_reason.startswith("The worker's result did not pass validation. ")
+
+
+@pytest.mark.django_db
+def test_a_report_naming_no_run_is_dropped_and_one_for_an_old_attempt_changes_nothing():
+    from tests.factories import RunFactory
+
+    run = RunFactory(state="running", queue="gpu-small", attempt=2)
+    assert tasks.ingest_result.apply(args=[["not", "a", "message"]]).get() == "rejected"
+    assert tasks.record_progress.apply(args=[{"done": 1}]).get() == "rejected"
+    stale = report(run.pk, attempt=1, done=-1, total=2)
+    assert tasks.record_progress.apply(args=[stale]).get() == "rejected"
+    run.refresh_from_db()
+    assert (run.state, run.failure_code) == ("running", "")
 
 
 # --- real worker processes ------------------------------------------------------------------------
@@ -210,16 +363,31 @@ def app_broker(url: str):
 
 
 def start_worker(
-    name: str, queues: str, env: dict[str, str], log: Path, pool: str
+    python: str, app_name: str, name: str, queues: str, env: dict[str, str], log: Path, pool: str
 ) -> subprocess.Popen:
     command = [
-        sys.executable, "-m", "celery", "-A", "leaderboard", "worker",
+        python, "-m", "celery", "-A", app_name, "worker",
         f"--queues={queues}", f"--hostname={name}@%h", f"--pool={pool}", "--concurrency=1",
         "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
     return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
     )
+
+
+def gpu_python() -> str:
+    """The interpreter of the GPU worker: TRELLIS_GPU_PYTHON, a virtualenv holding the worker
+    extra alone (CI builds .venv-gpu), which must not be able to import Django; else, on a
+    developer machine, this one."""
+    python = os.environ.get("TRELLIS_GPU_PYTHON")
+    if not python:
+        if REQUIRE_SERVICES:
+            pytest.fail("CI runs the GPU worker from .venv-gpu: set TRELLIS_GPU_PYTHON")
+        return sys.executable
+    probe = subprocess.run([python, "-c", "import django"], capture_output=True, text=True)
+    assert probe.returncode == 1, f"{python} can import django"
+    assert "No module named 'django'" in probe.stderr
+    return python
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -251,9 +419,9 @@ def wait_for(predicate, timeout: float, what: str, logs: list[Path]):
 
 @pytest.fixture
 def workers(redis_url, transactional_db, tmp_path, tiny_model_root, settings):
-    """A web-side worker with the test database, and a GPU worker whose database URL points at
-    nothing: if the GPU side touched the database the run could not finish. Queue names are
-    unique, so nothing else on the same Redis interferes."""
+    """A web-side worker (this virtualenv, the test database) and a GPU worker process
+    (evaluator.worker, in CI from the worker-extra virtualenv) started without any database
+    settings. Queue names are unique, so nothing else on the same Redis interferes."""
     suffix = uuid.uuid4().hex[:8]
     web_queue, gpu_queue = f"trellis-{suffix}", f"gpu-small-{suffix}"
     artifact_root = tmp_path / "artifacts"
@@ -266,23 +434,32 @@ def workers(redis_url, transactional_db, tmp_path, tiny_model_root, settings):
     from leaderboard.catalog.sources import _source_for
 
     _source_for.cache_clear()
-    common = {
-        **os.environ,
+    paths = {
         "CELERY_BROKER_URL": redis_url,
-        "CELERY_RESULT_BACKEND": "cache+memory://",
         "TRELLIS_WEB_QUEUE": web_queue,
         "TRELLIS_QUEUE_SMALL": gpu_queue,
         "TRELLIS_ARTIFACT_ROOT": str(artifact_root),
         "TRELLIS_VAR_DIR": str(tmp_path / "var"),
-        "TRELLIS_MODEL_SOURCE": "local",
         "TRELLIS_MODEL_ROOT": str(tiny_model_root),
-        "TRELLIS_DB_CONN_MAX_AGE": "0",
     }
-    web_env = common | {"DATABASE_URL": _database_url()}
-    gpu_env = common | {"DATABASE_URL": "sqlite:////nonexistent/the-gpu-worker-has-no-database"}
+    web_env = {
+        **os.environ,
+        **paths,
+        "CELERY_RESULT_BACKEND": "cache+memory://",
+        "TRELLIS_MODEL_SOURCE": "local",
+        "TRELLIS_DB_CONN_MAX_AGE": "0",
+        "DATABASE_URL": _database_url(),
+    }
+    # No database settings at all: nothing to connect with, and no Django to connect through.
+    no_database = ("DATABASE_URL", "DJANGO_SETTINGS_MODULE", "PGHOST", "PGUSER", "PGPASSWORD")
+    gpu_env = {k: v for k, v in os.environ.items() if k not in no_database} | paths
     logs = [tmp_path / "web-worker.log", tmp_path / "gpu-worker.log"]
-    web = start_worker(f"web-{suffix}", web_queue, web_env, logs[0], "solo")
-    gpu = start_worker(f"gpu-{suffix}", gpu_queue, gpu_env, logs[1], "prefork")
+    web = start_worker(
+        sys.executable, "leaderboard", f"web-{suffix}", web_queue, web_env, logs[0], "solo"
+    )
+    gpu = start_worker(
+        gpu_python(), "evaluator.worker", f"gpu-{suffix}", gpu_queue, gpu_env, logs[1], "prefork"
+    )
     try:
         with app_broker(redis_url):
             yield {"gpu": gpu, "queue": gpu_queue, "logs": logs, "artifact_root": artifact_root}
@@ -323,7 +500,7 @@ def test_submission_is_evaluated_by_real_workers_and_survives_a_killed_worker(
     def state() -> str:
         return EvaluationRun.objects.values_list("state", flat=True).get(pk=run.pk)
 
-    wait_for(lambda: state() == "running", 60, "the run to start", logs)
+    wait_for(lambda: state() == "running", 120, "the run to start", logs)
     first_start = EvaluationRun.objects.get(pk=run.pk).started_at
     # Kill the pool process mid-evaluation: late acknowledgement and reject-on-worker-lost put
     # the message back, a fresh pool process takes it, and the run finishes exactly once.
@@ -331,7 +508,7 @@ def test_submission_is_evaluated_by_real_workers_and_survives_a_killed_worker(
     assert len(children) == 1
     os.kill(children[0], signal.SIGKILL)
 
-    wait_for(lambda: state() in ("finished", "failed"), 150, "the run to finish", logs)
+    wait_for(lambda: state() in ("finished", "failed"), 300, "the run to finish", logs)
     run.refresh_from_db()
     assert run.state == "finished", (run.failure_reason, run.log_tail)
     assert run.attempt == 1
