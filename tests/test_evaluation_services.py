@@ -183,9 +183,7 @@ def test_progress_updates_running_runs_of_the_current_attempt_only():
 @pytest.mark.django_db
 def test_record_failure_keeps_words_and_log_but_never_undoes_a_finished_run():
     run = running_run()
-    assert (
-        runs.record_failure(run.pk, 1, "out_of_memory", "CUDA OOM at 2 GiB", "l1\nl2") is True
-    )
+    assert runs.record_failure(run.pk, 1, "out_of_memory", "CUDA OOM at 2 GiB", "l1\nl2") is True
     run.refresh_from_db()
     assert run.state == "failed"
     assert run.failure_code == "out_of_memory"

@@ -16,8 +16,8 @@ from leaderboard.catalog.models import LineageEdge, Relation, Repository, Reposi
 from leaderboard.evaluations.models import EvaluationRun, RunState
 from leaderboard.problems import Refusal
 from leaderboard.submissions import checks
-from leaderboard.submissions.models import Submission
 from leaderboard.submissions.intake import SubmissionRequest, check_submission
+from leaderboard.submissions.models import Submission
 from tests.builders import card_text, default_card, make_dataset_repo, make_model_repo
 from tests.factories import EdgeFactory, RepositoryFactory, SubmissionFactory
 

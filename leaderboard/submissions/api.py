@@ -10,8 +10,8 @@ from ninja import Field, Router, Schema, Status
 from leaderboard import flow
 from leaderboard.accounts.auth import api_auth
 from leaderboard.problems import error_responses
-from leaderboard.submissions.serializers import SubmissionOut, submission_to_dict
 from leaderboard.submissions.intake import SubmissionRequest
+from leaderboard.submissions.serializers import SubmissionOut, submission_to_dict
 
 router = Router(tags=["submissions"])
 

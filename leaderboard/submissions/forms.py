@@ -9,8 +9,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from leaderboard.problems import Problem
-from leaderboard.submissions.models import ModelType, Precision, WeightType
 from leaderboard.submissions.intake import SubmissionRequest
+from leaderboard.submissions.models import ModelType, Precision, WeightType
 
 INPUT_FIELDS = ("repo_id", "revision", "precision", "model_type", "weight_type")
 
