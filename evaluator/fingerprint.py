@@ -36,13 +36,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from evaluator.vocabulary import SAFETENSORS_SUFFIX
+
 SCHEMA = "trellis.fingerprint"
 VERSION = 1
 SEED = 20250601
 CHUNKS = 2
 CHUNK_ELEMENTS = 512
 INDEX_FILE = "model.safetensors.index.json"
-WEIGHT_SUFFIX = ".safetensors"
 # safetensors itself refuses headers above 100 MB; a longer one means a corrupt or hostile file.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_INDEX_BYTES = 8 * 1024 * 1024
@@ -212,7 +213,7 @@ def weight_files(reader: RangeReader) -> list[str]:
         if missing:
             raise FingerprintError(f"{INDEX_FILE} names missing shards: {', '.join(missing)}")
         return names
-    names = [name for name in files if "/" not in name and name.endswith(WEIGHT_SUFFIX)]
+    names = [name for name in files if "/" not in name and name.endswith(SAFETENSORS_SUFFIX)]
     if not names:
         raise FingerprintError("the repository has no safetensors weights")
     return names
