@@ -359,6 +359,10 @@ class Thresholds:
 
     alpha: float = 0.01  # p-value below which a test fires
     min_effect: float = 0.5  # smallest standardised effect for the likelihood tests
+    # Smallest benchmark-minus-reference gain (nats per token, or Min-K%++ units): a merge of two
+    # clean models moves each item by a few hundredths, so its effect size can look large while
+    # nothing was learnt.
+    min_difference: float = 0.05
     jump_z: float = 3.0  # a task's jump over its best parent, in standard errors
     calm_z: float = 1.0  # the median jump of the other tasks may not exceed this
     bucket_z: float = 4.0  # robust z-score within the size bucket
@@ -490,7 +494,8 @@ def lineage_findings(
                         p_value=p_value,
                         threshold=thresholds.alpha,
                         fired=p_value < thresholds.alpha
-                        and result.effect_size >= thresholds.min_effect,
+                        and result.effect_size >= thresholds.min_effect
+                        and result.difference >= thresholds.min_difference,
                         evidence={
                             "statistic": "standardised effect (benchmark gain - reference gain)",
                             "parent": parent_name,
@@ -501,6 +506,7 @@ def lineage_findings(
                             "difference": result.difference,
                             "effect_size": result.effect_size,
                             "min_effect": thresholds.min_effect,
+                            "min_difference": thresholds.min_difference,
                             "paired": result.paired,
                             "items": result.n_benchmark,
                             "reference_items": result.n_reference,

@@ -265,3 +265,17 @@ def test_score_findings_report_jumps_and_bucket_outliers():
     assert findings[0].evidence["parents"] == ["org/parent"]
     assert findings[1].statistic == pytest.approx(0.26 / (1.4826 * 0.02))
     assert score_findings(parent, {}, {}, FAST) == []
+
+
+def test_a_large_effect_of_a_negligible_gain_does_not_fire():
+    # A merge of two clean models: every item moves by about 0.01 nats, consistently.
+    rng = np.random.default_rng(8)
+    parent = [_entry(rng, 0.4)]
+    child = [_entry(rng, 0.4)]
+    for part, shift in (("benchmark", 0.012), ("sibling", 0.0)):
+        base = np.array(parent[0][part]["text_logprob"])
+        child[0][part]["text_logprob"] = (base + shift + rng.normal(0, 0.01, 200)).tolist()
+    diff = lineage_findings(child, {"p": parent}, FAST)[0]
+    assert diff.p_value < 0.01 and diff.statistic > 1.0
+    assert diff.evidence["difference"] == pytest.approx(0.012, abs=0.003)
+    assert not diff.fired
