@@ -50,10 +50,22 @@ class EvaluationRun(models.Model):
     is_synthetic = models.BooleanField(default=False, db_index=True)
     # A submitter may re-queue their failed run once; maintainers any number of times.
     submitter_requeues = models.PositiveSmallIntegerField(default=0)
+    # A maintainer's raise (> 0) or lowering (< 0) of the run in the start order, which is
+    # boost, then votes, then age (evaluations/priority.py).
+    boost = models.SmallIntegerField(default=0)
+    # Energy of the evaluation as the worker measured or estimated it (evaluator/energy.py);
+    # the carbon from it with the web side's TRELLIS_CARBON_INTENSITY at ingest.
+    energy_wh = models.FloatField(null=True, blank=True)
+    energy_method = models.CharField(max_length=16, blank=True)
+    co2_grams = models.FloatField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["suite_name", "suite_version", "state"])]
+        indexes = [
+            models.Index(fields=["suite_name", "suite_version", "state"]),
+            # The dispatcher's question: the unsent queued runs of a queue.
+            models.Index(fields=["queue", "state", "sent_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"run {self.pk} of {self.submission} on {self.suite_name}@{self.suite_version}"
@@ -74,3 +86,20 @@ class TaskScore(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task} {self.metric}={self.value:.4f}"
+
+
+class Vote(models.Model):
+    """A signed-in user's vote for a submission's pending evaluation: one per user and
+    submission, a weekly budget per user (TRELLIS_WEEKLY_VOTES)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="votes")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "submission"], name="one_vote_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} votes for {self.submission}"

@@ -126,10 +126,16 @@ class AuditAction(models.TextChoices):
     CONFIRMED = "confirmed", "confirmed a flag"
     DISMISSED = "dismissed", "dismissed a report"
     LIFTED = "lifted", "lifted a flag"
+    BLOCKED = "blocked", "added to the block list"
+    UNBLOCKED = "unblocked", "removed from the block list"
+    VERIFIED = "verified", "verified an organisation"
+    UNVERIFIED = "unverified", "withdrew a verification"
 
 
 class AuditEntry(models.Model):
-    """One integrity event on a node, shown publicly on that node's page. Append-only."""
+    """One moderation event, shown on the public moderation log (/integrity/log/) and, when it
+    concerns a node, on that node's page. Append-only. Block-list and verification changes name
+    their `subject` (the pattern, the organisation) and have no node."""
 
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -140,10 +146,16 @@ class AuditEntry(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     action = models.CharField(max_length=12, choices=AuditAction.choices)
-    target = models.ForeignKey(Repository, on_delete=models.PROTECT, related_name="audit_entries")
+    target = models.ForeignKey(
+        Repository, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_entries"
+    )
     report = models.ForeignKey(
         Report, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_entries"
     )
+    block = models.ForeignKey(
+        "BlockEntry", null=True, blank=True, on_delete=models.PROTECT, related_name="audit_entries"
+    )
+    subject = models.CharField(max_length=200, blank=True)
     note = models.TextField(blank=True)
 
     class Meta:
@@ -161,3 +173,79 @@ class AuditEntry(models.Model):
             "report": self.report_id,
             "note": self.note,
         }
+
+
+class BlockKind(models.TextChoices):
+    ORGANISATION = "organisation", "organisation"
+    REPOSITORY = "repository", "repository"
+
+
+class BlockEntry(models.Model):
+    """A moderated refusal: submissions of a matching organisation or repository are refused
+    with code `blocked` naming this entry. `pattern` is an exact id or a glob (`*`, `?`, `[…]`,
+    matched case-insensitively). Removing an entry keeps the row (and the audit trail)."""
+
+    kind = models.CharField(max_length=12, choices=BlockKind.choices)
+    pattern = models.CharField(max_length=200)
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    removed_at = models.DateTimeField(null=True, blank=True)
+    removed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    removal_note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "pattern"],
+                condition=models.Q(removed_at__isnull=True),
+                name="one_active_block_per_pattern",
+            ),
+        ]
+        verbose_name_plural = "block entries"
+
+    def __str__(self) -> str:
+        return f"block {self.pk}: {self.kind} {self.pattern}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.pk,
+            "kind": self.kind,
+            "pattern": self.pattern,
+            "reason": self.reason,
+            "created_at": self.created_at.isoformat(),
+            "active": self.removed_at is None,
+            "removed_at": self.removed_at.isoformat() if self.removed_at else None,
+            "removal_note": self.removal_note,
+        }
+
+
+class VerifiedOrganisation(models.Model):
+    """An organisation a maintainer verified as the official provider of its models (the
+    badge). Withdrawn, the row stays with `revoked_at` set; one verification holds at a time."""
+
+    org = models.CharField(max_length=96)
+    note = models.TextField()
+    verified_at = models.DateTimeField(auto_now_add=True)
+    verified_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["org"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["org"],
+                condition=models.Q(revoked_at__isnull=True),
+                name="one_verification_per_org",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"verified {self.org}"
