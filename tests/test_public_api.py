@@ -253,3 +253,22 @@ def test_row_schema_and_csv_columns_derive_from_the_declaration(openapi):
         *("score:arc", "score:mmlu", "normalized:arc", "normalized:mmlu"),
         *("stderr:arc", "stderr:mmlu", "flags"),
     ]
+
+
+def test_leaderboard_parameters_are_the_ranking_query_fields(openapi):
+    from leaderboard.public.query import RankingQuery
+
+    parameters = openapi["paths"]["/api/v1/leaderboard"]["get"]["parameters"]
+    assert [p["name"] for p in parameters] == list(RankingQuery.model_fields)
+    by_name = {p["name"]: p for p in parameters}
+    assert by_name["precision"]["schema"] == {
+        "type": "array",
+        "items": {"type": "string", "enum": ["float16", "bfloat16", "float32"]},
+    }
+    assert by_name["per_page"]["schema"] == {
+        "type": "integer",
+        "default": 50,
+        "minimum": 1,
+        "maximum": 500,
+    }
+    assert by_name["dir"]["schema"] == {"type": "string", "enum": ["asc", "desc"]}

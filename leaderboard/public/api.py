@@ -105,53 +105,36 @@ class ModelOut(Schema):
     submissions: list[SubmissionDetailOut]
 
 
-RANKING_PARAMETERS: list[dict[str, Any]] = [
-    {"name": "suite", "schema": {"type": "string"}, "description": "suite name"},
-    {"name": "version", "schema": {"type": "string"}, "description": "suite version (latest)"},
-    {
-        "name": "sort",
-        "schema": {"type": "string", "default": "average"},
-        "description": "average, model, model_type, parameters, precision, license, status, "
-        "submitted, or a task key",
-    },
-    {"name": "dir", "schema": {"type": "string", "enum": ["asc", "desc"]}},
-    {
-        "name": "model_type",
-        "schema": {"type": "array", "items": {"type": "string"}},
-        "style": "form",
-        "explode": True,
-        "description": "repeat or comma-separate: pretrained, fine-tuned, chat, merge, ...",
-    },
-    {
-        "name": "precision",
-        "schema": {"type": "array", "items": {"type": "string"}},
-        "style": "form",
-        "explode": True,
-    },
-    {
-        "name": "license",
-        "schema": {
-            "type": "array",
-            "items": {"type": "string", "enum": ["permissive", "restrictive", "unknown"]},
-        },
-        "style": "form",
-        "explode": True,
-        "description": "license families (see docs/ui.md for the mapping)",
-    },
-    {"name": "min_params", "schema": {"type": "number"}, "description": "billions"},
-    {"name": "max_params", "schema": {"type": "number"}, "description": "billions"},
-    {"name": "hide_merges", "schema": {"type": "boolean"}},
-    {"name": "hide_synthetic", "schema": {"type": "boolean"}},
-    {"name": "show_flagged", "schema": {"type": "boolean"}},
-    {"name": "show_tainted", "schema": {"type": "boolean"}},
-    {"name": "q", "schema": {"type": "string"}, "description": "search in model names"},
-    {"name": "normalized", "schema": {"type": "boolean"}, "description": "rank by normalized"},
-    {"name": "page", "schema": {"type": "integer"}, "description": "absent: every row"},
-    {"name": "per_page", "schema": {"type": "integer", "default": 50, "maximum": 500}},
-]
-for _parameter in RANKING_PARAMETERS:
-    _parameter["in"] = "query"
-    _parameter["required"] = False
+def _query_parameters() -> list[dict[str, Any]]:
+    """The ranking query's parameters for the OpenAPI document, from RankingQuery's fields."""
+    document = RankingQuery.model_json_schema()
+    definitions = document.get("$defs", {})
+
+    def resolved(schema: dict[str, Any]) -> dict[str, Any]:
+        if "$ref" in schema:
+            schema = definitions[schema["$ref"].rsplit("/", 1)[-1]]
+        options = [option for option in schema.get("anyOf", []) if option != {"type": "null"}]
+        if len(options) == 1:
+            schema = options[0] | {k: v for k, v in schema.items() if k != "anyOf"}
+        kept = ("type", "enum", "default", "minimum", "maximum", "maxLength")
+        result = {key: schema[key] for key in kept if key in schema and schema[key] is not None}
+        if schema.get("type") == "array":
+            result["items"] = resolved(schema["items"])
+            result.pop("default", None)
+        return result
+
+    parameters = []
+    for name, field_schema in document["properties"].items():
+        schema = resolved(field_schema)
+        parameter: dict[str, Any] = {"name": name, "in": "query", "required": False}
+        parameter["schema"] = schema
+        if schema.get("type") == "array":
+            parameter |= {"style": "form", "explode": True}
+        if "description" in field_schema:
+            parameter["description"] = field_schema["description"]
+        parameters.append(parameter)
+    return parameters
+
 
 _CONDITIONAL_HEADERS = {
     "ETag": {"schema": {"type": "string"}},
@@ -181,7 +164,7 @@ def _cors(run: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     response={200: LeaderboardOut, 304: None, **error_responses(400)},
     summary="The ranking of one suite version, filtered like the ranking page",
     openapi_extra={
-        "parameters": RANKING_PARAMETERS,
+        "parameters": _query_parameters(),
         "responses": {200: {"headers": _CONDITIONAL_HEADERS}},
     },
 )

@@ -45,22 +45,35 @@ class RankingQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    suite: str = Field(default_factory=lambda: default_suite(), max_length=64)
-    version: str | None = Field(default=None, max_length=32)
-    sort: str = Field(default="average", max_length=100)
-    dir: Literal["asc", "desc"] | None = None
-    model_type: tuple[ModelType, ...] = ()
-    precision: tuple[Precision, ...] = ()
-    license: tuple[LicenseFamily, ...] = ()
+    suite: str = Field(
+        default_factory=lambda: default_suite(), max_length=64, description="suite name"
+    )
+    version: str | None = Field(
+        default=None, max_length=32, description="suite version (default: the latest)"
+    )
+    sort: str = Field(
+        default="average",
+        max_length=100,
+        description="average, model, model_type, parameters, precision, license, status, "
+        "submitted, or a task key",
+    )
+    dir: Literal["asc", "desc"] | None = Field(
+        default=None, description="default: desc (asc for text columns)"
+    )
+    model_type: tuple[ModelType, ...] = Field(default=(), description="repeat or comma-separate")
+    precision: tuple[Precision, ...] = Field(default=(), description="repeat or comma-separate")
+    license: tuple[LicenseFamily, ...] = Field(
+        default=(), description="license families (see docs/ui.md for the mapping)"
+    )
     min_params: float | None = Field(default=None, ge=0, description="billions")
     max_params: float | None = Field(default=None, ge=0, description="billions")
     hide_merges: bool = False
     hide_synthetic: bool = False
-    show_flagged: bool = False
-    show_tainted: bool = False
-    q: str = Field(default="", max_length=100)
-    normalized: bool = False
-    page: int | None = Field(default=None, ge=1)
+    show_flagged: bool = Field(default=False, description="default: flagged rows are hidden")
+    show_tainted: bool = Field(default=False, description="default: tainted rows are hidden")
+    q: str = Field(default="", max_length=100, description="search in model names")
+    normalized: bool = Field(default=False, description="rank by the normalized average")
+    page: int | None = Field(default=None, ge=1, description="absent: every row")
     per_page: int = Field(default=PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
 
     @field_validator("q")
