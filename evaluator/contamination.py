@@ -1,4 +1,4 @@
-"""Contamination statistics: plain numbers in, an estimate and a p-value out (numpy and scipy only).
+"""Contamination statistics: plain numbers in, an estimate and a p-value out (numpy only).
 
 Four signals, each a function of what the worker measured (see `evaluator.reference`) or of the
 stored scores; none of them flags anything, they are read by a maintainer:
@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
 Array = np.ndarray[Any, Any]
 
@@ -302,8 +301,13 @@ def parent_jumps(
     for task, (z, value, best) in zs.items():
         others = float(np.median([zs[t][0] for t in shared if t != task]))
         if z >= min_z and others <= calm_z:
-            jumps.append(Jump(task, value, best, value - best, z, others, float(norm.sf(z))))
+            jumps.append(Jump(task, value, best, value - best, z, others, normal_tail(z)))
     return sorted(jumps, key=lambda j: -j.z)
+
+
+def normal_tail(z: float) -> float:
+    """P(Z >= z) for a standard normal Z."""
+    return 0.5 * math.erfc(z / math.sqrt(2))
 
 
 def bucket_outlier(value: float, bucket: Sequence[float] | Array) -> float:
