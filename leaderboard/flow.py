@@ -4,6 +4,7 @@
                       recompute → evaluation run (sent on commit) → ancestors resolved after
                       commit (resolve_ancestors, a retried task) → status recompute
     ingest_result     worker report → validated scores → ranking read table
+    (every report)    a run started or ended → the next runs dispatched as its queue has room
     file_report       report → status recompute
     resolve           moderation decision → status recompute
 
@@ -26,6 +27,7 @@ from leaderboard.catalog.models import Repository
 from leaderboard.catalog.sources import get_source
 from leaderboard.celery import app
 from leaderboard.evaluations import runs
+from leaderboard.evaluations.dispatch import dispatch
 from leaderboard.evaluations.models import EvaluationRun
 from leaderboard.integrity import derived, reports
 from leaderboard.integrity.models import Report
@@ -116,7 +118,10 @@ def resolve_ancestors(repository_id: int) -> set[int]:
 
 
 def mark_started(run_id: int, attempt: int, worker_hostname: str) -> bool:
-    return runs.mark_started(run_id, attempt, worker_hostname)
+    """A worker took a run: its queue may take the next one (evaluations.dispatch)."""
+    started = runs.mark_started(run_id, attempt, worker_hostname)
+    _dispatch_after(run_id)
+    return started
 
 
 def record_progress(run_id: int, attempt: int, done: int, total: int) -> bool:
@@ -124,7 +129,17 @@ def record_progress(run_id: int, attempt: int, done: int, total: int) -> bool:
 
 
 def record_failure(run_id: int, attempt: int, code: str, message: str, log_tail: str) -> bool:
-    return runs.record_failure(run_id, attempt, code, message, log_tail)
+    """A failed attempt ends: its slot on the queue goes to the next run by priority."""
+    failed = runs.record_failure(run_id, attempt, code, message, log_tail)
+    _dispatch_after(run_id)
+    return failed
+
+
+def _dispatch_after(run_id: int) -> None:
+    """Send the next runs of `run_id`'s queue while it has room, once what changed commits."""
+    queue = EvaluationRun.objects.filter(pk=run_id).values_list("queue", flat=True).first()
+    if queue is not None:
+        transaction.on_commit(lambda: dispatch([queue]), robust=True)
 
 
 def ingest_result(run_id: int, attempt: int, payload: Any) -> str:
@@ -134,6 +149,7 @@ def ingest_result(run_id: int, attempt: int, payload: Any) -> str:
         ingested = runs.ingest_result(run_id, attempt, payload)
         if ingested.submission_id is not None:
             refresh_entries_for([ingested.submission_id])
+    _dispatch_after(run_id)
     return ingested.outcome
 
 
@@ -141,6 +157,8 @@ def reconcile() -> runs.ReconcileReport:
     """One reconciler pass: lost or silent evaluation runs, and ancestor resolutions whose task
     was lost (their models would say `resolving` for ever otherwise)."""
     report = runs.reconcile_runs()
+    # Then the queued runs their queues have room for, in priority order.
+    report.dispatched = dispatch()
     stalled = intake.awaiting_lineage(timezone.now() - RESOLVE_GRACE)
     for repository_id in stalled:
         send_resolve(repository_id)

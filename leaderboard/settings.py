@@ -272,3 +272,13 @@ TRELLIS_MAX_ATTEMPTS = env_int("TRELLIS_MAX_ATTEMPTS", 3, minimum=1)
 # Documents per task for every run, overriding the suite's limits: 0 = the suite's own. Only for
 # smoke tests and CI; scores under a limit are not comparable with anyone else's.
 TRELLIS_EVAL_LIMIT = env_int("TRELLIS_EVAL_LIMIT", 0, minimum=0)
+
+# --- Evaluations: priority and dispatch (evaluations/priority.py, dispatch.py) ------------------
+# Runs handed to the broker per evaluation queue and not yet finished (sent or running): the
+# rest stay queued in the database and leave in priority order as these end. Set it to the
+# evaluation slots of the queue's workers plus one, so a worker never waits for its next job.
+TRELLIS_DISPATCH_IN_FLIGHT = env_int("TRELLIS_DISPATCH_IN_FLIGHT", 2, minimum=1)
+# Votes a user may cast per rolling 7 days for pending evaluations (maintainers included).
+TRELLIS_WEEKLY_VOTES = env_int("TRELLIS_WEEKLY_VOTES", 5, minimum=0)
+# Grams of CO2-equivalent per kWh used to turn a run's energy into carbon (docs/evaluation.md).
+TRELLIS_CARBON_INTENSITY = env_float("TRELLIS_CARBON_INTENSITY", 475.0)

@@ -446,17 +446,23 @@ def test_queue_position_counts_queued_runs_ahead_in_the_same_queue():
 
 
 @pytest.mark.django_db
-def test_reconciler_sends_runs_whose_publish_never_happened(broker):
+def test_reconciler_pass_dispatches_unsent_runs_as_their_queue_has_room(settings, broker):
+    # Unsent runs (a publish that failed, or runs waiting for room) are the dispatcher's: the
+    # reconciler does not resend them, its pass (flow.reconcile) dispatches them by priority.
+    from leaderboard import flow
+
+    settings.TRELLIS_DISPATCH_IN_FLIGHT = 2
     now = timezone.now()
-    unsent = RunFactory(queue="gpu-small", enqueued_at=now - timedelta(minutes=2))
-    just_created = RunFactory(queue="gpu-small", enqueued_at=now - timedelta(seconds=5))
-    report = runs.reconcile_runs(now)
-    assert report.resent == [unsent.pk]
-    assert report.reaped == []
-    assert [args[0]["run_id"] for _, args in broker("gpu-small")] == [unsent.pk]
-    assert now <= EvaluationRun.objects.get(pk=unsent.pk).sent_at <= timezone.now()
-    assert EvaluationRun.objects.get(pk=just_created.pk).sent_at is None
+    older = RunFactory(queue="gpu-small", enqueued_at=now - timedelta(minutes=2))
+    newer = RunFactory(queue="gpu-small", enqueued_at=now - timedelta(seconds=5))
+    newest = RunFactory(queue="gpu-small", enqueued_at=now)
     assert runs.reconcile_runs(now).resent == []
+    report = flow.reconcile()
+    assert (report.resent, report.reaped, report.dispatched) == ([], [], [older.pk, newer.pk])
+    assert [args[0]["run_id"] for _, args in broker("gpu-small")] == [older.pk, newer.pk]
+    assert now <= EvaluationRun.objects.get(pk=older.pk).sent_at <= timezone.now()
+    assert EvaluationRun.objects.get(pk=newest.pk).sent_at is None
+    assert flow.reconcile().dispatched == []
 
 
 @pytest.mark.django_db

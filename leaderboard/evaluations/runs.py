@@ -20,8 +20,9 @@ from django.utils import timezone
 
 from evaluator.vocabulary import failure_words
 from leaderboard.accounts.roles import is_maintainer
-from leaderboard.evaluations.dispatch import send_run
+from leaderboard.evaluations.dispatch import dispatch, send_run
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
+from leaderboard.evaluations.priority import in_start_order
 from leaderboard.evaluations.validation import (
     InvalidResult,
     check_against_suite,
@@ -33,8 +34,8 @@ from leaderboard.submissions.models import Submission
 
 logger = logging.getLogger(__name__)
 
-# A queued run whose publish did not succeed is sent again after this grace period, which
-# leaves room for the on-commit send of a run created a moment ago.
+# A run sent less than this long ago is not suspected of being lost by the broker: a worker may
+# have taken its message a moment ago, its `started` report still on the way.
 UNSENT_GRACE = timedelta(seconds=30)
 # The runs the previous reconciler pass suspected the broker had lost (_missing_from_broker).
 SUSPECTS_KEY = "reconciler:suspected-lost"
@@ -68,14 +69,15 @@ def create_run_for(submission: Submission, suite_name: str | None = None) -> Eva
     )
     _mirror_submission(run.pk, submission.pk, RunState.QUEUED)
     submission.state = RunState.QUEUED
-    _send_on_commit(run.pk, run.attempt)
+    _dispatch_on_commit(run.queue)
     return run
 
 
-def _send_on_commit(run_id: int, attempt: int) -> None:
-    # robust: a broker outage must not undo (or 500) what the database already committed;
-    # the run stays unsent and the reconciler sends it later.
-    transaction.on_commit(lambda: send_run(run_id, attempt), robust=True)
+def _dispatch_on_commit(queue: str) -> None:
+    # The dispatcher sends the run if its queue has room (dispatch.py); otherwise it waits,
+    # unsent, for a slot. robust: a broker outage must not undo (or 500) what the database
+    # already committed; the run stays unsent and the next dispatch sends it.
+    transaction.on_commit(lambda: dispatch([queue]), robust=True)
 
 
 # --- What workers report -----------------------------------------------------------------------
@@ -306,7 +308,7 @@ def requeue(run: EvaluationRun, user: Any) -> EvaluationRun:
             raise _requeue_problem("already_requeued", "This run was re-queued a moment ago.", 409)
         run.refresh_from_db()
         _mirror_submission(run.pk, run.submission_id, RunState.QUEUED)
-        _send_on_commit(run.pk, run.attempt)
+        _dispatch_on_commit(run.queue)
     return run
 
 
@@ -318,6 +320,7 @@ class ReconcileReport:
     resent: list[int] = field(default_factory=list)
     reaped: list[int] = field(default_factory=list)
     retried: list[int] = field(default_factory=list)  # reaped, and queued as the next attempt
+    dispatched: list[int] = field(default_factory=list)  # unsent runs handed to the broker
 
 
 def reconcile_runs(now: datetime | None = None) -> ReconcileReport:
@@ -343,10 +346,11 @@ def reconcile_runs(now: datetime | None = None) -> ReconcileReport:
 
 
 def _runs_to_resend(now: datetime) -> list[tuple[int, int]]:
-    """Runs never sent (the publish failed) after a short grace; and runs sent long ago on a
-    queue where nothing has happened since: no worker is taking that queue's messages, so
-    they are presumed lost. A busy queue is left alone: its runs are only waiting, and a
-    duplicate would cost a whole evaluation."""
+    """Runs sent long ago on a queue where nothing has happened since: no worker is taking that
+    queue's messages, so they are presumed lost. A busy queue is left alone: its runs are only
+    waiting, and a duplicate would cost a whole evaluation. Runs never sent are not resent
+    here: they wait for room on their queue, and the dispatcher (dispatch.py, called by
+    leaderboard.flow at each pass) sends them in priority order."""
     queued = EvaluationRun.objects.filter(state=RunState.QUEUED)
     cutoff = now - timedelta(seconds=settings.TRELLIS_RESEND_AFTER)
     # finished_at, else the heartbeat: the last moment a worker of the queue was seen.
@@ -361,10 +365,7 @@ def _runs_to_resend(now: datetime) -> list[tuple[int, int]]:
         .order_by()
         if last is None or last < cutoff
     ]
-    due = queued.filter(
-        Q(sent_at__isnull=True, enqueued_at__lt=now - UNSENT_GRACE)
-        | Q(sent_at__lt=cutoff, queue__in=idle_queues)
-    )
+    due = queued.filter(sent_at__lt=cutoff, queue__in=idle_queues)
     found = list(due.order_by("enqueued_at", "pk").values_list("pk", "attempt"))
     return found + [lost for lost in _missing_from_broker(now) if lost not in found]
 
@@ -474,7 +475,8 @@ def _retry_lost_run(
         )
         if claimed:
             _mirror_submission(run_id, submission_id, RunState.QUEUED)
-            _send_on_commit(run_id, attempt + 1)
+            queue = EvaluationRun.objects.values_list("queue", flat=True).get(pk=run_id)
+            _dispatch_on_commit(queue)
     return bool(claimed)
 
 
@@ -495,10 +497,20 @@ def latest_run(submission: Submission) -> EvaluationRun | None:
 
 
 def queue_position(run: EvaluationRun) -> int | None:
-    """1 for the next run a worker of its queue takes; None unless queued."""
+    """1 for the next run a worker of its queue takes (the start order of priority.py: runs
+    already sent come first, as they are on their way); None unless queued."""
     if run.state != RunState.QUEUED or run.enqueued_at is None:
         return None
-    ahead = EvaluationRun.objects.filter(state=RunState.QUEUED, queue=run.queue).filter(
-        Q(enqueued_at__lt=run.enqueued_at) | Q(enqueued_at=run.enqueued_at, pk__lt=run.pk)
-    )
-    return ahead.count() + 1
+    order = [run_id for run_id, _ in position_order(run.queue)]
+    return order.index(run.pk) + 1 if run.pk in order else None
+
+
+def position_order(queue: str | None = None) -> list[tuple[int, str]]:
+    """(run id, queue) of every queued run, the next to start first: on each queue the runs
+    already sent (in the order sent), then the unsent in priority order."""
+    queued = EvaluationRun.objects.filter(state=RunState.QUEUED)
+    if queue is not None:
+        queued = queued.filter(queue=queue)
+    sent = queued.filter(sent_at__isnull=False).order_by("sent_at", "pk")
+    unsent = in_start_order(queued.filter(sent_at__isnull=True))
+    return list(sent.values_list("pk", "queue")) + list(unsent.values_list("pk", "queue"))
