@@ -89,11 +89,12 @@ test: lint pytest
 # The inner loop: unit and HTTP tests only. Tests that drive Chromium, load or evaluate a real
 # model or start worker processes carry a marker (tests/conftest.py fails one that does
 # without it), so the selection is by marker alone. Two pytest-xdist processes (each with its own
-# test database, test_<name>_gw0/_gw1 on PostgreSQL); FAST_PROCESSES=0 runs them serially.
+# test database, test_<name>_gw0/_gw1 on PostgreSQL), a module's tests in one of them so its
+# fixtures are built once; FAST_PROCESSES=0 runs them serially.
 FAST_MARKERS = not browser and not slow and not worker
 FAST_PROCESSES ?= 2
 test-fast: setup
-	$(BIN)/pytest -q -n $(FAST_PROCESSES) -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(FAST_PROCESSES) --dist loadfile -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 clean:
 	rm -rf var/broker var/celery-results var/staticfiles var/celerybeat-schedule*
