@@ -11,4 +11,10 @@ urlpatterns = [
     path("reports/<int:pk>/resolve/", views.resolve_report, name="resolve"),
     path("report/", views.report, name="report"),
     path("lineage/<path:repo_id>/", views.lineage, name="lineage"),
+    path("log/", views.moderation_log, name="log"),
+    path("log.json", views.moderation_log_json, name="log-json"),
+    path("log.atom", views.moderation_log_atom, name="log-atom"),
+    path("blocklist/", views.block_list, name="blocklist"),
+    path("blocklist.json", views.block_list_json, name="blocklist-json"),
+    path("verified/", views.verified_organisations, name="verified"),
 ]

@@ -1,12 +1,16 @@
 """Integrity pages: reporting (signed-in users), the moderation queue and decisions
-(maintainers; everyone else gets 403), and the public lineage graph. Rules live in reports."""
+(maintainers; everyone else gets 403), the public lineage graph, the public moderation log
+(HTML, JSON, Atom), the block list and the verified organisations (public; maintainers change
+them here). Rules live in reports, blocklist, verification and log."""
 
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.feedgenerator import Atom1Feed
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
@@ -14,9 +18,9 @@ from leaderboard import flow
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.catalog.models import RepositoryKind
 from leaderboard.evaluations.runs import evaluated_repositories
-from leaderboard.integrity import plots, reports
+from leaderboard.integrity import blocklist, log, plots, reports, verification
 from leaderboard.integrity.forms import ReportForm
-from leaderboard.integrity.models import ReportKind
+from leaderboard.integrity.models import ReportKind, VerifiedOrganisation
 from leaderboard.problems import Refusal
 
 # The lineage page draws at most this much; the API returns everything.
@@ -128,5 +132,123 @@ def lineage(request: HttpRequest, repo_id: str) -> HttpResponse:
             "depth": depth,
             "depth_choices": range(1, DEPTH_MAX + 1),
             "integrity": reports.integrity_context(repository),
+        },
+    )
+
+
+# --- the public moderation log, block list and verified organisations -------------------------
+
+
+def _before(request: HttpRequest) -> int | None:
+    raw = request.GET.get("before", "")
+    return int(raw) if raw.isdigit() else None
+
+
+def moderation_log(request: HttpRequest) -> HttpResponse:
+    entries = log.entries(before=_before(request))
+    return render(
+        request,
+        "integrity/log.html",
+        {
+            "entries": entries,
+            "next_before": entries[-1].pk if len(entries) == log.PAGE_SIZE else None,
+        },
+    )
+
+
+def moderation_log_json(request: HttpRequest) -> JsonResponse:
+    entries = log.entries(before=_before(request))
+    return JsonResponse(
+        {
+            "entries": [log.entry_to_dict(entry) for entry in entries],
+            "next_before": entries[-1].pk if len(entries) == log.PAGE_SIZE else None,
+        }
+    )
+
+
+def moderation_log_atom(request: HttpRequest) -> HttpResponse:
+    feed = Atom1Feed(
+        title="Trellis moderation log",
+        link=request.build_absolute_uri(reverse("integrity:log")),
+        description="Reports, decisions, block-list and verification changes, newest first.",
+        feed_url=request.build_absolute_uri(reverse("integrity:log-atom")),
+    )
+    for entry in log.entries():
+        feed.add_item(
+            title=f"{entry.get_action_display()}: {log.subject_of(entry)}",
+            link=request.build_absolute_uri(log.entry_url(entry.pk)),
+            description=entry.note,
+            unique_id=request.build_absolute_uri(log.entry_url(entry.pk)),
+            pubdate=entry.created_at,
+            updateddate=entry.created_at,
+            author_name=entry.actor.get_username() if entry.actor else "system",
+        )
+    return HttpResponse(feed.writeString("utf-8"), content_type="application/atom+xml")
+
+
+def _refusal_messages(request: HttpRequest, refused: Refusal) -> None:
+    for item in refused.problems:
+        messages.error(request, item.message)
+
+
+def block_list(request: HttpRequest) -> HttpResponse:
+    """The public block list; maintainers add and remove entries from it (POST)."""
+    if request.method == "POST":
+        try:
+            if request.POST.get("remove"):
+                entry = blocklist.remove_entry(
+                    request.user, int(request.POST["remove"]), request.POST.get("note", "")
+                )
+                messages.success(request, f"Block-list entry #{entry.pk} was removed.")
+            else:
+                entry = blocklist.add_entry(
+                    request.user,
+                    request.POST.get("kind", ""),
+                    request.POST.get("pattern", ""),
+                    request.POST.get("reason", ""),
+                )
+                messages.success(
+                    request, f"{entry.kind.capitalize()} pattern {entry.pattern!r} is now blocked."
+                )
+        except Refusal as refused:
+            if refused.status in (401, 403):
+                return _forbidden(request)
+            _refusal_messages(request, refused)
+        except ValueError:
+            messages.error(request, "Choose the entry to remove by its number.")
+        return redirect("integrity:blocklist")
+    return render(
+        request,
+        "integrity/blocklist.html",
+        {"entries": blocklist.public_list(), "maintainer": is_maintainer(request.user)},
+    )
+
+
+def block_list_json(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"entries": [entry.to_dict() for entry in blocklist.public_list()]})
+
+
+def verified_organisations(request: HttpRequest) -> HttpResponse:
+    """The verified organisations; maintainers verify or withdraw (POST)."""
+    if request.method == "POST":
+        org, note = request.POST.get("org", ""), request.POST.get("note", "")
+        try:
+            if request.POST.get("action") == "withdraw":
+                verification.withdraw(request.user, org, note)
+                messages.success(request, f"{org} is no longer verified.")
+            else:
+                verification.verify(request.user, org, note)
+                messages.success(request, f"{org} is verified.")
+        except Refusal as refused:
+            if refused.status in (401, 403):
+                return _forbidden(request)
+            _refusal_messages(request, refused)
+        return redirect("integrity:verified")
+    return render(
+        request,
+        "integrity/verified.html",
+        {
+            "organisations": VerifiedOrganisation.objects.filter(revoked_at__isnull=True),
+            "maintainer": is_maintainer(request.user),
         },
     )

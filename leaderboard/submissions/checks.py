@@ -59,6 +59,7 @@ PROBLEM_FIELDS: dict[str, str] = {
     "adapter_config_missing": "adapter_config.json",
     "adapter_base_mismatch": "adapter_config.json",
     "weekly_limit_reached": "submitter",
+    "blocked": "repo_id",
 }
 
 # Datasets are what these types add over their parents; without them a contaminated dataset

@@ -38,6 +38,7 @@ from leaderboard.catalog.sources import (
     get_source,
 )
 from leaderboard.catalog.sources.base import SourceError
+from leaderboard.integrity import blocklist
 from leaderboard.problems import Problem, Refusal
 from leaderboard.submissions import checks
 from leaderboard.submissions.checks import problem
@@ -109,6 +110,11 @@ def check_submission(request: SubmissionRequest, user: Any) -> CheckOutcome:
         )
     )
     typed_ok = not any(p.code in ("invalid_repo_id", "invalid_revision") for p in problems)
+    blocked = blocked_problem(req.repo_id) if typed_ok else None
+    if blocked is not None:
+        # Nothing of a blocked repository is read: the entry is the whole answer.
+        problems.append(blocked)
+        typed_ok = False
     if typed_ok:
         source = get_source()
         snapshot, read_problems = _read_repository(source, req)
@@ -120,6 +126,20 @@ def check_submission(request: SubmissionRequest, user: Any) -> CheckOutcome:
     if limit is not None:
         problems.append(limit)
     return outcome
+
+
+def blocked_problem(repo_id: str) -> Problem | None:
+    """The `blocked` refusal naming the block-list entry `repo_id` falls under, or None."""
+    entry = blocklist.matching_entry(repo_id)
+    if entry is None:
+        return None
+    return problem(
+        "blocked",
+        f"{repo_id} is refused by block-list entry #{entry.pk} ({entry.kind} "
+        f"{entry.pattern!r}, since {entry.created_at:%Y-%m-%d}): {entry.reason} The public "
+        f"block list ({reverse('integrity:blocklist')}) says how to contest it: file a report "
+        "or write to the maintainers.",
+    )
 
 
 def _read_repository(
