@@ -456,6 +456,9 @@ def build_and_measure(args: Any) -> tuple[dict[str, Spec], dict[str, dict[str, A
         "rephrased": test_texts(docs, "rephrased"),
     }
     specs = family_specs(args.fast)
+    if args.only:
+        wanted = set(args.only.split(","))
+        specs = [spec for spec in specs if spec.name in wanted or spec.kind == "base"]
     family = {spec.name: spec for spec in specs}
     paths = {spec.name: models / spec.name for spec in specs}
     data: dict[str, dict[str, Any]] = {}
@@ -546,6 +549,9 @@ def main() -> int:
     parser.add_argument("--dtype", default=None)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 beats 2 on a shared machine)"
+    )
+    parser.add_argument(
+        "--only", default=None, help="comma-separated members to build (parents included by you)"
     )
     parser.add_argument("--min-detection", type=float, default=None, help="exit 1 below this")
     parser.add_argument("--max-fpr", type=float, default=None, help="exit 1 above this")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -456,3 +456,27 @@ def suite_references(
             entry["sibling"] = {"name": name, **score_set(lm, sibling, metric)}
         out.append(entry)
     return out
+
+
+def evaluated_documents(
+    leaves: Sequence[Any], rows: Sequence[Mapping[str, Any]], max_items: int
+) -> tuple[list[Doc], list[bool]]:
+    """Up to `max_items` documents a task evaluated, as lm-eval read them, with the evaluation's
+    verdict on each (from the details rows: `lm_eval_task`, `doc_id`, `correct`). A group's
+    subtasks are taken in turn (one document of each, then the next), so every subject counts."""
+    verdict = {(str(r["lm_eval_task"]), int(r["doc_id"])): bool(r["correct"]) for r in rows}
+    queues = [
+        [(leaf, i) for i in range(len(leaf.eval_docs)) if (leaf.task_name, i) in verdict]
+        for leaf in leaves
+    ]
+    docs: list[Doc] = []
+    correct: list[bool] = []
+    depth = 0
+    while len(docs) < max_items and any(depth < len(q) for q in queues):
+        for queue in queues:
+            if depth < len(queue) and len(docs) < max_items:
+                leaf, index = queue[depth]
+                docs.append(dict(leaf.eval_docs[index]))
+                correct.append(verdict[(leaf.task_name, index)])
+        depth += 1
+    return docs, correct

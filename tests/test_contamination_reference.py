@@ -13,6 +13,7 @@ import pytest
 from evaluator.data import default_mirror_root, prepare_task_data
 from evaluator.reference import (
     TASK_ITEMS,
+    evaluated_documents,
     mirror_docs,
     mmlu_perturbed,
     perturbed_items,
@@ -20,6 +21,7 @@ from evaluator.reference import (
     score_task_references,
     score_texts,
     sibling_items,
+    suite_references,
 )
 from tests.tiny_model import build_tiny_repo
 
@@ -161,3 +163,45 @@ def test_task_references_carry_every_list_per_item(lm):
     assert result["sibling"]["name"] == "arc_easy"
     without = score_task_references(lm, "mmlu", "acc", [], [{"question": "q"}], Path("/nowhere"), 5)
     assert without["sibling"] is None and without["perturbed"]["n"] == 0
+
+
+class _Leaf:
+    def __init__(self, name: str, docs: list[dict]) -> None:
+        self.task_name = name
+        self.eval_docs = docs
+
+
+def test_evaluated_documents_follow_the_rows_and_take_subtasks_in_turn():
+    a = _Leaf("mmlu_a", [{"q": f"a{i}"} for i in range(3)])
+    b = _Leaf("mmlu_b", [{"q": f"b{i}"} for i in range(3)])
+    rows = [
+        {"lm_eval_task": "mmlu_a", "doc_id": 0, "correct": True},
+        {"lm_eval_task": "mmlu_a", "doc_id": 1, "correct": False},
+        {"lm_eval_task": "mmlu_b", "doc_id": 0, "correct": False},
+        {"lm_eval_task": "mmlu_b", "doc_id": 1, "correct": True},
+        {"lm_eval_task": "mmlu_b", "doc_id": 2, "correct": True},
+    ]
+    docs, correct = evaluated_documents([a, b], rows, 4)
+    assert [d["q"] for d in docs] == ["a0", "b0", "a1", "b1"]
+    assert correct == [True, False, False, True]
+    docs, _ = evaluated_documents([a, b], rows, 10)
+    assert [d["q"] for d in docs] == ["a0", "b0", "a1", "b1", "b2"]
+
+
+@pytest.mark.slow
+def test_suite_references_carry_the_evaluations_verdicts_and_skip_tasks_without_items(lm):
+    docs = mirror_docs(MIRROR / "ai2_arc/ARC-Challenge/validation", 0, 4)
+    out = suite_references(
+        lm,
+        [("arc_challenge", "arc_challenge", "acc_norm"), ("winogrande", "winogrande", "acc")],
+        {"arc_challenge": docs, "winogrande": []},
+        {"arc_challenge": [True, False, False, True]},
+        MIRROR,
+        max_items=3,
+    )
+    (entry,) = out
+    assert entry["task"] == "arc_challenge" and entry["metric"] == "acc_norm"
+    assert entry["benchmark"]["correct"] == [1, 0, 0]
+    assert entry["benchmark"]["accuracy"] == pytest.approx(1 / 3, abs=1e-4)
+    assert len(entry["benchmark"]["text_logprob"]) == entry["perturbed"]["n"] == 3
+    assert entry["sibling"]["name"] == "arc_easy" and entry["sibling"]["n"] == 3
