@@ -4,6 +4,8 @@ ninja's own errors (validation, authentication, unparsable bodies) are translate
 
 from __future__ import annotations
 
+import copy
+
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
@@ -100,4 +102,18 @@ def _register_routers() -> None:
     api.add_router("/", public_router)
 
 
+def _answer_head() -> None:
+    """Every GET route answers HEAD too (RFC 9110): a HEAD twin of each GET operation, left out
+    of the OpenAPI document; Django's handlers send the GET's headers without its body."""
+    for _prefix, router in api._routers:
+        for path_view in router.path_operations.values():
+            for operation in list(path_view.operations):
+                if "GET" in operation.methods and "HEAD" not in operation.methods:
+                    head = copy.copy(operation)
+                    head.methods = ["HEAD"]
+                    head.include_in_schema = False
+                    path_view.operations.append(head)
+
+
 _register_routers()
+_answer_head()

@@ -21,13 +21,17 @@ DECLARED = {
     ("post", "/api/v1/submissions"): {"400", "401", "413", "429"},
     ("get", "/api/v1/submissions/{submission_id}"): {"400", "404"},
     ("post", "/api/v1/submissions/{submission_id}/requeue"): {"400", "401", "403", "404", "409"},
+    ("get", "/api/v1/queue"): set(),
+    ("post", "/api/v1/submissions/{submission_id}/vote"): {"401", "404", "409", "429"},
+    ("delete", "/api/v1/submissions/{submission_id}/vote"): {"401", "404"},
+    ("post", "/api/v1/runs/{run_id}/boost"): {"400", "401", "403", "404", "409"},
     ("post", "/api/v1/flags"): {"400", "401", "404", "409", "413", "429"},
     ("get", "/api/v1/flags"): {"400"},
     ("post", "/api/v1/flags/{report_id}/resolve"): {"400", "401", "403", "404", "409", "413"},
     ("get", "/api/v1/lineage/{org}/{name}"): {"400", "404"},
     ("get", "/api/v1/leaderboard"): {"400"},
-    ("get", "/api/v1/models/{org}/{name}"): {"404"},
-    ("get", "/api/v1/suites"): set(),
+    ("get", "/api/v1/models/{org}/{name}"): {"400", "404"},
+    ("get", "/api/v1/suites"): {"400"},
 }
 
 

@@ -106,7 +106,7 @@ def test_refused_query_uses_the_error_shape(anonymous_client, openapi):
     assert response["Access-Control-Allow-Origin"] == "*"
     body = response.json()
     validate(openapi, "/api/v1/leaderboard", 400, body)
-    assert [error["field"] for error in body["errors"]] == ["colour"]
+    assert [error["field"] for error in body["errors"]] == ["colour", "sort"]
     response = anonymous_client.get("/api/v1/leaderboard?sort=vibes")
     assert response.json()["errors"][0]["code"] == "unknown_sort"
 

@@ -219,7 +219,7 @@ def test_flagged_and_tainted_rows_are_hidden_and_counted(maintainer):
     assert (only_flagged.hidden_flagged, only_flagged.hidden_tainted) == (0, 2)
 
 
-def test_pagination_counts_and_clamps():
+def test_pagination_counts_and_refuses_a_page_past_the_last():
     for i in range(7):
         ranked(f"org/m{i}", 0.3 + i / 100)
     first = rank(per_page="3")
@@ -228,7 +228,9 @@ def test_pagination_counts_and_clamps():
     last = rank(per_page="3", page="3")
     assert names(last) == ["org/m0"]
     assert (last.first_index, last.last_index) == (7, 7)
-    assert rank(per_page="3", page="99").page == 3
+    with pytest.raises(Refusal) as refused:
+        rank(per_page="3", page="99")
+    assert refused.value.problems[0].code == "page_out_of_range"
     assert len(ranking(parse_ranking_query({}, paginate=False)).rows) == 7
 
 

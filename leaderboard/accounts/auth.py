@@ -10,6 +10,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 
 from leaderboard.accounts.models import ApiToken, hash_token
+from leaderboard.problems import Refusal
 
 
 def user_from_bearer(request: HttpRequest) -> Any | None:
@@ -39,8 +40,19 @@ def api_auth(request: HttpRequest) -> Any | None:
         return user
     session_user = getattr(request, "user", AnonymousUser())
     safe_method = request.method in ("GET", "HEAD", "OPTIONS")
-    if session_user.is_authenticated and (safe_method or _csrf_ok(request)):
-        return session_user
+    if session_user.is_authenticated:
+        if safe_method or _csrf_ok(request):
+            return session_user
+        # Signed in, but the session alone does not authorize a write: say what is missing
+        # rather than "sign in".
+        raise Refusal.one(
+            "csrf_missing",
+            "X-CSRFToken",
+            "You are signed in, but a write with the browser's session must carry the "
+            "'X-CSRFToken' header set to the value of the 'csrftoken' cookie (CSRF "
+            "protection); or send 'Authorization: Bearer <token>' instead.",
+            401,
+        )
     return None
 
 

@@ -21,7 +21,7 @@ from leaderboard.evaluations.runs import evaluated_repositories
 from leaderboard.integrity import blocklist, log, plots, reports, verification
 from leaderboard.integrity.forms import ReportForm
 from leaderboard.integrity.models import ReportKind, VerifiedOrganisation
-from leaderboard.problems import Refusal
+from leaderboard.problems import Problem, Refusal
 
 # The lineage page draws at most this much; the API returns everything.
 DEPTH_DEFAULT, DEPTH_MAX = 3, 12
@@ -114,14 +114,32 @@ def report(request: HttpRequest) -> HttpResponse:
 
 
 def lineage(request: HttpRequest, repo_id: str) -> HttpResponse:
+    kind = request.GET.get("type", RepositoryKind.MODEL)
+    if kind not in RepositoryKind.values:
+        problem = Problem(
+            "invalid_target_type",
+            "type",
+            f"type {kind!r} is not one of: {', '.join(RepositoryKind.values)}.",
+        )
+        context = {"heading": "Unknown kind of repository", "errors": [problem]}
+        return render(request, "public/refused.html", context, status=400)
     try:
-        repository = reports.find_target(request.GET.get("type", RepositoryKind.MODEL), repo_id)
+        repository = reports.find_target(kind, repo_id)
     except Refusal as refused:
         raise Http404(refused.problems[0].message) from None
-    try:
-        depth = min(max(int(request.GET.get("depth", DEPTH_DEFAULT)), 1), DEPTH_MAX)
-    except ValueError:
-        depth = DEPTH_DEFAULT
+    errors: list[Problem] = []
+    raw_depth = request.GET.get("depth", str(DEPTH_DEFAULT)).strip()
+    depth = DEPTH_DEFAULT
+    if raw_depth.isdigit() and 1 <= int(raw_depth) <= DEPTH_MAX:
+        depth = int(raw_depth)
+    else:
+        errors.append(
+            Problem(
+                "invalid_depth",
+                "depth",
+                f"depth is a number of generations from 1 to {DEPTH_MAX}; got {raw_depth!r}.",
+            )
+        )
     figure = plots.lineage_figure(repository, depth=depth, max_nodes=NODES_MAX)
     return render(
         request,
@@ -132,7 +150,9 @@ def lineage(request: HttpRequest, repo_id: str) -> HttpResponse:
             "depth": depth,
             "depth_choices": range(1, DEPTH_MAX + 1),
             "integrity": reports.integrity_context(repository),
+            "errors": errors,
         },
+        status=400 if errors else 200,
     )
 
 

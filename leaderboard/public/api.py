@@ -8,7 +8,6 @@ them for the OpenAPI document."""
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -20,9 +19,13 @@ from ninja.decorators import decorate_view
 from leaderboard.evaluations.serializers import SubmissionDetailOut
 from leaderboard.problems import Refusal, error_responses
 from leaderboard.public import detail, serializers
-from leaderboard.public.etags import Validator, model_validator, ranking_validator
+from leaderboard.public.etags import model_validator, ranking_validator, suites_validator
 from leaderboard.public.http import conditional, preflight, with_cors
-from leaderboard.public.query import RankingQuery, parse_ranking_query
+from leaderboard.public.query import (
+    RankingQuery,
+    parse_ranking_query,
+    refuse_unknown_parameters,
+)
 from leaderboard.public.row import row_schema
 from leaderboard.public.selection import ranking_for_api
 from leaderboard.public.suites import suite_names, suite_view, versions_of
@@ -185,11 +188,12 @@ def leaderboard(request: HttpRequest) -> HttpResponse:
 @router.get(
     "/models/{org}/{name}",
     url_name="public_model",
-    response={200: ModelOut, 304: None, **error_responses(404)},
+    response={200: ModelOut, 304: None, **error_responses(400, 404)},
     summary="One model: lineage status, reports, every submission and its evaluations",
     openapi_extra={"responses": {200: {"headers": _CONDITIONAL_HEADERS}}},
 )
 def model(request: HttpRequest, org: str, name: str) -> HttpResponse:
+    refuse_unknown_parameters(request.GET)
     repository = detail.find_model(f"{org}/{name}")
     if repository is None:
         raise Refusal.one(
@@ -211,16 +215,16 @@ def model(request: HttpRequest, org: str, name: str) -> HttpResponse:
 @router.get(
     "/suites",
     url_name="public_suites",
-    response={200: SuiteListOut, 304: None},
+    response={200: SuiteListOut, 304: None, **error_responses(400)},
     summary="Every suite version with ranked rows or defined by the evaluator, newest first",
 )
 def suites(request: HttpRequest) -> HttpResponse:
+    refuse_unknown_parameters(request.GET)
     views = [suite_view(name, version) for name in suite_names() for version in versions_of(name)]
     body = {"suites": [serializers.suite_to_dict(view) for view in views if view is not None]}
     text = serializers.to_json(body)
-    validator = Validator(etag=hashlib.sha256(text.encode()).hexdigest()[:32], last_modified=None)
     return conditional(
-        request, validator, lambda: HttpResponse(text, content_type="application/json")
+        request, suites_validator(text), lambda: HttpResponse(text, content_type="application/json")
     )
 
 

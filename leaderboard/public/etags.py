@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.db.models import Count, Max, Q
 
+from evaluator.suites import SUITES_DIR
 from leaderboard.catalog.models import LineageEdge, Repository
 from leaderboard.evaluations.models import EvaluationRun, RunState
 from leaderboard.integrity.models import AuditEntry
@@ -45,6 +46,17 @@ def ranking_validator(query: RankingQuery, *, extra: str = "") -> Validator:
         [ROW_SCHEMA_VERSION, extra, query.querystring(), str(entries["n"])],
         [entries["last"], statuses["last"], integrity],
     )
+
+
+def suites_validator(body: str) -> Validator:
+    """The suite list's validator: its body's hash, and the newest of the suite files the
+    evaluator ships and the ranked rows (a stored version appears with its first row)."""
+    shipped = [
+        datetime.fromtimestamp(path.stat().st_mtime, tz=UTC) for path in SUITES_DIR.glob("*.yaml")
+    ]
+    stored = RankingEntry.objects.aggregate(last=Max("updated_at"))["last"]
+    last = max([*shipped, *([stored] if stored else [])], default=None)
+    return Validator(etag=hashlib.sha256(body.encode()).hexdigest()[:32], last_modified=last)
 
 
 def model_validator(repository: Repository) -> Validator:

@@ -3,7 +3,7 @@ exports, parsed and checked against the known suites."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -25,6 +25,9 @@ from leaderboard.submissions.models import ModelType, Precision
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# Sizes are in billions; a bound keeps `billions * 1e9` a finite integer (no OverflowError).
+MAX_BILLIONS = 1_000_000
+SIZE_FIELDS = ("min_params", "max_params")
 
 # Sort keys besides the suite's task keys, and the entry column each orders by.
 SORT_COLUMNS: dict[str, str] = {
@@ -65,8 +68,12 @@ class RankingQuery(BaseModel):
     license: tuple[LicenseFamily, ...] = Field(
         default=(), description="license families (see docs/ui.md for the mapping)"
     )
-    min_params: float | None = Field(default=None, ge=0, description="billions")
-    max_params: float | None = Field(default=None, ge=0, description="billions")
+    min_params: float | None = Field(
+        default=None, ge=0, le=MAX_BILLIONS, allow_inf_nan=False, description="billions"
+    )
+    max_params: float | None = Field(
+        default=None, ge=0, le=MAX_BILLIONS, allow_inf_nan=False, description="billions"
+    )
     hide_merges: bool = False
     hide_synthetic: bool = False
     show_flagged: bool = Field(default=False, description="default: flagged rows are hidden")
@@ -154,15 +161,9 @@ def parse_ranking_query(params: Mapping[str, Any], *, paginate: bool = True) -> 
     values: dict[str, Any] = {}
     problems: list[Problem] = []
     known = set(RankingQuery.model_fields)
+    problems.extend(unknown_parameters(params, known, what="a ranking parameter"))
     for name in params:
         if name not in known:
-            problems.append(
-                Problem(
-                    "unknown_parameter",
-                    name,
-                    f"'{name}' is not a ranking parameter; use one of {', '.join(sorted(known))}.",
-                )
-            )
             continue
         raw = getlist(name) if getlist else params[name]
         items = [str(v) for v in (raw if isinstance(raw, list | tuple) else [raw])]
@@ -176,13 +177,45 @@ def parse_ranking_query(params: Mapping[str, Any], *, paginate: bool = True) -> 
     try:
         query = RankingQuery.model_validate(values)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc))
-    if query is not None and not problems:
-        query, semantic = _resolve(query)
-        problems.extend(semantic)
-    if problems or query is None:
+        refused = _pydantic_problems(exc)
+        problems.extend(refused)
+        # Check the rest too, so every problem is reported at once: the fields that parsed,
+        # with defaults for the refused ones (whose own checks would then be about defaults).
+        bad = {problem.field for problem in refused}
+        kept = {name: value for name, value in values.items() if name not in bad}
+        try:
+            query = RankingQuery.model_validate(kept)
+        except ValidationError:  # pragma: no cover - the refused fields were dropped
+            query = None
+        if query is not None and not bad & {"suite", "version"}:
+            _partial, semantic = _resolve(query)
+            problems.extend(p for p in semantic if p.field not in bad)
+        raise Refusal(problems) from None
+    query, semantic = _resolve(query)
+    problems.extend(semantic)
+    if problems:
         raise Refusal(problems)
     return query
+
+
+def unknown_parameters(
+    params: Iterable[str], known: Iterable[str], *, what: str = "a parameter of this route"
+) -> list[Problem]:
+    """A problem for each parameter a route does not take: refused, never silently ignored."""
+    allowed = sorted(known)
+    choice = f"use one of {', '.join(allowed)}" if allowed else "this route takes none"
+    return [
+        Problem("unknown_parameter", name, f"'{name}' is not {what}; {choice}.")
+        for name in params
+        if name not in allowed
+    ]
+
+
+def refuse_unknown_parameters(params: Iterable[str], known: Iterable[str] = ()) -> None:
+    """Raise a Refusal naming every parameter a route does not take."""
+    problems = unknown_parameters(params, known)
+    if problems:
+        raise Refusal(problems)
 
 
 def _pydantic_problems(exc: ValidationError) -> list[Problem]:
@@ -190,6 +223,16 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
     for item in exc.errors():
         field_name = str(item["loc"][0]) if item["loc"] else "query"
         message = item["msg"]
+        if field_name in SIZE_FIELDS:
+            problems.append(
+                Problem(
+                    "invalid_size",
+                    field_name,
+                    f"{field_name} is a size in billions of parameters: give a number from 0 "
+                    f"to {MAX_BILLIONS} (e.g. 7 or 0.5); got {str(item['input'])!r}.",
+                )
+            )
+            continue
         if item["type"] == "enum":
             message = f"{message} (got {item['input']!r})"
         elif item["type"] in ("float_parsing", "int_parsing", "bool_parsing"):

@@ -146,7 +146,14 @@ def select(query: RankingQuery, *, with_json: bool = False) -> Ranking[Placed]:
     if query.page is not None:
         count = entries.aggregate(n=Count("*"))["n"] - hidden_flagged - hidden_tainted
         pages = max(1, math.ceil(count / query.per_page))
-        page = min(query.page, pages)
+        if query.page > pages:
+            raise Refusal.one(
+                "page_out_of_range",
+                "page",
+                f"Page {query.page} is past the last page: {count} rows make {pages} "
+                f"page(s) of {query.per_page}; ask for a page from 1 to {pages}.",
+            )
+        page = query.page
         start = (page - 1) * query.per_page
         placed = [
             Placed(entry_id, rank, repository_id, status, _path(path))

@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.views import defaults
+from django.views.decorators.http import require_safe
 
 from leaderboard.integrity.plots import lineage_figure
 from leaderboard.integrity.reports import integrity_context
@@ -172,10 +174,34 @@ def _header(query: RankingQuery, key: str, label: str, title: str) -> dict[str, 
     }
 
 
-@require_GET
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """The 400 handler: a form posted over the upload limit gets a page that says so (413)
+    rather than Django's bare "Bad Request"; the API answers its own error shape."""
+    if isinstance(exception, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        problem = Problem(
+            "body_too_large",
+            "",
+            f"What you sent is larger than this site accepts ({limit / 1_000_000:g} MB): "
+            "shorten the text (link to long evidence instead of pasting it) and send it again.",
+        )
+        context = {
+            "heading": "Too much to send",
+            "errors": [problem],
+            "back": "javascript:history.back()",
+        }
+        return render(request, "public/refused.html", context, status=413)
+    return defaults.bad_request(request, exception)
+
+
+@require_safe
 def ranking_page(request: HttpRequest) -> HttpResponse:
     query, errors = _parse(request.GET, paginate=True)
-    result = _safe_ranking(query)
+    try:
+        result = _safe_ranking(query)
+    except Refusal as refused:  # a page past the last one
+        query, errors = default_query(), refused.problems
+        result = _safe_ranking(query)
     context = _filter_context(query) | {"errors": errors, "sort_keys": list(SORT_COLUMNS)}
     if result is not None:
         context |= _table_context(result)
@@ -185,7 +211,7 @@ def ranking_page(request: HttpRequest) -> HttpResponse:
     return render(request, template, context, status=status)
 
 
-@require_GET
+@require_safe
 def model_page(request: HttpRequest, org: str, name: str) -> HttpResponse:
     repository = detail.find_model(f"{org}/{name}")
     if repository is None:
@@ -217,7 +243,7 @@ def _int_param(raw: str | None) -> int | None:
     return int(raw) if raw and raw.isdigit() else None
 
 
-@require_GET
+@require_safe
 def compare_page(request: HttpRequest) -> HttpResponse:
     query, errors = _parse(_subset(request.GET, ("suite", "version", "normalized")), paginate=False)
     raw_models = ",".join(request.GET.getlist("models"))
@@ -244,7 +270,7 @@ def compare_page(request: HttpRequest) -> HttpResponse:
     return render(request, "public/compare.html", context, status=status)
 
 
-@require_GET
+@require_safe
 def plots_page(request: HttpRequest) -> HttpResponse:
     query, errors = _parse(request.GET, paginate=False)
     query = query.model_copy(update={"page": None})
@@ -279,7 +305,7 @@ def plots_page(request: HttpRequest) -> HttpResponse:
     return render(request, template, context, status=status)
 
 
-@require_GET
+@require_safe
 def export_csv(request: HttpRequest) -> HttpResponse:
     try:
         query = parse_ranking_query(request.GET, paginate=False)

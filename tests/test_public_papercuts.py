@@ -1,0 +1,159 @@
+"""Paper cuts a new user found (issue 9), each pinned over HTTP: refusals instead of 500s or
+silence, the headers clients rely on, HEAD, the favicon."""
+
+from __future__ import annotations
+
+from html import unescape
+
+import pytest
+from django.test import Client
+
+from leaderboard.public.suites import forget_stored_versions
+from tests.factories import SUITE, ranked, repository
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _default_suite(settings):
+    settings.TRELLIS_DEFAULT_SUITE = SUITE
+    forget_stored_versions()  # per-process cache; each test has its own database
+
+
+def errors_of(response) -> dict[str, dict[str, str]]:
+    return {problem["field"]: problem for problem in response.json()["errors"]}
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "1e308", "1e400", "nan"])
+@pytest.mark.parametrize("field", ["min_params", "max_params"])
+def test_unbounded_sizes_are_refused_not_a_500(anonymous_client, field, value):
+    ranked("org/alpha", 0.6)
+    response = anonymous_client.get(f"/api/v1/leaderboard?{field}={value}")
+    assert response.status_code == 400
+    problem = errors_of(response)[field]
+    assert problem["code"] == "invalid_size"
+    assert problem["message"] == (
+        f"{field} is a size in billions of parameters: give a number from 0 to 1000000 "
+        f"(e.g. 7 or 0.5); got '{value}'."
+    )
+    for path in ("/", "/plots/", "/export.csv"):
+        page = anonymous_client.get(f"{path}?{field}={value}")
+        assert (path, page.status_code) == (path, 400)
+        assert "billions of parameters" in page.content.decode()
+
+
+def test_every_query_problem_is_reported_at_once(anonymous_client):
+    response = anonymous_client.get("/api/v1/leaderboard?sort=colour&min_params=lots&dir=up")
+    assert response.status_code == 400
+    assert sorted(errors_of(response)) == ["dir", "min_params", "sort"]
+    assert errors_of(response)["sort"]["code"] == "unknown_sort"
+
+
+def test_a_page_past_the_last_is_refused(anonymous_client):
+    ranked("org/alpha", 0.6)
+    ranked("org/beta", 0.5)
+    response = anonymous_client.get("/api/v1/leaderboard?page=99999&per_page=1")
+    assert response.status_code == 400
+    assert errors_of(response)["page"] == {
+        "code": "page_out_of_range",
+        "field": "page",
+        "message": "Page 99999 is past the last page: 2 rows make 2 page(s) of 1; ask for a "
+        "page from 1 to 2.",
+    }
+    assert anonymous_client.get("/api/v1/leaderboard?page=2&per_page=1").status_code == 200
+    page = anonymous_client.get("/?page=99999")
+    assert page.status_code == 400
+    assert "Page 99999 is past the last page: 2 rows make 1 page(s) of 50" in (
+        page.content.decode()
+    )
+    # An empty ranking still has its first page.
+    empty = anonymous_client.get("/api/v1/leaderboard?page=1&q=nothing-matches")
+    assert (empty.status_code, empty.json()["pages"]) == (200, 1)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/suites", "/api/v1/models/org/alpha"])
+def test_unknown_parameters_are_refused_on_every_read_route(anonymous_client, path):
+    ranked("org/alpha", 0.6)
+    response = anonymous_client.get(f"{path}?colour=red")
+    assert response.status_code == 400
+    assert errors_of(response)["colour"]["code"] == "unknown_parameter"
+    assert anonymous_client.get(path).status_code == 200
+
+
+def test_lineage_page_refuses_a_bad_type_or_depth(anonymous_client):
+    ranked("org/alpha", 0.6)
+    bad_type = anonymous_client.get("/integrity/lineage/org/alpha/?type=foo")
+    assert bad_type.status_code == 400
+    assert "type 'foo' is not one of: model, dataset" in unescape(bad_type.content.decode())
+    bad_depth = anonymous_client.get("/integrity/lineage/org/alpha/?depth=abc")
+    assert bad_depth.status_code == 400
+    assert "depth is a number of generations from 1 to 12; got 'abc'" in unescape(
+        bad_depth.content.decode()
+    )
+    assert anonymous_client.get("/integrity/lineage/org/alpha/?depth=2").status_code == 200
+
+
+def test_a_session_without_the_csrf_header_is_told_what_is_missing(submitter):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(submitter)
+    response = client.post("/api/v1/submissions", {}, content_type="application/json")
+    assert response.status_code == 401
+    problem = errors_of(response)["X-CSRFToken"]
+    assert problem["code"] == "csrf_missing"
+    assert "X-CSRFToken" in problem["message"] and "csrftoken" in problem["message"]
+
+
+def test_csv_export_is_an_attachment(anonymous_client):
+    ranked("org/alpha", 0.6)
+    response = anonymous_client.get("/export.csv")
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == f'attachment; filename="trellis-{SUITE}-1.csv"'
+
+
+def test_suites_carry_last_modified(anonymous_client):
+    ranked("org/alpha", 0.6)
+    response = anonymous_client.get("/api/v1/suites")
+    assert response.status_code == 200
+    assert response["Last-Modified"]
+    again = anonymous_client.get("/api/v1/suites", HTTP_IF_MODIFIED_SINCE=response["Last-Modified"])
+    assert again.status_code == 304
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/leaderboard", "/api/v1/suites", "/api/v1/models/org/alpha", "/api/v1/flags"],
+)
+def test_api_read_routes_answer_head(anonymous_client, path):
+    ranked("org/alpha", 0.6)
+    get = anonymous_client.get(path)
+    head = anonymous_client.head(path)
+    assert (head.status_code, head.content) == (200, b"")
+    assert head["Content-Type"] == get["Content-Type"]
+
+
+@pytest.mark.parametrize("path", ["/", "/plots/", "/export.csv", "/models/org/alpha/"])
+def test_pages_answer_head(anonymous_client, path):
+    ranked("org/alpha", 0.6)
+    head = anonymous_client.head(path)
+    assert (head.status_code, head.content) == (200, b"")
+
+
+def test_every_page_names_a_favicon_that_is_served(anonymous_client):
+    repository("org/alpha")
+    html = anonymous_client.get("/").content.decode()
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in html
+    assert anonymous_client.get("/favicon.ico").status_code in (200, 301, 302)
+    icon = anonymous_client.get("/static/favicon.svg")
+    assert icon.status_code == 200
+    assert b"<svg" in b"".join(icon.streaming_content)
+
+
+@pytest.mark.parametrize("path", ["/submissions/new/", "/integrity/report/?target=org/alpha"])
+def test_a_form_posted_over_the_limit_gets_a_clear_page(submitter_client, settings, path):
+    repository("org/alpha")
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = submitter_client.post(path, {"evidence": "x" * 5000, "repo_id": "org/alpha"})
+    assert response.status_code == 413
+    html = unescape(response.content.decode())
+    assert "<h1>Too much to send</h1>" in html
+    assert "larger than this site accepts (0.001 MB)" in html
