@@ -157,6 +157,35 @@ class Artifact(_Payload):
     size: int = Field(ge=0)
 
 
+class ReferenceSet(_Payload):
+    """One set of items a task's contamination signals read (docs/contamination.md): per item,
+    correct (0/1), the text's mean token log-probability and its Min-K%++ score."""
+
+    n: int = Field(ge=0)
+    name: str | None = None  # the sibling benchmark's name
+    accuracy: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+    correct: list[Literal[0, 1]] = Field(default_factory=list)
+    text_logprob: list[float] = Field(default_factory=list)
+    min_k_pp: list[float] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_value_per_item(self) -> ReferenceSet:
+        for name in ("correct", "text_logprob", "min_k_pp"):
+            values = getattr(self, name)
+            if values and len(values) != self.n:
+                raise ValueError(f"{name} has {len(values)} values for {self.n} items")
+        return self
+
+
+class TaskReferences(_Payload):
+    task: str = Field(pattern=NAME_PATTERN)
+    lm_eval_task: str = Field(min_length=1)
+    metric: Metric
+    benchmark: ReferenceSet
+    perturbed: ReferenceSet
+    sibling: ReferenceSet | None = None
+
+
 class ResultPayload(_Payload):
     """The scores and how they were obtained (docs/evaluation.md, "The result payload")."""
 
@@ -171,6 +200,8 @@ class ResultPayload(_Payload):
     loglikelihood_requests: int = Field(ge=0)
     reproduce: Reproduce
     artifact: Artifact
+    # The contamination signals' numbers; empty from workers that score no reference sets.
+    references: list[TaskReferences] = Field(default_factory=list)
 
 
 class Result(Message):

@@ -480,3 +480,35 @@ def evaluated_documents(
                 correct.append(verdict[(leaf.task_name, index)])
         depth += 1
     return docs, correct
+
+
+def run_references(
+    lm: Any,
+    tasks: Sequence[tuple[str, str, str]],
+    leaves: Mapping[str, Sequence[Any]],
+    rows: Sequence[Mapping[str, Any]],
+    data_root: str | None,
+) -> list[dict[str, Any]]:
+    """The `references` of a result payload: for each suite task (key, lm-eval task, metric),
+    its evaluated documents (from lm-eval's loaded `leaves`) with the evaluation's verdicts
+    (the details `rows`), scored by `suite_references`. `TRELLIS_REFERENCE_ITEMS` (worker
+    side, default 100) caps the items per task; 0 turns the reference sets off."""
+    from evaluator.config import env_int
+
+    max_items = env_int("TRELLIS_REFERENCE_ITEMS", DEFAULT_MAX_ITEMS, minimum=0)
+    if max_items == 0:
+        return []
+    mirror: Path | None = Path(data_root) if data_root else None
+    if mirror is None:
+        from evaluator.data import DataMissing, default_mirror_root
+
+        try:
+            mirror = default_mirror_root()
+        except DataMissing:
+            mirror = None
+    docs: dict[str, list[Doc]] = {}
+    correct: dict[str, list[bool]] = {}
+    for key, _, _ in tasks:
+        task_rows = [row for row in rows if row["task"] == key]
+        docs[key], correct[key] = evaluated_documents(leaves.get(key, []), task_rows, max_items)
+    return suite_references(lm, tasks, docs, correct, mirror, max_items)

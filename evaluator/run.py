@@ -26,6 +26,7 @@ from typing import Any
 
 from evaluator.data import OVERRIDES_DIR_NAME, DataMissing, TaskData, prepare_task_data
 from evaluator.messages import EvaluationJob
+from evaluator.reference import run_references
 from evaluator.suites import Suite, SuiteTask, UnknownSuite, load_suite
 from evaluator.vocabulary import WORKER_FAILURES, is_safetensors, is_weight_pickle
 
@@ -181,6 +182,21 @@ def _run(job: EvaluationJob, progress: Progress | None, work: Path, started: flo
             task_results.append(_task_result(task, stage, results, task_rows))
             rows.extend(task_rows)
     counter.finish()
+    # The contamination signals' reference sets, through the same model (docs/contamination.md).
+    # They are not the suite's requests: progress stays at its total, re-sent as the heartbeat.
+    logger.info("scoring the reference sets")
+    lm.on_scored = lambda _: counter.add(0)
+    references = run_references(
+        lm,
+        [(task.key, task.lm_eval_task, task.metric) for task in suite.tasks],
+        {
+            task.key: _leaves(_top_level(tasks, task.lm_eval_task))
+            for stage, tasks in zip(stages, loaded, strict=True)
+            for task in stage.tasks
+        },
+        rows,
+        job.data_root,
+    )
     order = [task.key for task in suite.tasks]
     task_results.sort(key=lambda result: order.index(result["task"]))
     rows.sort(key=lambda row: order.index(row["task"]))
@@ -204,6 +220,7 @@ def _run(job: EvaluationJob, progress: Progress | None, work: Path, started: flo
         "data": {"source": data.source, "root": job.data_root},
         "reproduce": reproduction(job, model_args, batch_size, device, stages, data, backend),
         "artifact": artifact,
+        "references": references,
     }
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Below what the fast bench measures (README: detection 1.00, fpr 0.00 on this family), with room
-# for one miss among the 11 contaminated models and one false positive among the 11 clean ones.
-MIN_DETECTION = 0.9
+# Below what the fast bench measures (docs/contamination.md: detection 1.00, fpr 0.00), with room
+# for one miss among the 9 contaminated models (8/9 = 0.89) and one false positive among the 11
+# clean ones (1/11 = 0.09); two of either fail.
+MIN_DETECTION = 0.85
 MAX_FPR = 0.1
 SUMMARY = re.compile(r"detection: (\d\.\d\d) fpr: (\d\.\d\d) auc: (\d\.\d{3})")
 

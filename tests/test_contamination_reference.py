@@ -205,3 +205,51 @@ def test_suite_references_carry_the_evaluations_verdicts_and_skip_tasks_without_
     assert entry["benchmark"]["accuracy"] == pytest.approx(1 / 3, abs=1e-4)
     assert len(entry["benchmark"]["text_logprob"]) == entry["perturbed"]["n"] == 3
     assert entry["sibling"]["name"] == "arc_easy" and entry["sibling"]["n"] == 3
+
+
+@pytest.mark.slow
+def test_an_evaluation_carries_its_reference_sets_in_the_result(tmp_path, monkeypatch):
+    import gzip
+    import json
+
+    from evaluator.messages import EvaluationJob, Result, parse
+    from evaluator.run import run_job
+
+    monkeypatch.setenv("TRELLIS_REFERENCE_ITEMS", "2")
+    build_tiny_repo(tmp_path / "models")
+    job = EvaluationJob.model_validate(
+        {
+            "run_id": 3,
+            "attempt": 1,
+            "repo_id": "trellis-tests/tiny-llama",
+            "revision": "0123456789abcdef0123456789abcdef01234567",
+            "precision": "float32",
+            "suite_name": "quick",
+            "suite_version": "1",
+            "model_source": "local",
+            "model_path": str(tmp_path / "models"),
+            "artifact_root": str(tmp_path / "artifacts"),
+            "limit": 2,
+        }
+    )
+    payload = run_job(job)
+    references = payload["references"]
+    assert [r["task"] for r in references] == [
+        "arc_easy",
+        "arc_challenge",
+        "hellaswag",
+        "mmlu",
+        "winogrande",
+    ]
+    with gzip.open(tmp_path / "artifacts" / payload["artifact"]["path"], "rt") as handle:
+        rows = [json.loads(line) for line in handle]
+    arc = references[1]
+    verdicts = [int(r["correct"]) for r in rows if r["task"] == "arc_challenge"]
+    assert arc["benchmark"]["correct"] == verdicts
+    assert arc["sibling"]["name"] == "arc_easy" and arc["sibling"]["n"] == 2
+    # MMLU's two items come from two subjects, not two questions of the first one.
+    assert references[3]["benchmark"]["n"] == 2
+    assert references[4]["sibling"] is None
+    # The result message, as the web side reads it, accepts them.
+    message = parse(Result, {"run_id": 3, "attempt": 1, "payload": payload})
+    assert message.payload.references[1].perturbed.n == 2
