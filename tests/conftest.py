@@ -138,7 +138,10 @@ def _fast_password_hashing(settings):
 def _fresh_rate_limits():
     from django.core.cache import cache
 
+    from leaderboard.public.cache import forget_local_copies
+
     cache.clear()
+    forget_local_copies()  # cached responses too: each test has its own database
 
 
 def service_unavailable(what: str, error: Exception) -> None:

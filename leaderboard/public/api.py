@@ -19,6 +19,7 @@ from ninja.decorators import decorate_view
 from leaderboard.evaluations.serializers import SubmissionDetailOut
 from leaderboard.problems import Refusal, error_responses
 from leaderboard.public import detail, serializers
+from leaderboard.public.cache import cached_response
 from leaderboard.public.etags import model_validator, ranking_validator, suites_validator
 from leaderboard.public.http import conditional, preflight, with_cors
 from leaderboard.public.query import (
@@ -173,14 +174,14 @@ def _cors(run: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
 )
 def leaderboard(request: HttpRequest) -> HttpResponse:
     query = parse_ranking_query(request.GET, paginate=False)
-    validator = ranking_validator(query, extra="api")
-    return conditional(
+    # The body changes only when its data version (the ETag) does: built once per version,
+    # shared by every web process, gzip-compressed for clients that accept it.
+    return cached_response(
         request,
-        validator,
-        lambda: HttpResponse(
-            serializers.leaderboard_json(ranking_for_api(query)),
-            content_type="application/json",
-        ),
+        "leaderboard",
+        ranking_validator(query, extra="api"),
+        lambda: serializers.leaderboard_json(ranking_for_api(query)),
+        content_type="application/json",
     )
 
 

@@ -16,9 +16,10 @@ from leaderboard.integrity.plots import lineage_figure
 from leaderboard.integrity.reports import integrity_context
 from leaderboard.problems import Problem, Refusal
 from leaderboard.public import compare, detail, plots
+from leaderboard.public.cache import cached_response
 from leaderboard.public.etags import ranking_validator
 from leaderboard.public.export import export
-from leaderboard.public.http import conditional, with_cors
+from leaderboard.public.http import with_cors
 from leaderboard.public.licenses import PERMISSIVE, RESTRICTIVE
 from leaderboard.public.models import LicenseFamily
 from leaderboard.public.query import SORT_COLUMNS, RankingQuery, default_query, parse_ranking_query
@@ -313,11 +314,13 @@ def export_csv(request: HttpRequest) -> HttpResponse:
         text = "\n".join(f"{p.field}: {p.message}" for p in refused.problems)
         return with_cors(HttpResponse(text + "\n", status=400, content_type="text/plain"))
 
-    def build() -> HttpResponse:
-        text, _result = export(query, "csv")
-        response = HttpResponse(text, content_type="text/csv; charset=utf-8")
-        filename = f"trellis-{query.suite}-{query.version}.csv"
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        return response
-
-    return with_cors(conditional(request, ranking_validator(query, extra="csv"), build))
+    response = cached_response(
+        request,
+        "export.csv",
+        ranking_validator(query, extra="csv"),
+        lambda: export(query, "csv")[0],
+        content_type="text/csv; charset=utf-8",
+    )
+    filename = f"trellis-{query.suite}-{query.version}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return with_cors(response)

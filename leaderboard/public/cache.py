@@ -1,0 +1,185 @@
+"""Responses and fragments cached by the data version they were built from.
+
+A body built for a data version (an ETag from `etags.py`, or any string that changes whenever
+the data behind the body does) is kept under that version, so a change needs no invalidation:
+the next request carries a new version and builds anew, and old versions expire. Two layers:
+
+- the Django cache (`CACHES["default"]`: Redis when `TRELLIS_CACHE_URL` names one), shared by
+  every web process and host, so one process builds and the others read;
+- a small per-process copy, so a hit on a large body (the full leaderboard JSON, ~8 MB for
+  10,000 rows) is not fetched and unpickled again on every request.
+
+Bodies are stored as built and gzip-compressed; `cached_response` sends the compressed bytes
+to a client that accepts gzip. An outage of the shared cache costs a rebuild, never a failed
+request."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from django.core.cache import caches
+from django.http import HttpRequest, HttpResponse
+from django.utils.cache import patch_vary_headers
+
+from leaderboard.public.etags import Validator
+from leaderboard.public.http import conditional
+
+logger = logging.getLogger(__name__)
+
+IDENTITY, GZIP = "identity", "gzip"
+# Shared copies outlive any realistic gap between data changes; a new version replaces them.
+SHARED_TIMEOUT = 6 * 3600
+# The per-process copy keeps the most recently used bodies up to this many bytes.
+LOCAL_BYTES = 64 * 1024 * 1024
+# Below this size compression does not pay: the gzip representation is the body as it is.
+MIN_COMPRESS = 1024
+GZIP_LEVEL = 6
+
+Representation = tuple[str, bytes]  # (content encoding, bytes)
+
+
+class _LocalCopies:
+    """A byte-bounded LRU of representations, shared by the threads of one process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.items: OrderedDict[str, Representation] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> Representation | None:
+        with self.lock:
+            found = self.items.get(key)
+            if found is not None:
+                self.items.move_to_end(key)
+            return found
+
+    def put(self, key: str, value: Representation) -> None:
+        if len(value[1]) > self.limit:
+            return
+        with self.lock:
+            old = self.items.pop(key, None)
+            if old is not None:
+                self.size -= len(old[1])
+            self.items[key] = value
+            self.size += len(value[1])
+            while self.size > self.limit:
+                _key, dropped = self.items.popitem(last=False)
+                self.size -= len(dropped[1])
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.size = 0
+
+
+_local = _LocalCopies(LOCAL_BYTES)
+
+
+def forget_local_copies() -> None:
+    """Drop this process's copies (tests; the shared cache is untouched)."""
+    _local.clear()
+
+
+def _key(namespace: str, version: str, encoding: str) -> str:
+    return f"response:{namespace}:{version}:{encoding}"
+
+
+def _shared_get(key: str) -> Representation | None:
+    try:
+        value = caches["default"].get(key)
+    except Exception:  # a cache outage costs a rebuild, not the request
+        logger.warning("response cache unavailable (get %s)", key, exc_info=True)
+        return None
+    return value if isinstance(value, tuple) else None
+
+
+def _shared_set(values: dict[str, Representation]) -> None:
+    try:
+        caches["default"].set_many(values, SHARED_TIMEOUT)
+    except Exception:
+        logger.warning("response cache unavailable (set %s)", ", ".join(values), exc_info=True)
+
+
+def compress(body: bytes) -> Representation:
+    """The gzip representation of `body`, or `body` itself when compressing does not pay."""
+    if len(body) < MIN_COMPRESS:
+        return IDENTITY, body
+    packed = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+    return (GZIP, packed) if len(packed) < len(body) else (IDENTITY, body)
+
+
+def representation(
+    namespace: str, version: str, build: Callable[[], str | bytes], *, gzip_ok: bool
+) -> Representation:
+    """The body of `namespace` at data `version`, gzip-compressed when `gzip_ok` and it pays.
+    Read from this process, else from the shared cache, else built once and stored in both."""
+    wanted = GZIP if gzip_ok else IDENTITY
+    key = _key(namespace, version, wanted)
+    found = _local.get(key) or _shared_get(key)
+    if found is None:
+        other = _local.get(_key(namespace, version, IDENTITY if gzip_ok else GZIP))
+        if other is not None and other[0] == GZIP and not gzip_ok:
+            found = (IDENTITY, gzip.decompress(other[1]))
+        elif other is not None and other[0] == IDENTITY and gzip_ok:
+            found = compress(other[1])
+    if found is not None:
+        _local.put(key, found)
+        return found
+    built = build()
+    body = built.encode() if isinstance(built, str) else built
+    plain: Representation = (IDENTITY, body)
+    packed = compress(body)
+    stored = {_key(namespace, version, IDENTITY): plain, _key(namespace, version, GZIP): packed}
+    _shared_set(stored)
+    _local.put(key, packed if gzip_ok else plain)
+    return packed if gzip_ok else plain
+
+
+def cached_bytes(namespace: str, version: str, build: Callable[[], str | bytes]) -> bytes:
+    """A fragment (a figure's JSON, a rendered table) of `namespace` at data `version`,
+    uncompressed, built at most once per version across processes."""
+    return representation(namespace, version, build, gzip_ok=False)[1]
+
+
+def accepts_gzip(request: HttpRequest) -> bool:
+    """Whether the request's Accept-Encoding takes gzip (a `q=0` refuses it)."""
+    for item in request.headers.get("Accept-Encoding", "").split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip().lower() not in ("gzip", "*"):
+            continue
+        quality = params.strip().removeprefix("q=").strip() if "q=" in params else "1"
+        try:
+            return float(quality) > 0
+        except ValueError:
+            return False
+    return False
+
+
+def cached_response(
+    request: HttpRequest,
+    namespace: str,
+    validator: Validator,
+    build: Callable[[], str | bytes],
+    *,
+    content_type: str,
+) -> HttpResponse:
+    """A conditional response (304 when the client's copy is current) whose body is cached by
+    the validator's ETag and sent gzip-compressed to clients that accept it."""
+
+    def respond() -> HttpResponse:
+        encoding, body = representation(
+            namespace, validator.etag, build, gzip_ok=accepts_gzip(request)
+        )
+        response = HttpResponse(body, content_type=content_type)
+        if encoding == GZIP:
+            response["Content-Encoding"] = GZIP
+        return response
+
+    response = conditional(request, validator, respond)
+    patch_vary_headers(response, ["Accept-Encoding"])
+    return response
