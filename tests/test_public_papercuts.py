@@ -157,3 +157,27 @@ def test_a_form_posted_over_the_limit_gets_a_clear_page(submitter_client, settin
     html = unescape(response.content.decode())
     assert "<h1>Too much to send</h1>" in html
     assert "larger than this site accepts (0.001 MB)" in html
+
+
+def test_the_demo_database_checks_without_warnings(tmp_path):
+    """`make demo` migrates SQLite: no index may need PostgreSQL's INCLUDE (models.W040)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = os.environ | {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+        "TRELLIS_VAR_DIR": str(tmp_path),
+        "TRELLIS_DEBUG": "1",
+    }
+    checked = subprocess.run(
+        [sys.executable, "manage.py", "check", "--database", "default"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "System check identified no issues (0 silenced)." in checked.stdout, checked.stderr

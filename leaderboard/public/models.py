@@ -74,14 +74,16 @@ class RankingEntry(models.Model):
         indexes = [
             # The ranking's default order, covering what the narrow ordering query reads: the
             # first page and the window rank come from an index-only walk, without a sort.
+            # repository_id is a trailing key column rather than INCLUDE (PostgreSQL only; SQLite
+            # warns models.W040 and drops it): after the unique id it never changes the order.
             models.Index(
                 F("suite_name"),
                 F("suite_version"),
                 F("average_key").desc(),
                 F("repo_id"),
                 F("id"),
+                F("repository_id"),
                 name="ranking_by_average",
-                include=["repository_id"],
             ),
             models.Index(
                 F("suite_name"),
@@ -89,8 +91,8 @@ class RankingEntry(models.Model):
                 F("normalized_key").desc(),
                 F("repo_id"),
                 F("id"),
+                F("repository_id"),
                 name="ranking_by_normalized",
-                include=["repository_id"],
             ),
             # Validators: COUNT(*) and MAX(updated_at) of one suite version, index-only.
             models.Index(
