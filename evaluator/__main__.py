@@ -1,8 +1,10 @@
-"""Command line for operators: run one evaluation job without Celery, or build the demo model.
+"""Command line for operators: run one evaluation job without Celery, build the demo model, or
+reproduce a run of any Trellis instance from its reproduction bundle.
 
     python -m evaluator build-demo --model-root var/models
     python -m evaluator run --model-path var/models/HuggingFaceTB/SmolLM2-135M-Instruct \\
         --suite quick --precision bfloat16 --artifact-root var/artifacts
+    python -m evaluator reproduce https://trellis.example.org/runs/42/bundle/ [--model-root DIR]
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -45,7 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--data-root", default=None)
     run.add_argument("--artifact-root", default="var/artifacts")
     run.add_argument("--run-id", type=int, default=0)
+    again = commands.add_parser(
+        "reproduce", help="download a run's reproduction bundle, run it, compare the scores"
+    )
+    again.add_argument("url", help="the run's bundle URL (…/runs/<id>/bundle/) or …/runs/<id>/")
+    again.add_argument("--into", type=Path, default=None, help="default: ./trellis-run-<id>-…")
+    again.add_argument("--model-root", default=None)
+    again.add_argument("--data-root", default=None)
     args = parser.parse_args(argv)
+    if args.command == "reproduce":
+        return reproduce(args.url, args.into, args.model_root, args.data_root)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if args.command == "build-demo":
@@ -83,6 +95,38 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(payload, indent=2))
     return 0
+
+
+def bundle_url(url: str) -> str:
+    """The bundle's URL from a run's URL (…/runs/<id>/…), else `url` itself."""
+    match = re.search(r"^(.*/runs/\d+)/", url.rstrip("/") + "/")
+    return f"{match.group(1)}/bundle/" if match else url
+
+
+def reproduce(url: str, into: Path | None, model_root: str | None, data_root: str | None) -> int:
+    """Download the bundle, unpack it (into `into`, else the current folder) and run its
+    reproduce.py with this interpreter; its exit status is the comparison's."""
+    import io
+    import subprocess
+    import urllib.request
+    import zipfile
+
+    with urllib.request.urlopen(bundle_url(url), timeout=60) as response:
+        archive = zipfile.ZipFile(io.BytesIO(response.read()))
+    names = archive.namelist()
+    top = names[0].split("/", 1)[0]
+    if any(not name.startswith(f"{top}/") or ".." in name.split("/") for name in names):
+        print(f"refusing a bundle with unexpected paths: {names}", file=sys.stderr)
+        return 2
+    target = into or Path.cwd()
+    archive.extractall(target)
+    folder = target / top
+    command = [sys.executable, str(folder / "reproduce.py")]
+    if model_root:
+        command += ["--model-root", model_root]
+    if data_root:
+        command += ["--data-root", data_root]
+    return subprocess.run(command, cwd=folder).returncode
 
 
 if __name__ == "__main__":

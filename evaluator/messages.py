@@ -157,6 +157,17 @@ class Artifact(_Payload):
     size: int = Field(ge=0)
 
 
+class Energy(_Payload):
+    """The evaluation's energy and how it was obtained (evaluator/energy.py). Optional in the
+    payload: a worker from before it existed sends none, and a payload's keys may grow without
+    a new schema version (see _Payload), so SCHEMA_VERSION stays 1."""
+
+    wh: float = Field(ge=0.0, allow_inf_nan=False)
+    method: Literal["nvml", "rapl", "estimate"]
+    detail: str = Field(max_length=500)
+    duration_seconds: float = Field(ge=0.0, allow_inf_nan=False)
+
+
 class ReferenceSet(_Payload):
     """One set of items a task's contamination signals read (docs/contamination.md): per item,
     correct (0/1), the text's mean token log-probability and its Min-K%++ score."""
@@ -202,6 +213,7 @@ class ResultPayload(_Payload):
     artifact: Artifact
     # The contamination signals' numbers; empty from workers that score no reference sets.
     references: list[TaskReferences] = Field(default_factory=list)
+    energy: Energy | None = None
 
 
 class Result(Message):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluator.data import OVERRIDES_DIR_NAME, DataMissing, TaskData, prepare_task_data
+from evaluator.energy import EnergyMeter
 from evaluator.messages import EvaluationJob
 from evaluator.reference import run_references
 from evaluator.suites import Suite, SuiteTask, UnknownSuite, load_suite
@@ -149,6 +150,7 @@ def _run(job: EvaluationJob, progress: Progress | None, work: Path, started: flo
         raise EvaluationFailure("data_missing", f"Task data is missing: {exc}") from exc
     pretrained = check_repository(job)
     backend = eval_backend(job)
+    meter = EnergyMeter().start()
     lm, model_args, device, batch_size = _load_model(job, pretrained, backend)
     manager, loaded = _load_tasks(data, stages)
 
@@ -221,6 +223,7 @@ def _run(job: EvaluationJob, progress: Progress | None, work: Path, started: flo
         "reproduce": reproduction(job, model_args, batch_size, device, stages, data, backend),
         "artifact": artifact,
         "references": references,
+        "energy": meter.reading(device),
     }
 
 
@@ -567,7 +570,12 @@ def reproduction(
     """The stock `lm_eval` command lines (one per few-shot count and limit) and the task YAML
     overrides that reproduce this run's scores. The commands name stock HFLM (`--model hf`)
     whichever backend scored the run: Trellis's backend computes the same loglikelihoods."""
-    args = ",".join(f"{key}={value}" for key, value in model_args.items())
+    # The model as its source names it: the Hub id (its commit sha is `revision`), or for the
+    # local source its path relative to the model root; never this worker's own folders.
+    args = ",".join(
+        f"{key}={job.repo_id if key == 'pretrained' else value}"
+        for key, value in model_args.items()
+    )
     seeds = ",".join(str(SEEDS[key]) for key in SEEDS)
     commands = []
     for stage in stages:
@@ -594,12 +602,44 @@ def reproduction(
             "which forwards each shared token prefix once and gives stock HFLM's "
             "loglikelihoods up to rounding; the stock commands reproduce its scores."
         )
+    if job.model_source == "local":
+        note += (
+            f" pretrained={job.repo_id} is the model's path relative to the model root "
+            f"(revision {job.revision}): run the commands from the model root, or prefix it."
+        )
     return {
         "command": "\n".join(commands),
         "commands": commands,
         "include_path": OVERRIDES_DIR_NAME if data.overrides else None,
         "task_overrides": dict(data.overrides),
+        "portable_overrides": _portable_overrides(job, data),
+        "model": {
+            "source": job.model_source,
+            "repo_id": job.repo_id,
+            "revision": job.revision,
+            "precision": job.precision,
+        },
         "note": note,
+    }
+
+
+# Placeholders of the reproduction bundle (leaderboard/evaluations/bundle.py): the bundle's
+# script replaces them with the folders of the machine it runs on.
+TASKS_PLACEHOLDER, DATA_PLACEHOLDER = "@LM_EVAL_TASKS@", "@DATA_ROOT@"
+
+
+def _portable_overrides(job: EvaluationJob, data: TaskData) -> dict[str, str]:
+    """The task overrides with this worker's lm-eval task folder and data mirror replaced by
+    placeholders, so they work on another machine."""
+    if not data.overrides:
+        return {}
+    from evaluator.data import default_mirror_root, lm_eval_tasks_dir
+
+    tasks_dir = str(lm_eval_tasks_dir())
+    mirror = str(Path(job.data_root) if job.data_root else default_mirror_root())
+    return {
+        name: text.replace(tasks_dir, TASKS_PLACEHOLDER).replace(mirror, DATA_PLACEHOLDER)
+        for name, text in data.overrides.items()
     }
 
 

@@ -7,6 +7,7 @@
     (every report)    a run started or ended → the next runs dispatched as its queue has room
     file_report       report → status recompute
     resolve           moderation decision → status recompute
+    verify_organisation / withdraw_verification   verification → the org's ranking rows
 
 Each stage is a plain function of its app that returns what changed; this module decides what
 follows and in which transaction. Edges (views, forms, API routes, tasks, commands) call these
@@ -29,7 +30,7 @@ from leaderboard.celery import app
 from leaderboard.evaluations import runs
 from leaderboard.evaluations.dispatch import dispatch
 from leaderboard.evaluations.models import EvaluationRun
-from leaderboard.integrity import derived, reports
+from leaderboard.integrity import derived, reports, verification
 from leaderboard.integrity.models import Report
 from leaderboard.problems import Refusal
 from leaderboard.public.projection import refresh_entries_for
@@ -187,6 +188,31 @@ def file_report(
         if not filed.joined:
             derived.recompute([target.pk])
     return filed
+
+
+def verify_organisation(actor: Any, org: str, note: str) -> Any:
+    """A maintainer verifies an organisation; its ranking rows carry the badge (stored in the
+    read table, so the filter "verified only" is one indexed column) from the same commit."""
+    with transaction.atomic():
+        verified = verification.verify(actor, org, note)
+        refresh_entries_for(_submissions_of_org(verified.org))
+    return verified
+
+
+def withdraw_verification(actor: Any, org: str, note: str) -> Any:
+    """A maintainer withdraws a verification; the badge leaves the ranking in the same commit."""
+    with transaction.atomic():
+        withdrawn = verification.withdraw(actor, org, note)
+        refresh_entries_for(_submissions_of_org(withdrawn.org))
+    return withdrawn
+
+
+def _submissions_of_org(org: str) -> list[int]:
+    return list(
+        Submission.objects.filter(repository__repo_id__startswith=f"{org}/").values_list(
+            "pk", flat=True
+        )
+    )
 
 
 def resolve(report_id: int, decision: str, note: str, actor: Any) -> Report:

@@ -207,8 +207,10 @@ def test_reproduction_commands_give_the_same_scores_and_loglikelihoods_with_stoc
     assert len(reproduce["commands"]) == 1
     command = reproduce["commands"][0]
     model_path = quick_run["job"].local_repo_path()
+    repo_id = quick_run["job"].repo_id
+    # The model as the local source names it: its path relative to the model root.
     assert command == (
-        f"lm_eval --model hf --model_args pretrained={model_path},dtype=float32,"
+        f"lm_eval --model hf --model_args pretrained={repo_id},dtype=float32,"
         "trust_remote_code=False,use_safetensors=True "
         "--tasks arc_easy,arc_challenge,hellaswag,mmlu,winogrande "
         "--num_fewshot 1 --limit 2 --batch_size 8 --device cpu --seed 0,1234,1234,1234 "
@@ -223,7 +225,9 @@ def test_reproduction_commands_give_the_same_scores_and_loglikelihoods_with_stoc
     seeds = [int(s) for s in flag["--seed"].split(",")]
     stock = lm_eval.simple_evaluate(
         model=flag["--model"],
-        model_args=flag["--model_args"],
+        model_args=flag["--model_args"].replace(
+            f"pretrained={repo_id},", f"pretrained={model_path},"
+        ),
         tasks=flag["--tasks"].split(","),
         num_fewshot=int(flag["--num_fewshot"]),
         limit=int(flag["--limit"]),

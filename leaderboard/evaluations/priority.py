@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
@@ -105,7 +106,7 @@ def cast_vote(user: Any, submission: Submission) -> Vote:
         )
     with transaction.atomic():
         # The user's row is the lock: two votes at once cannot both take the last one left.
-        type(user).objects.select_for_update().filter(pk=user.pk).first()
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
         if Vote.objects.filter(user=user, submission=submission).exists():
             raise Refusal.one(
                 "already_voted", "submission", "You have already voted for this submission.", 409

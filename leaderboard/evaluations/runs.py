@@ -188,6 +188,7 @@ def ingest_result(run_id: int, attempt: int, payload: Any) -> Ingested:
                 payload=payload,
                 artifact_path=str(relative),
                 artifact_sha256=result.artifact.sha256,
+                **_energy_fields(result.energy),
                 finished_at=timezone.now(),
                 progress_done=Greatest(F("progress_done"), F("progress_total")),
                 failure_code="",
@@ -211,6 +212,18 @@ def ingest_result(run_id: int, attempt: int, payload: Any) -> Ingested:
         )
         _mirror_submission(run_id, run.submission_id, RunState.FINISHED)
     return Ingested(INGESTED, run.submission_id)
+
+
+def _energy_fields(energy: Any) -> dict[str, Any]:
+    """The run's energy columns from the payload's `energy` (none from older workers); carbon
+    is the energy times this site's TRELLIS_CARBON_INTENSITY (g CO2e per kWh)."""
+    if energy is None:
+        return {"energy_wh": None, "energy_method": "", "co2_grams": None}
+    return {
+        "energy_wh": energy.wh,
+        "energy_method": energy.method,
+        "co2_grams": round(energy.wh / 1000 * settings.TRELLIS_CARBON_INTENSITY, 6),
+    }
 
 
 def validate_result(run: EvaluationRun, payload: Any) -> tuple[Any, Any]:
@@ -400,6 +413,13 @@ def _missing_from_broker(now: datetime) -> list[tuple[int, int]]:
             suspects += oldest.order_by("sent_at", "pk").values_list("pk", "attempt")[:shortfall]
     earlier = {tuple(pair) for pair in cache.get(SUSPECTS_KEY, [])}
     cache.set(SUSPECTS_KEY, suspects, timeout=3 * settings.TRELLIS_RECONCILE_INTERVAL)
+    if suspects:
+        logger.info(
+            "reconciler: the broker holds %s of the sent runs %s; missing: %s",
+            depths,
+            counts,
+            [run_id for run_id, _ in suspects],
+        )
     return [pair for pair in suspects if pair in earlier]
 
 

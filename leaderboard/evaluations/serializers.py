@@ -146,6 +146,25 @@ def run_to_dict(run: EvaluationRun) -> dict[str, Any]:
             else None
         ),
         "requeued_by": run.requeued_by.get_username() if run.requeued_by else None,
+        "boost": run.boost,
+        "energy": energy_to_dict(run),
+        "bundle_url": (
+            reverse("evaluations:bundle", args=[run.pk])
+            if finished and payload.get("reproduce")
+            else None
+        ),
+    }
+
+
+def energy_to_dict(run: EvaluationRun) -> dict[str, Any] | None:
+    """The run's energy, its carbon and how the energy was obtained (docs/evaluation.md)."""
+    if run.energy_wh is None:
+        return None
+    return {
+        "wh": _round(run.energy_wh),
+        "co2_grams": _round(run.co2_grams),
+        "method": run.energy_method,
+        "detail": ((run.payload or {}).get("energy") or {}).get("detail"),
     }
 
 
@@ -192,6 +211,9 @@ class RunOut(Schema):
     configuration: dict[str, Any] | None
     artifact: dict[str, Any] | None
     requeued_by: str | None
+    boost: int
+    energy: dict[str, Any] | None
+    bundle_url: str | None
 
 
 class SubmissionDetailOut(SubmissionOut):

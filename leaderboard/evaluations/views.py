@@ -1,6 +1,7 @@
 """Evaluation pages: the run panel of a submission's page (its live state; the submissions app
-serves the page), the fragment htmx polls, re-queueing a failed run, and the details artifact's
-download."""
+serves the page), the fragment htmx polls, re-queueing a failed run, the details artifact's
+download and the run's reproduction bundle; the public queue (/queue/) with votes and
+maintainers' boosts."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from leaderboard import flow
-from leaderboard.evaluations import runs
-from leaderboard.evaluations.models import EvaluationRun, RunState
+from leaderboard.accounts.roles import is_maintainer
+from leaderboard.evaluations import bundle as reproduction
+from leaderboard.evaluations import priority, queue, runs
+from leaderboard.evaluations.models import EvaluationRun, RunState, Vote
 from leaderboard.evaluations.serializers import run_to_dict
 from leaderboard.evaluations.validation import resolve_artifact
 from leaderboard.problems import Refusal
@@ -99,3 +102,87 @@ def artifact(request: HttpRequest, pk: int) -> FileResponse:
         filename=f"trellis-run-{run.pk}-{path.name}",
         content_type=content_type,
     )
+
+
+# --- the public queue, votes and boosts --------------------------------------------------------
+
+
+@require_GET
+def queue_page(request: HttpRequest) -> HttpResponse:
+    """Pending runs in the order they start, running ones with progress, recently finished and
+    failed; signed-in users vote here, maintainers raise or lower a run."""
+    board = queue.queue_to_dict()
+    user = request.user
+    voted: set[int] = set()
+    budget = None
+    if user.is_authenticated:
+        voted = set(
+            Vote.objects.filter(user=user).values_list("submission_id", flat=True).order_by()
+        )
+        budget = priority.vote_budget(user)
+    return render(
+        request,
+        "evaluations/queue.html",
+        {
+            "board": board,
+            "voted": voted,
+            "budget": budget,
+            "maintainer": is_maintainer(user),
+            "max_boost": priority.MAX_BOOST,
+        },
+    )
+
+
+@require_POST
+def vote(request: HttpRequest, submission_id: int) -> HttpResponse:
+    submission = get_object_or_404(Submission, pk=submission_id)
+    if not request.user.is_authenticated:
+        return redirect_to_login(reverse("queue"))
+    try:
+        if request.POST.get("action") == "withdraw":
+            priority.withdraw_vote(request.user, submission)
+            messages.success(request, f"Your vote for {submission} was withdrawn.")
+        else:
+            priority.cast_vote(request.user, submission)
+            messages.success(request, f"You voted for {submission}.")
+    except Refusal as refused:
+        messages.error(request, refused.message)
+    return redirect("queue")
+
+
+@require_POST
+def boost(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(EvaluationRun, pk=pk)
+    try:
+        value = int(request.POST.get("boost", ""))
+    except ValueError:
+        messages.error(request, "Give the boost as a whole number (negative lowers the run).")
+        return redirect("queue")
+    try:
+        priority.set_boost(run, request.user, value)
+    except Refusal as refused:
+        if refused.status in (401, 403):
+            return render(
+                request,
+                "evaluations/refused.html",
+                {"message": refused.message, "submission_id": run.submission_id},
+                status=refused.status,
+            )
+        messages.error(request, refused.message)
+    else:
+        messages.success(request, f"Run {run.pk} now has boost {value}.")
+    return redirect("queue")
+
+
+@require_GET
+def bundle(request: HttpRequest, pk: int) -> HttpResponse:
+    """The run's reproduction bundle (zip): stock lm_eval commands, overrides, expected scores."""
+    run = get_object_or_404(EvaluationRun.objects.select_related("submission__repository"), pk=pk)
+    try:
+        content = reproduction.build_bundle(run)
+    except reproduction.NoBundle as exc:
+        raise Http404(str(exc)) from None
+    response = HttpResponse(content, content_type="application/zip")
+    name = reproduction.bundle_name(run)
+    response["Content-Disposition"] = f'attachment; filename="{name}.zip"'
+    return response

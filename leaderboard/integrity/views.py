@@ -18,7 +18,7 @@ from leaderboard import flow
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.catalog.models import RepositoryKind
 from leaderboard.evaluations.runs import evaluated_repositories
-from leaderboard.integrity import blocklist, log, plots, reports, verification
+from leaderboard.integrity import blocklist, log, plots, reports
 from leaderboard.integrity.forms import ReportForm
 from leaderboard.integrity.models import ReportKind, VerifiedOrganisation
 from leaderboard.problems import Problem, Refusal
@@ -254,10 +254,10 @@ def verified_organisations(request: HttpRequest) -> HttpResponse:
         org, note = request.POST.get("org", ""), request.POST.get("note", "")
         try:
             if request.POST.get("action") == "withdraw":
-                verification.withdraw(request.user, org, note)
+                flow.withdraw_verification(request.user, org, note)
                 messages.success(request, f"{org} is no longer verified.")
             else:
-                verification.verify(request.user, org, note)
+                flow.verify_organisation(request.user, org, note)
                 messages.success(request, f"{org} is verified.")
         except Refusal as refused:
             if refused.status in (401, 403):

@@ -10,6 +10,7 @@ from django.urls import reverse
 from ninja import Schema
 
 from leaderboard.catalog.cards import declared_datasets, declared_parents
+from leaderboard.integrity.verification import is_verified
 from leaderboard.submissions.models import Submission
 
 
@@ -33,6 +34,8 @@ def submission_to_dict(submission: Submission) -> dict[str, Any]:
         "submitter": submission.submitter.get_username() if submission.submitter else None,
         "state": submission.state,
         "lineage_status": submission.repository.status,
+        # The organisation is a verified (official) provider: integrity/verification.py.
+        "verified": is_verified(submission.repository.org),
         "is_synthetic": submission.is_synthetic,
         "submitted_at": submission.created_at.isoformat(),
     }
@@ -58,5 +61,6 @@ class SubmissionOut(Schema):
     submitter: str | None
     state: str
     lineage_status: str
+    verified: bool
     is_synthetic: bool
     submitted_at: str
