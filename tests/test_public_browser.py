@@ -139,7 +139,7 @@ def settle(page: Any, action: Any) -> None:
 def test_ranking_loads_and_sorts(page, catalog):
     page.goto(page.base + "/")
     wait_rows(page, VISIBLE)
-    assert page.inner_text("#ranking-count").startswith("Showing 1\u201310 of 10 models")
+    assert page.inner_text("#ranking-count").startswith("Showing 1\u201310 of 10 rows")
     header = page.locator('th[data-sort="arc_challenge"]')
     assert "25-shot, metric acc_norm" in header.get_attribute("title")
 
@@ -295,13 +295,13 @@ def test_ranking_and_model_pages_at_scale(page, at_scale):
     page.set_viewport_size({"width": 1720, "height": 1000})
     page.goto(page.base + "/?show_tainted=1&show_flagged=1")
     page.wait_for_selector("#ranking-table tbody tr[data-model]")
-    assert page.inner_text("#ranking-count").startswith("Showing 1\u201350 of 400 models")
+    assert page.inner_text("#ranking-count").startswith("Showing 1\u201350 of 400 rows")
     first_page = rows(page)
     assert len(first_page) == 50
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "ranking.png"), full_page=False)
     settle(page, lambda: page.click("#page-next"))
-    assert page.inner_text("#ranking-count").startswith("Showing 51\u2013100 of 400 models")
+    assert page.inner_text("#ranking-count").startswith("Showing 51\u2013100 of 400 rows")
     assert not set(rows(page)) & set(first_page)
     assert "page=2" in page.url
 

@@ -172,23 +172,24 @@ def test_plots_page_honours_filters(anonymous_client):
         ranked(f"org/chat-{i}", 0.4 + i / 50, model_type="chat", parameter_count=(i + 1) * 10**8)
     ranked("org/merged", 0.5, model_type="merge", merge_method="ties")
     html = anonymous_client.get("/plots/?model_type=chat").content.decode()
-    assert '<p id="plots-count">6 models on open-llm-v1 version 1' in html
+    assert '<p id="plots-count">6 <abbr title="One row per evaluated submission: a model ' in html
+    assert "two rows\">rows</abbr> on open-llm-v1 version 1" in html
     for name in ("size", "correlation", "types", "merges", "time"):
         assert f'data-figure="figure-{name}"' in html
     size = figure(html, "size")
     assert sorted(size["data"][0]["customdata"]) == [f"org/chat-{i}" for i in range(6)]
-    assert [trace["name"] for trace in figure(html, "types")["data"]] == ["chat (6)"]
+    assert [trace["name"] for trace in figure(html, "types")["data"]] == ["chat (6 rows)"]
     everything = anonymous_client.get("/plots/").content.decode()
     assert [trace["name"] for trace in figure(everything, "types")["data"]] == [
-        "chat (6)",
-        "merge (1)",
+        "chat (6 rows)",
+        "merge (1 row)",
     ]
     merges = figure(everything, "merges")["data"]
     assert [trace["name"] for trace in merges] == [
-        "SLERP (0)",
-        "TIES (1)",
-        "DARE-TIES (0)",
-        "linear (0)",
+        "SLERP (0 rows)",
+        "TIES (1 row)",
+        "DARE-TIES (0 rows)",
+        "linear (0 rows)",
     ]
 
 

@@ -181,3 +181,51 @@ def test_the_demo_database_checks_without_warnings(tmp_path):
     )
     assert checked.returncode == 0, checked.stderr
     assert "System check identified no issues (0 silenced)." in checked.stdout, checked.stderr
+
+
+def figure(html: str, name: str) -> dict:
+    import json
+
+    source = html.split(f'<script type="application/json" id="figure-{name}">', 1)[1]
+    return json.loads(source.split("</script>", 1)[0])
+
+
+def test_plots_of_one_row_are_readable(anonymous_client):
+    ranked("org/alpha", 0.6)
+    html = anonymous_client.get("/plots/").content.decode()
+    size = figure(html, "size")
+    # The lone point has no z (its bucket is too small): grey with an edge, not white on white.
+    lone = next(trace for trace in size["data"] if trace.get("customdata") == ["org/alpha"])
+    assert (lone["marker"]["color"], lone["marker"]["line"]["width"]) == ("#5b6475", 0.5)
+    time = figure(html, "time")["layout"]["xaxis"]
+    assert (time["type"], time["tickformat"], time["dtick"]) == ("date", "%Y-%m-%d", 86_400_000)
+    correlation = figure(html, "correlation")["layout"]["annotations"][0]["text"]
+    assert correlation == (
+        "Not enough data to draw this chart. A correlation needs at least 3 rows scored on "
+        "both tasks."
+    )
+    assert "1 <abbr" in html and '">row</abbr> on' in html
+
+
+def test_empty_charts_say_there_is_not_enough_data(anonymous_client):
+    ranked("org/alpha", 0.6)
+    html = anonymous_client.get("/plots/?q=nothing-matches").content.decode()
+    for name in ("size", "correlation", "types", "merges", "time"):
+        annotations = figure(html, name)["layout"].get("annotations", [])
+        assert [a["text"].split(".")[0] for a in annotations] == [
+            "Not enough data to draw this chart"
+        ], name
+
+
+def test_the_explaining_path_is_a_disclosure_not_only_a_tooltip(anonymous_client, maintainer):
+    from tests.factories import edge, flag
+
+    root = ranked("org/root", 0.7).repository
+    child = ranked("org/child", 0.6).repository
+    edge(child, root)
+    flag(root, maintainer)
+    html = anonymous_client.get("/?show_tainted=1").content.decode()
+    cell = html.split('<tr data-model="org/child"', 1)[1].split("</tr>", 1)[0]
+    assert '<details class="status-path"><summary class="badge tainted"' in cell
+    assert 'aria-label="tainted: show the path that explains it">tainted</summary>' in cell
+    assert '<span class="path">org/child ← org/root (contamination, confirmed ' in cell

@@ -8,6 +8,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import plotly.graph_objects as go
@@ -38,6 +39,8 @@ MERGE_METHODS = {
     "dare-ties": "DARE-TIES",
     "linear": "linear",
 }
+NO_Z_COLOUR = "#5b6475"
+MARKER_EDGE = "#1d2330"
 _LAYOUT: dict[str, Any] = {
     "template": "plotly_white",
     "margin": {"l": 60, "r": 20, "t": 50, "b": 60},
@@ -87,12 +90,14 @@ def score_vs_size(rows: Sequence[RankingRow], normalized: bool, threshold: float
     models at or beyond the threshold are drawn as outliers (the community's "suspicious jump"
     check)."""
     scored = zscores(rows, normalized)
-    regular = [s for s in scored if s.z is None or abs(s.z) < threshold]
+    regular = [s for s in scored if s.z is not None and abs(s.z) < threshold]
+    # No z (a bucket under MIN_BUCKET rows): drawn in grey, not as z = 0 (white on white).
+    unscored = [s for s in scored if s.z is None]
     outliers = [s for s in scored if s.z is not None and abs(s.z) >= threshold]
     figure = go.Figure()
     figure.add_trace(
         go.Scatter(
-            name="models",
+            name="rows",
             mode="markers",
             x=[s.row.parameters for s in regular],
             y=[round(s.score, 3) for s in regular],
@@ -100,15 +105,27 @@ def score_vs_size(rows: Sequence[RankingRow], normalized: bool, threshold: float
             hoverinfo="text",
             customdata=[s.row.model for s in regular],
             marker={
-                "size": 7,
-                "color": [s.z if s.z is not None else 0.0 for s in regular],
+                "size": 8,
+                "color": [s.z for s in regular],
                 "colorscale": "RdBu",
                 "reversescale": True,
                 "cmin": -threshold,
                 "cmax": threshold,
                 "colorbar": {"title": {"text": "z in bucket"}},
-                "line": {"width": 0},
+                "line": {"width": 0.5, "color": MARKER_EDGE},
             },
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            name=f"no z (size bucket under {MIN_BUCKET} rows)",
+            mode="markers",
+            x=[s.row.parameters for s in unscored],
+            y=[round(s.score, 3) for s in unscored],
+            text=[_hover(s) for s in unscored],
+            hoverinfo="text",
+            customdata=[s.row.model for s in unscored],
+            marker={"size": 8, "color": NO_Z_COLOUR, "line": {"width": 0.5, "color": MARKER_EDGE}},
         )
     )
     figure.add_trace(
@@ -137,7 +154,24 @@ def score_vs_size(rows: Sequence[RankingRow], normalized: bool, threshold: float
         yaxis={"title": {"text": _score_label(normalized)}},
         legend={"orientation": "h", "y": -0.2},
     )
+    if not scored:
+        _not_enough(figure, "No row with an average matches these filters.")
     return figure
+
+
+def _not_enough(figure: go.Figure, why: str) -> None:
+    """An empty chart says so, in its middle, instead of showing bare axes."""
+    figure.add_annotation(
+        text=f"Not enough data to draw this chart. {why}",
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=0.5,
+        showarrow=False,
+        font={"size": 14, "color": "#5b6475"},
+    )
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False)
 
 
 def _hover(s: Scored) -> str:
@@ -178,7 +212,9 @@ def task_correlation(rows: Sequence[RankingRow], view: SuiteView) -> go.Figure:
             hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
         )
     )
-    figure.update_layout(**_LAYOUT, title="Correlation between tasks across models")
+    figure.update_layout(**_LAYOUT, title="Correlation between tasks across rows")
+    if all(value is None for line in matrix for value in line):
+        _not_enough(figure, "A correlation needs at least 3 rows scored on both tasks.")
     return figure
 
 
@@ -198,7 +234,7 @@ def distribution_by_type(rows: Sequence[RankingRow], normalized: bool) -> go.Fig
         score = row.shown_average(normalized)
         if score is not None:
             groups[row.model_type].append(score)
-    return _boxes(groups, "Score distribution by model type", normalized)
+    return _boxes(groups, "Score distribution by model type", normalized, "No row has an average.")
 
 
 def merge_method_label(method: str) -> str | None:
@@ -214,14 +250,23 @@ def distribution_by_merge_method(rows: Sequence[RankingRow], normalized: bool) -
         if label is not None and score is not None:
             groups[label].append(score)
     ordered = {label: groups[label] for label in dict.fromkeys(MERGE_METHODS.values())}
-    return _boxes(ordered, "Score distribution of merges by merge method", normalized)
+    return _boxes(
+        ordered,
+        "Score distribution of merges by merge method",
+        normalized,
+        "No merge with a known merge method (SLERP, TIES, DARE-TIES, linear) is shown.",
+    )
 
 
-def _boxes(groups: dict[str, list[float]], title: str, normalized: bool) -> go.Figure:
+def _boxes(groups: dict[str, list[float]], title: str, normalized: bool, empty: str) -> go.Figure:
     figure = go.Figure()
     for label, values in groups.items():
         figure.add_trace(
-            go.Box(y=[round(v, 3) for v in values], name=f"{label} ({len(values)})", boxmean=True)
+            go.Box(
+                y=[round(v, 3) for v in values],
+                name=f"{label} ({len(values)} row{'s' if len(values) != 1 else ''})",
+                boxmean=True,
+            )
         )
     figure.update_layout(
         **_LAYOUT,
@@ -229,6 +274,8 @@ def _boxes(groups: dict[str, list[float]], title: str, normalized: bool) -> go.F
         yaxis={"title": {"text": _score_label(normalized)}},
         showlegend=False,
     )
+    if not any(groups.values()):
+        _not_enough(figure, empty)
     return figure
 
 
@@ -268,10 +315,33 @@ def best_over_time(rows: Sequence[RankingRow], normalized: bool) -> go.Figure:
     figure.update_layout(
         **_LAYOUT,
         title="Best average over time",
-        xaxis={"title": {"text": "submitted"}},
+        xaxis=_date_axis([row.submitted_at for row in dated]),
         yaxis={"title": {"text": _score_label(normalized)}},
     )
+    if not dated:
+        _not_enough(figure, "No row with an average matches these filters.")
     return figure
+
+
+def _date_axis(dates: Sequence[datetime]) -> dict[str, Any]:
+    """A submission-date axis ticking in days or months, never in milliseconds (one point, or
+    points a few seconds apart, would otherwise be ticked by Plotly at sub-second steps)."""
+    axis: dict[str, Any] = {"title": {"text": "submitted"}, "type": "date"}
+    if not dates:
+        return axis
+    first, last = min(dates), max(dates)
+    days = (last - first).days + 2
+    if days <= 120:
+        step = max(1, math.ceil(days / 8))
+        axis |= {"tickformat": "%Y-%m-%d", "dtick": step * 86_400_000}
+    else:
+        axis |= {"tickformat": "%b %Y", "dtick": f"M{max(1, math.ceil(days / 30 / 8))}"}
+    # A day either side, so a single point sits inside whole days.
+    axis["range"] = [
+        (first - timedelta(days=1)).date().isoformat(),
+        (last + timedelta(days=1)).date().isoformat(),
+    ]
+    return axis
 
 
 def task_scores(result: RunResult, normalized: bool) -> go.Figure:
