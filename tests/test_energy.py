@@ -129,3 +129,30 @@ def test_ingest_stores_energy_and_carbon_shown_in_the_run_json(
     }
     page = anonymous_client.get(f"/submissions/{run.submission_id}/").content.decode()
     assert "2.50 Wh" in page and "1.00 g CO₂e" in page and "estimate" in page
+
+
+@pytest.mark.django_db
+def test_the_ranking_shows_each_rows_energy_with_its_method(anonymous_client):
+    from leaderboard.public.projection import refresh_entries_for
+    from tests.factories import ranked
+
+    measured = ranked("acme/measured", 0.6)
+    ranked("acme/older-worker", 0.5)
+    EvaluationRun.objects.filter(submission=measured).update(
+        energy_wh=2.5, co2_grams=1.1875, energy_method="rapl"
+    )
+    refresh_entries_for([measured.pk])
+    rows = anonymous_client.get("/api/v1/leaderboard", {"suite": "open-llm-v1"}).json()["rows"]
+    assert [(r["model"], r["energy_wh"], r["co2_grams"], r["energy_method"]) for r in rows] == [
+        ("acme/measured", 2.5, 1.1875, "rapl"),
+        ("acme/older-worker", None, None, None),
+    ]
+    html = anonymous_client.get("/", {"suite": "open-llm-v1"}).content.decode()
+    assert '<td class="num energy" title="rapl: 1.19 g CO2e">2.50 Wh</td>' in html
+    csv = anonymous_client.get("/export.csv", {"suite": "open-llm-v1"}).content.decode()
+    assert csv.splitlines()[0].split(",")[18:22] == [
+        "verified",
+        "energy_wh",
+        "co2_grams",
+        "energy_method",
+    ]

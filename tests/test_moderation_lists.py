@@ -221,3 +221,41 @@ def test_a_tainted_models_history_links_to_the_decision_that_taints_it(
     page = anonymous_client.get("/integrity/lineage/acme/child/").content.decode()
     assert f'href="/integrity/log/#entry-{confirmed.pk}"' in page
     assert "Tainted by the decision on acme/base" in page
+
+
+@pytest.mark.django_db
+def test_a_verified_organisations_models_carry_the_badge_and_the_filter_keeps_only_them(
+    maintainer_client, anonymous_client
+):
+    official = ranked("acme/official", 0.6)
+    ranked("other/model", 0.7)
+    assert (
+        maintainer_client.post(
+            "/integrity/verified/", {"org": "acme", "note": "Signed by acme.org."}
+        ).status_code
+        == 302
+    )
+
+    body = anonymous_client.get("/api/v1/leaderboard", {"suite": "open-llm-v1"}).json()
+    assert {row["model"]: row["verified"] for row in body["rows"]} == {
+        "other/model": False,
+        "acme/official": True,
+    }
+    only = anonymous_client.get(
+        "/api/v1/leaderboard", {"suite": "open-llm-v1", "verified_only": "true"}
+    ).json()
+    assert [row["model"] for row in only["rows"]] == ["acme/official"]
+    page = anonymous_client.get("/", {"suite": "open-llm-v1", "verified_only": "1"})
+    html = page.content.decode()
+    assert 'data-model="acme/official"' in html and 'data-model="other/model"' not in html
+    assert '<span class="badge verified"' in html
+    model_page = anonymous_client.get("/models/acme/official/").content.decode()
+    assert '<span class="badge verified"' in model_page
+    submission = anonymous_client.get(f"/api/v1/submissions/{official.pk}").json()
+    assert submission["verified"] is True
+
+    maintainer_client.post(
+        "/integrity/verified/", {"org": "acme", "action": "withdraw", "note": "Lapsed."}
+    )
+    again = anonymous_client.get("/api/v1/leaderboard", {"suite": "open-llm-v1"}).json()
+    assert {row["model"]: row["verified"] for row in again["rows"]}["acme/official"] is False

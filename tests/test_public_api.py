@@ -249,6 +249,7 @@ def test_row_schema_and_csv_columns_derive_from_the_declaration(openapi):
         *("rank", "model", "url", "submission_id", "revision", "precision", "model_type"),
         *("weight_type", "parameters", "license", "license_family", "merge_method", "is_merge"),
         *("is_synthetic", "submitted_at", "evaluated_at", "average", "average_normalized"),
+        *("verified", "energy_wh", "co2_grams", "energy_method"),
         *("lineage_status", "taint_path"),
         *("score:arc", "score:mmlu", "normalized:arc", "normalized:mmlu"),
         *("stderr:arc", "stderr:mmlu", "flags"),

@@ -214,6 +214,7 @@ def test_api_accepts_with_201_and_the_submission(token_client, submitter, repos)
         "submitter": "alice",
         "state": "queued",
         "lineage_status": "clean",
+        "verified": False,
         "is_synthetic": False,
         "submitted_at": submission.created_at.isoformat(),
     }

@@ -58,6 +58,13 @@ class RankingEntry(models.Model):
     # indexes with NULLS LAST are not portable, plain descending ones are.
     average_key = models.FloatField()
     normalized_key = models.FloatField()
+    # The organisation is verified (integrity/verification.py): stored so that "verified only"
+    # is a column; leaderboard.flow refreshes an organisation's rows when that changes.
+    verified = models.BooleanField(default=False)
+    # The run's energy and carbon (evaluations.EvaluationRun), and how the energy was obtained.
+    energy_wh = models.FloatField(null=True)
+    co2_grams = models.FloatField(null=True)
+    energy_method = models.CharField(max_length=16, blank=True, default="")
     # The row's serialized JSON object minus its live fields (rank, lineage status, flags),
     # written by leaderboard.public.row.stored_row_dict at refresh: the full-leaderboard API
     # splices these instead of serializing 10,000 rows per request.

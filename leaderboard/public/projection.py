@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
+from leaderboard.integrity.verification import verified_orgs
 from leaderboard.public.licenses import license_family
 from leaderboard.public.models import MISSING_AVERAGE, RankingEntry
 from leaderboard.public.row import ENTRY_COLUMNS, build_row
@@ -48,7 +49,16 @@ def _refresh_chunk(ids: list[int]) -> int:
     latest: dict[tuple[int, str, str], EvaluationRun] = {}
     runs = (
         EvaluationRun.objects.filter(submission_id__in=ids, state=RunState.FINISHED)
-        .only("id", "submission_id", "suite_name", "suite_version", "finished_at")
+        .only(
+            "id",
+            "submission_id",
+            "suite_name",
+            "suite_version",
+            "finished_at",
+            "energy_wh",
+            "co2_grams",
+            "energy_method",
+        )
         .order_by("submission_id", "suite_name", "suite_version", "-finished_at", "-id")
     )
     for run in runs:
@@ -66,6 +76,7 @@ def _refresh_chunk(ids: list[int]) -> int:
         .defer("card_text", "card_metadata")
     }
     now = timezone.now()
+    verified = set(verified_orgs().values_list("org", flat=True))
     views: dict[tuple[str, str], SuiteView | None] = {}
     entries = []
     for (submission_id, suite_name, version), run in latest.items():
@@ -76,7 +87,15 @@ def _refresh_chunk(ids: list[int]) -> int:
         submission = submissions.get(submission_id)
         if view is None or submission is None:
             continue
-        entries.append(build_entry(submission, run, view, scores.get(run.pk, {}), now))
+        entry = build_entry(
+            submission,
+            run,
+            view,
+            scores.get(run.pk, {}),
+            now,
+            submission.repository.org in verified,
+        )
+        entries.append(entry)
     with transaction.atomic():
         RankingEntry.objects.filter(submission_id__in=ids).delete()
         RankingEntry.objects.bulk_create(entries, batch_size=1000)
@@ -91,6 +110,7 @@ def build_entry(
     view: SuiteView,
     scores: Mapping[str, tuple[float, float | None]],
     now: datetime,
+    verified: bool = False,
 ) -> RankingEntry:
     """The read-table row of one submission's run (unsaved)."""
     values = {key: scores[key][0] for key in view.task_keys if key in scores}
@@ -127,6 +147,10 @@ def build_entry(
         average_normalized=average_normalized,
         average_key=MISSING_AVERAGE if average is None else average,
         normalized_key=MISSING_AVERAGE if average_normalized is None else average_normalized,
+        verified=verified,
+        energy_wh=run.energy_wh,
+        co2_grams=run.co2_grams,
+        energy_method=run.energy_method,
         updated_at=now,
     )
     row = build_row([getattr(entry, column) for column in ENTRY_COLUMNS], view)

@@ -76,6 +76,9 @@ class RankingQuery(BaseModel):
     )
     hide_merges: bool = False
     hide_synthetic: bool = False
+    verified_only: bool = Field(
+        default=False, description="only models of verified organisations (official providers)"
+    )
     show_flagged: bool = Field(default=False, description="default: flagged rows are hidden")
     show_tainted: bool = Field(default=False, description="default: tainted rows are hidden")
     q: str = Field(default="", max_length=100, description="search in model names")

@@ -22,7 +22,7 @@ from leaderboard.integrity.status import path_text
 from leaderboard.public.suites import SuiteView
 
 # Bumped whenever the shape of a serialized row changes: it is part of every ETag.
-ROW_SCHEMA_VERSION = "1"
+ROW_SCHEMA_VERSION = "2"
 # Scores are percentages to 4 decimals: far below any task's standard error, and it keeps the
 # full leaderboard small.
 DECIMALS = 4
@@ -152,6 +152,33 @@ class RankingRow:
     average_normalized: float | None = field(
         metadata=declared(
             "Mean of the normalized task scores", column="average_normalized", encoding="round"
+        )
+    )
+    verified: bool = field(
+        metadata=declared(
+            "The model's organisation is verified as its official provider", column="verified"
+        )
+    )
+    energy_wh: float | None = field(
+        metadata=declared(
+            "Energy of the evaluation in watt-hours (null when its worker reported none)",
+            column="energy_wh",
+            encoding="round",
+        )
+    )
+    co2_grams: float | None = field(
+        metadata=declared(
+            "Grams of CO2e of that energy at this site's TRELLIS_CARBON_INTENSITY",
+            column="co2_grams",
+            encoding="round",
+        )
+    )
+    energy_method: str = field(
+        metadata=declared(
+            "nvml, rapl or estimate: how the energy was obtained (docs/evaluation.md)",
+            column="energy_method",
+            encoding="empty_is_null",
+            schema=str | None,
         )
     )
     lineage_status: str = field(

@@ -107,6 +107,8 @@ def filtered_entries(query: RankingQuery) -> QuerySet[RankingEntry]:
         entries = entries.filter(is_merge=False)
     if query.hide_synthetic:
         entries = entries.filter(is_synthetic=False)
+    if query.verified_only:
+        entries = entries.filter(verified=True)
     if query.q:
         entries = entries.filter(repo_id__icontains=query.q)
     return entries
