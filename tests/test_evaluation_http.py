@@ -55,7 +55,7 @@ def test_queued_run_shows_its_position_and_polls(anonymous_client, submission):
     response = anonymous_client.get(f"/submissions/{submission.pk}/")
     assert response.status_code == 200
     html = response.content.decode()
-    assert "<h1>acme/tiny-chat" in html
+    assert '<h1><a id="model-link" href="/models/acme/tiny-chat/"' in html
     assert 'data-state="queued"' in html
     assert (
         'Position <strong class="queue-position">2</strong> in the <code>gpu-small</code> queue'

@@ -229,3 +229,61 @@ def test_the_explaining_path_is_a_disclosure_not_only_a_tooltip(anonymous_client
     assert '<details class="status-path"><summary class="badge tainted"' in cell
     assert 'aria-label="tainted: show the path that explains it">tainted</summary>' in cell
     assert '<span class="path">org/child ← org/root (contamination, confirmed ' in cell
+
+
+# --- the submitter's pages ------------------------------------------------------------------------
+
+SUBMISSION_FORM = {
+    "repo_id": "acme/tiny-chat",
+    "revision": "main",
+    "precision": "bfloat16",
+    "model_type": "fine-tuned",
+    "weight_type": "original",
+}
+
+
+@pytest.fixture
+def tiny_chat(model_root):
+    from tests.builders import default_card, make_dataset_repo, make_model_repo
+
+    make_model_repo(model_root, "acme/base")
+    make_dataset_repo(model_root, "acme/instructions")
+    card = default_card("acme/tiny-chat", base_model="acme/base", datasets=["acme/instructions"])
+    make_model_repo(model_root, "acme/tiny-chat", card=card)
+    return model_root
+
+
+def test_a_pasted_hub_url_is_understood_as_the_repository(submitter_client, tiny_chat):
+    from leaderboard.submissions.models import Submission
+
+    url = "https://huggingface.co/acme/tiny-chat/tree/main"
+    response = submitter_client.post("/submissions/new/", {**SUBMISSION_FORM, "repo_id": url})
+    assert response.status_code == 302
+    assert Submission.objects.get().repository.repo_id == "acme/tiny-chat"
+
+
+def test_submission_page_links_the_model_and_does_not_claim_queued(submitter_client, tiny_chat):
+    response = submitter_client.post("/submissions/new/", SUBMISSION_FORM, follow=True)
+    html = response.content.decode()
+    assert '<a id="model-link" href="/models/acme/tiny-chat/"' in html
+    assert "was accepted: its evaluation&#x27;s state is below and updates by itself." in html
+    assert "queued." not in html.split('<section id="run-panel"', 1)[0]
+
+
+def test_the_duplicate_refusal_links_the_earlier_submission(submitter_client, tiny_chat):
+    from leaderboard.submissions.models import Submission
+
+    submitter_client.post("/submissions/new/", SUBMISSION_FORM)
+    first = Submission.objects.get()
+    html = submitter_client.post("/submissions/new/", SUBMISSION_FORM).content.decode()
+    link = f'<a href="/submissions/{first.pk}/">/submissions/{first.pk}/</a>'
+    assert f"see its results at {link}" in html
+
+
+def test_my_submissions_show_their_averages(submitter_client, submitter):
+    entry = ranked("org/alpha", 0.6)
+    entry.submitter = submitter
+    entry.save()
+    html = submitter_client.get("/submissions/mine/").content.decode()
+    assert '<th class="num">Average (%)</th>' in html
+    assert f'<td class="num averages"><span title="{SUITE}@1">60.00</span></td>' in html

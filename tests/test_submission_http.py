@@ -153,7 +153,8 @@ def test_form_links_the_existing_entry_of_a_duplicate(submitter_client, repos):
     again = submitter_client.post("/submissions/new/", FORM)
     html = again.content.decode()
     assert problem_codes(html) == {"revision": ["duplicate_submission"], "": []}
-    assert f"see its results at {first['Location']}." in html
+    link = f'<a href="{first["Location"]}">{first["Location"]}</a>'
+    assert f"see its results at {link}." in html
 
 
 # --- my submissions -------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ API alike."""
 
 from __future__ import annotations
 
+import re
+
 from django import forms
 from django.core.exceptions import ValidationError
 
@@ -12,6 +14,10 @@ from leaderboard.problems import Problem
 from leaderboard.submissions.intake import SubmissionRequest
 from leaderboard.submissions.models import ModelType, Precision, WeightType
 
+# Any host: the public Hub, a mirror named by HF_ENDPOINT, or Trellis's own model pages.
+HUB_URL = re.compile(
+    r"^https?://[^/\s]+/(?:models/)?(?P<org>[\w.-]+)/(?P<name>[\w.-]+)(?:/(?:tree|blob)/\S*)?/?$"
+)
 INPUT_FIELDS = ("repo_id", "revision", "precision", "model_type", "weight_type")
 
 
@@ -57,6 +63,15 @@ class SubmissionForm(forms.Form):
         "adapter_config.json, whose base_model_name_or_path must be the declared parent. delta: "
         "differences to the declared base model. Adapters and deltas need a declared parent.",
     )
+
+    def clean_repo_id(self) -> str:
+        """A pasted Hub address (https://huggingface.co/org/name, with /tree/<rev> or a
+        trailing slash) is understood as the repository id it names."""
+        value = (self.cleaned_data.get("repo_id") or "").strip()
+        found = HUB_URL.match(value)
+        if found:
+            return f"{found['org']}/{found['name']}"
+        return value
 
     def to_request(self) -> SubmissionRequest:
         data = self.cleaned_data

@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET
 from leaderboard import flow
 from leaderboard.evaluations.views import run_panel_context
 from leaderboard.problems import Refusal
+from leaderboard.public.models import RankingEntry
 from leaderboard.submissions.forms import SubmissionForm
 from leaderboard.submissions.models import Submission
 
@@ -32,8 +33,8 @@ def new(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(
                 request,
-                f"{submission.repository.repo_id} at {submission.revision[:12]} was accepted; "
-                "its evaluation is queued.",
+                f"{submission.repository.repo_id} at {submission.revision[:12]} was accepted: "
+                "its evaluation's state is below and updates by itself.",
             )
             return redirect("submissions:detail", pk=submission.pk)
     return render(request, "submissions/new.html", {"form": form, "problems": problems})
@@ -47,6 +48,14 @@ def mine(request: HttpRequest) -> HttpResponse:
         .order_by("-created_at", "-pk")
     )
     page = Paginator(submissions, PAGE_SIZE).get_page(request.GET.get("page"))
+    # Each submission's averages, from the ranking's read table (one query for the page).
+    averages: dict[int, list[tuple[str, float | None]]] = {}
+    for submission_id, suite, version, average in RankingEntry.objects.filter(
+        submission_id__in=[submission.pk for submission in page]
+    ).values_list("submission_id", "suite_name", "suite_version", "average"):
+        averages.setdefault(submission_id, []).append((f"{suite}@{version}", average))
+    for submission in page:
+        submission.averages = sorted(averages.get(submission.pk, []))  # type: ignore[attr-defined]
     return render(request, "submissions/mine.html", {"page": page})
 
 

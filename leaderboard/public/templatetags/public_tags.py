@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from django import template
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 
 register = template.Library()
 
@@ -26,3 +30,13 @@ def score(value: float | None) -> str:
 @register.filter
 def signed(value: float | None) -> str:
     return "—" if value is None else f"{value:+.2f}"
+
+
+# Trellis pages a message may name (a duplicate submission's page, a model's page).
+_PAGE_PATH = re.compile(r"(?<![\w/])(/(?:submissions/\d+|models/[\w.-]+/[\w.-]+)/)")
+
+
+@register.filter
+def link_pages(text: str) -> SafeString:
+    """Escape a message and make the Trellis page paths it names links."""
+    return mark_safe(_PAGE_PATH.sub(r'<a href="\1">\1</a>', str(escape(text))))
