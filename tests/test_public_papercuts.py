@@ -287,3 +287,34 @@ def test_my_submissions_show_their_averages(submitter_client, submitter):
     html = submitter_client.get("/submissions/mine/").content.decode()
     assert '<th class="num">Average (%)</th>' in html
     assert f'<td class="num averages"><span title="{SUITE}@1">60.00</span></td>' in html
+
+
+# --- compare --------------------------------------------------------------------------------------
+
+
+def test_the_model_pages_compare_link_opens_a_picker(anonymous_client):
+    ranked("org/alpha", 0.6)
+    model_page = anonymous_client.get("/models/org/alpha/").content.decode()
+    link = model_page.split('<a href="/compare/?', 1)[1].split('"', 1)[0]
+    response = anonymous_client.get(f"/compare/?{unescape(link)}")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Compare <strong>org/alpha</strong> with: search" in html
+    assert 'hx-get="/compare/search" hx-trigger="input changed delay:250ms, search"' in html
+
+
+def test_the_picker_searches_as_you_type(anonymous_client):
+    for name in ("org/alpha", "org/alphabet", "other/alpine", "org/beta"):
+        ranked(name, 0.5)
+    response = anonymous_client.get("/compare/search?q=alp&models=org/alpha")
+    assert response.status_code == 200
+    html = unescape(response.content.decode())
+    assert [part.split('"', 1)[0] for part in html.split('data-model="')[1:]] == [
+        "org/alphabet",
+        "other/alpine",
+    ]
+    assert f"/compare/?suite={SUITE}&version=1&models=org/alpha,org/alphabet" in html.replace(
+        "%2F", "/"
+    ).replace("%2C", ",")
+    nothing = anonymous_client.get("/compare/search?q=zzz").content.decode()
+    assert "No ranked model on this suite version matches" in nothing

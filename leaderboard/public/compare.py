@@ -61,11 +61,7 @@ class Comparison:
 
 def parse_models_param(raw: str) -> list[str]:
     """`models=a/b,c/d` (also repeated `models=`), in order, duplicates dropped; checked."""
-    names: list[str] = []
-    for part in raw.split(","):
-        name = part.strip()
-        if name and name not in names:
-            names.append(name)
+    names = chosen_models(raw)
     if not MIN_COMPARE <= len(names) <= MAX_COMPARE:
         raise Refusal.one(
             "invalid_count",
@@ -74,6 +70,46 @@ def parse_models_param(raw: str) -> list[str]:
             f"models=org/name,org/name (got {len(names)}).",
         )
     return names
+
+
+def chosen_models(raw: str) -> list[str]:
+    """The models named so far (for the picker), in order, duplicates dropped, unchecked."""
+    names: list[str] = []
+    for part in raw.split(","):
+        name = part.strip()
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+SEARCH_LIMIT = 10
+
+
+def search_models(text: str, query: RankingQuery, exclude: list[str]) -> list[str]:
+    """Ranked models of the query's suite version whose name contains `text` (the compare
+    page's picker), names first that start with it, at most SEARCH_LIMIT."""
+    text = text.strip()
+    if not text:
+        return []
+    names = (
+        RankingEntry.objects.filter(
+            suite_name=query.suite, suite_version=query.version, repo_id__icontains=text
+        )
+        .exclude(repo_id__in=exclude)
+        .values_list("repo_id", flat=True)
+        .distinct()
+        .order_by("repo_id")[: SEARCH_LIMIT * 5]
+    )
+    lowered = text.lower()
+    ordered = sorted(
+        names,
+        key=lambda name: (
+            not name.lower().startswith(lowered),
+            not name.split("/", 1)[-1].lower().startswith(lowered),
+            name,
+        ),
+    )
+    return ordered[:SEARCH_LIMIT]
 
 
 def compare(repo_ids: list[str], query: RankingQuery) -> Comparison:

@@ -13,6 +13,7 @@ urlpatterns = [
     path("export.csv", views.export_csv, name="export_csv"),
     path("models/<str:org>/<str:name>/", views.model_page, name="model"),
     path("compare/", views.compare_page, name="compare"),
+    path("compare/search", views.compare_search, name="compare_search"),
     path("plots/", views.plots_page, name="plots"),
     # Browsers and feed readers ask for /favicon.ico whatever the page names.
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),

@@ -4,6 +4,7 @@ the module that holds the content, and renders; a Refusal is shown with its prob
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -256,7 +257,12 @@ def compare_page(request: HttpRequest) -> HttpResponse:
         "min_models": compare.MIN_COMPARE,
         "max_models": compare.MAX_COMPARE,
     }
-    if raw_models and not errors:
+    chosen = compare.chosen_models(raw_models)
+    context["chosen"] = chosen
+    if len(chosen) == 1 and not errors:
+        # The model page's "compare…" link names one model: pick the others, no refusal.
+        context["picking"] = True
+    elif raw_models and not errors:
         try:
             names = compare.parse_models_param(raw_models)
             comparison = compare.compare(names, query)
@@ -269,6 +275,24 @@ def compare_page(request: HttpRequest) -> HttpResponse:
             )
     status = 400 if context["errors"] else 200
     return render(request, "public/compare.html", context, status=status)
+
+
+@require_safe
+def compare_search(request: HttpRequest) -> HttpResponse:
+    """The compare picker's suggestions (htmx, search as you type): ranked models whose name
+    contains `q`, each a link that adds it to the models already chosen."""
+    query, _errors = _parse(
+        _subset(request.GET, ("suite", "version", "normalized")), paginate=False
+    )
+    chosen = compare.chosen_models(",".join(request.GET.getlist("models")))
+    found = compare.search_models(request.GET.get("q", "")[:100], query, chosen)
+    params = query.to_params(page=None)
+    suggestions = [
+        (name, urlencode(params | {"models": ",".join([*chosen, name])}, doseq=True))
+        for name in found
+    ]
+    context = {"suggestions": suggestions, "q": request.GET.get("q", "").strip()}
+    return render(request, "public/_compare_suggestions.html", context)
 
 
 @require_safe
