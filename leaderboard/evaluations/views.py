@@ -112,6 +112,11 @@ def queue_page(request: HttpRequest) -> HttpResponse:
     """Pending runs in the order they start, running ones with progress, recently finished and
     failed; signed-in users vote here, maintainers raise or lower a run."""
     board = queue.queue_to_dict()
+    for items in board.values():
+        for item in items:  # ISO timestamps as the page shows them, to the minute (UTC)
+            for key in ("enqueued_at", "finished_at"):
+                if item.get(key):
+                    item[f"{key}_shown"] = item[key][:16].replace("T", " ")
     user = request.user
     voted: set[int] = set()
     budget = None
