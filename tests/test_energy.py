@@ -156,3 +156,12 @@ def test_the_ranking_shows_each_rows_energy_with_its_method(anonymous_client):
         "co2_grams",
         "energy_method",
     ]
+
+
+def test_the_real_nvml_library_without_a_driver_falls_back(tmp_path, clock, monkeypatch):
+    # nvidia-ml-py is installed (the worker extra), but this machine has no NVIDIA driver.
+    pytest.importorskip("pynvml")
+    monkeypatch.delenv("TRELLIS_RATED_POWER_WATTS", raising=False)
+    meter = energy.EnergyMeter(powercap=tmp_path).start()
+    clock[0] += 36.0
+    assert (meter.reading("cuda")["method"], meter.reading("cuda")["wh"]) == ("estimate", 3.0)
