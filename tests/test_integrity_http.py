@@ -173,7 +173,8 @@ def test_lineage_page_draws_the_graph_with_plotly_served_locally(
     assert "org/child ← trained on data-org/mix (contamination, confirmed " in body
     assert "Verified the overlap." not in body  # the note is on the dataset's page, not here
     figure = response.context["figure"]
-    assert figure["layout"]["meta"] == {"nodes": 4, "left_out": 0, "focus": "org/child"}
+    meta = figure["layout"]["meta"]
+    assert (meta["nodes"], meta["left_out"], meta["focus"]) == (4, 0, "org/child")
 
     dataset_page = anonymous_client.get("/integrity/lineage/data-org/mix/?type=dataset")
     assert dataset_page.status_code == 200
@@ -216,7 +217,9 @@ def test_lineage_figure_marks_status_kind_submission_and_the_path(family, mainta
     assert traces["clean"]["marker"]["symbol"] == ["square-open"]  # a dataset
     assert traces["incomplete"]["text"] == ["ext/parent"]
     # The explaining path child ← root is one highlighted segment; two plain edges remain.
-    assert traces["explaining path"]["x"] == [-1.0, 0.0, None]
+    # Columns are spaced by their widest labels plus a gap of four characters: ext/parent (10)
+    # at 0, the parents' column (data-org/mix, 12) at 5 + 6 + 4 = 15, org/child (9) at 29.5.
+    assert traces["explaining path"]["x"] == [15.0, 29.5, None]
     assert len(traces["declared edge"]["x"]) == 6
     assert sorted(traces["relation"]["text"]) == ["fine-tune", "fine-tune", "trained-on"]
 

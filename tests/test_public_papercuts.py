@@ -4,6 +4,7 @@ silence, the headers clients rely on, HEAD, the favicon."""
 from __future__ import annotations
 
 from html import unescape
+from itertools import pairwise
 
 import pytest
 from django.test import Client
@@ -318,3 +319,67 @@ def test_the_picker_searches_as_you_type(anonymous_client):
     ).replace("%2C", ",")
     nothing = anonymous_client.get("/compare/search?q=zzz").content.decode()
     assert "No ranked model on this suite version matches" in nothing
+
+
+# --- the lineage graph ----------------------------------------------------------------------------
+
+
+def _lineage_figure(client, repo_id: str, query: str = "") -> dict:
+    response = client.get(f"/integrity/lineage/{repo_id}/{query}")
+    assert response.status_code == 200
+    return response.context["figure"]
+
+
+def _nodes(figure: dict) -> dict[str, tuple[float, float, str]]:
+    """repo_id -> (x, y, label) of every drawn node."""
+    found = {}
+    for trace in figure["data"]:
+        for index, data in enumerate(trace.get("customdata") or []):
+            found[data[1]] = (trace["x"][index], trace["y"][index], trace["text"][index])
+    return found
+
+
+def test_the_explaining_path_is_drawn_whole_beyond_the_depth(anonymous_client, maintainer):
+    from tests.factories import edge, flag, repository
+
+    chain = [repository(f"org/generation-{i}") for i in range(6)]
+    for child, parent in pairwise(chain):
+        edge(child, parent)
+    flag(chain[-1], maintainer)  # five generations above org/generation-0
+    figure = _lineage_figure(anonymous_client, "org/generation-0", "?depth=2")
+    nodes = _nodes(figure)
+    assert set(nodes) == {f"org/generation-{i}" for i in range(6)}
+    path = next(t for t in figure["data"] if t.get("name") == "explaining path")
+    assert len([x for x in path["x"] if x is not None]) == 10  # five edges, two ends each
+
+
+def test_lineage_labels_fit_and_edges_do_not_cross(anonymous_client):
+    from tests.factories import edge, repository
+
+    focus = repository("org/focus")
+    first, second = repository("org/a-parent"), repository("org/b-parent")
+    # Sorted by name, the grandparents would sit crosswise to their children.
+    edge(focus, first)
+    edge(focus, second)
+    edge(first, repository("zeta-organisation-with-a-long-name/grandparent-of-a"))
+    edge(second, repository("alpha/grandparent-of-b"))
+    figure = _lineage_figure(anonymous_client, "org/focus")
+    nodes = _nodes(figure)
+    low, high = figure["layout"]["xaxis"]["range"]
+    for repo_id, (x, _y, label) in nodes.items():
+        width = max(len(line) for line in label.split("<br>"))
+        assert low <= x - width / 2 and x + width / 2 <= high, repo_id
+    assert nodes["zeta-organisation-with-a-long-name/grandparent-of-a"][2] == (
+        "zeta-organisation-with-a-long-name/<br>grandparent-of-a"
+    )
+    a_above_b = nodes["org/a-parent"][1] > nodes["org/b-parent"][1]
+    grandparent_a_above = (
+        nodes["zeta-organisation-with-a-long-name/grandparent-of-a"][1]
+        > nodes["alpha/grandparent-of-b"][1]
+    )
+    assert a_above_b == grandparent_a_above
+    assert all(trace.get("cliponaxis") is False for trace in figure["data"] if trace.get("text"))
+    assert figure["layout"]["dragmode"] == "pan"
+    assert figure["layout"]["meta"]["min_width"] > 0
+    page = anonymous_client.get("/integrity/lineage/org/focus/").content.decode()
+    assert "scrollZoom: true" in page

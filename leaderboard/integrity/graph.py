@@ -278,10 +278,15 @@ class Neighbourhood:
 
 
 def neighbourhood(
-    focus: Repository, depth: int | None = None, max_nodes: int | None = None
+    focus: Repository,
+    depth: int | None = None,
+    max_nodes: int | None = None,
+    path: list[dict[str, Any]] | None = None,
 ) -> Neighbourhood:
     """Ancestors and descendants of `focus` up to `depth` generations each way (None: all),
-    one batched query per generation; at most `max_nodes` nodes (closest generations first)."""
+    one batched query per generation; at most `max_nodes` nodes (closest generations first).
+    Every step of `path` (the focus's explaining path, upwards) is included whatever the depth
+    or the cap: a graph must always show why its focus has its status."""
     seen: dict[int, int] = {focus.pk: 0}
     edges: dict[tuple[int, int], str] = {}
     left_out: set[int] = set()
@@ -305,6 +310,12 @@ def neighbourhood(
                     child, parent = (near_id, far_id) if sign < 0 else (far_id, near_id)
                     edges[(child, parent)] = relation
             frontier = found
+    steps = [step for step in path or [] if "id" in step]
+    for index, step in enumerate(steps):
+        seen.setdefault(step["id"], -index)
+        left_out.discard(step["id"])
+        if index + 1 < len(steps):
+            edges.setdefault((step["id"], steps[index + 1]["id"]), step.get("relation") or "")
     nodes: dict[int, NodeView] = {}
     submitted: set[int] = set()
     for batch in chunks(sorted(seen)):

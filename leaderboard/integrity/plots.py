@@ -7,11 +7,19 @@ from __future__ import annotations
 import html
 import json
 from collections import defaultdict
+from itertools import pairwise
 from typing import Any
 
 import plotly.graph_objects as go
 
-from leaderboard.catalog.models import LineageStatus, Relation, Repository, RepositoryKind
+from leaderboard.catalog.models import (
+    DeclaredIn,
+    LineageEdge,
+    LineageStatus,
+    Relation,
+    Repository,
+    RepositoryKind,
+)
 from leaderboard.integrity import graph
 from leaderboard.integrity.graph import NodeView
 from leaderboard.integrity.status import path_text
@@ -50,25 +58,35 @@ def lineage_figure(
     repository: Repository, depth: int | None = 2, max_nodes: int | None = 150
 ) -> dict[str, Any]:
     """A figure of `repository`'s ancestors and descendants up to `depth` generations each way
-    and at most `max_nodes` nodes; `layout.meta` says how many were left out."""
-    hood = graph.neighbourhood(repository, depth=depth, max_nodes=max_nodes)
-    generations: dict[int, list[int]] = defaultdict(list)
-    for node_id, generation in hood.depth.items():
-        generations[generation].append(node_id)
-    position: dict[int, tuple[float, float]] = {}
-    for generation, ids in generations.items():
-        ids.sort(key=lambda n: (hood.nodes[n].kind, hood.nodes[n].repo_id))
-        middle = (len(ids) - 1) / 2
-        for index, node_id in enumerate(ids):
-            position[node_id] = (float(generation), float(middle - index))
-
+    and at most `max_nodes` nodes, plus the whole explaining path whatever its length, laid out
+    in layers (see `layered_layout`); `layout.meta` says how many were left out."""
+    hood = graph.neighbourhood(
+        repository, depth=depth, max_nodes=max_nodes, path=repository.status_path or []
+    )
+    labels = {n: _label(hood.nodes[n].repo_id) for n in hood.depth}
+    position, generations, widths = layered_layout(hood, labels)
     highlighted = _path_edges(repository)
     figure = go.Figure()
-    for on_path in (False, True):
+    # Edges found from the weights (confirmed by a maintainer) are dotted, declared ones solid.
+    found = set(
+        LineageEdge.objects.filter(
+            declared_in=DeclaredIn.WEIGHTS,
+            child_id__in=list(hood.depth),
+            parent_id__in=list(hood.depth),
+        ).values_list("child_id", "parent_id")
+    )
+    styles = (
+        ("declared edge", False, False, {"color": EDGE_COLOUR, "width": 1.5}),
+        ("found from weights", False, True, {"color": EDGE_COLOUR, "width": 2, "dash": "dot"}),
+        ("explaining path", True, None, {"color": PATH_COLOUR, "width": 4}),
+    )
+    for name, on_path, from_weights, line in styles:
         xs: list[float | None] = []
         ys: list[float | None] = []
         for child, parent, _relation in hood.edges:
             if ((child, parent) in highlighted) != on_path:
+                continue
+            if from_weights is not None and ((child, parent) in found) != from_weights:
                 continue
             (x0, y0), (x1, y1) = position[parent], position[child]
             xs += [x0, x1, None]
@@ -79,13 +97,10 @@ def lineage_figure(
                     x=xs,
                     y=ys,
                     mode="lines",
-                    line={
-                        "color": PATH_COLOUR if on_path else EDGE_COLOUR,
-                        "width": 4 if on_path else 1.5,
-                    },
+                    line=line,
                     hoverinfo="skip",
-                    name="explaining path" if on_path else "declared edge",
-                    showlegend=on_path,
+                    name=name,
+                    showlegend=name != "declared edge",
                 )
             )
     if hood.edges:
@@ -96,6 +111,7 @@ def lineage_figure(
                 mode="text",
                 text=[Relation(r).value if r in Relation.values else r for _, _, r in hood.edges],
                 textfont={"size": 10, "color": "#5b6475"},
+                cliponaxis=False,
                 hovertext=[
                     html.escape(f"{hood.nodes[c].repo_id} ← {hood.nodes[p].repo_id} ({r})")
                     for c, p, r in hood.edges
@@ -106,6 +122,7 @@ def lineage_figure(
             )
         )
     show_labels = len(hood.depth) <= LABELS_UP_TO
+    path_ids = {step["id"] for step in repository.status_path or [] if "id" in step}
     for status in LineageStatus:
         ids = [n for n in hood.depth if hood.nodes[n].status == status]
         if not ids:
@@ -115,9 +132,15 @@ def lineage_figure(
             go.Scatter(
                 x=[position[n][0] for n in ids],
                 y=[position[n][1] for n in ids],
-                mode="markers+text" if show_labels else "markers",
-                text=[node.repo_id for node in nodes],
-                textposition="top center",
+                mode="markers+text",
+                # Past LABELS_UP_TO nodes only the focus and its explaining path are labelled.
+                text=[
+                    labels[n] if show_labels or n == repository.pk or n in path_ids else ""
+                    for n in ids
+                ],
+                textposition="bottom center",
+                textfont={"size": LABEL_SIZE},
+                cliponaxis=False,
                 marker={
                     "color": STATUS_COLOURS[status],
                     "size": [22 if n == repository.pk else 14 for n in ids],
@@ -130,23 +153,111 @@ def lineage_figure(
                 name=status.label,
             )
         )
+    columns = sorted(generations)
+    left = min(generations[g] - widths[g] / 2 for g in columns) - 1
+    right = max(generations[g] + widths[g] / 2 for g in columns) + 1
+    tallest = max((sum(1 for n in hood.depth if hood.depth[n] == g) for g in columns), default=1)
     figure.update_layout(
         showlegend=True,
         legend={"orientation": "h", "y": -0.08},
-        margin={"l": 20, "r": 20, "t": 30, "b": 20},
+        margin={"l": 10, "r": 10, "t": 30, "b": 20},
         xaxis={
             "showgrid": False,
             "zeroline": False,
             "tickmode": "array",
-            "tickvals": sorted(generations),
-            "ticktext": [_generation_label(g) for g in sorted(generations)],
+            "tickvals": [generations[g] for g in columns],
+            "ticktext": [_generation_label(g) for g in columns],
+            # Every label inside the plot: half the widest label of the outer columns beyond them.
+            "range": [left, right],
         },
-        yaxis={"showgrid": False, "zeroline": False, "showticklabels": False},
+        yaxis={
+            "showgrid": False,
+            "zeroline": False,
+            "showticklabels": False,
+            "range": [-(tallest - 1) / 2 * ROW_STEP - 1.2, (tallest - 1) / 2 * ROW_STEP + 0.8],
+        },
         plot_bgcolor="#ffffff",
-        height=max(320, 42 * max((len(ids) for ids in generations.values()), default=1)),
-        meta={"nodes": len(hood.depth), "left_out": hood.left_out, "focus": repository.repo_id},
+        dragmode="pan",
+        height=max(340, 70 * tallest),
+        meta={
+            "nodes": len(hood.depth),
+            "left_out": hood.left_out,
+            "focus": repository.repo_id,
+            # The width at which labels of neighbouring columns cannot overlap (px).
+            "min_width": round((right - left) * CHAR_PX),
+        },
     )
     return json.loads(figure.to_json())
+
+
+# Layout units are characters of a label: a column is as wide as its widest label line.
+LABEL_SIZE = 11
+CHAR_PX = 6.6  # the width of one character at LABEL_SIZE, in pixels (system-ui, average)
+COLUMN_GAP = 4.0
+ROW_STEP = 1.0
+WRAP_AT = 22
+SWEEPS = 4
+
+
+def _label(repo_id: str) -> str:
+    """A node's label: `org/name`, broken after the slash when long."""
+    if len(repo_id) <= WRAP_AT or "/" not in repo_id:
+        return repo_id
+    org, name = repo_id.split("/", 1)
+    return f"{org}/<br>{name}"
+
+
+def _label_width(label: str) -> float:
+    return float(max(len(line) for line in label.split("<br>")))
+
+
+def layered_layout(
+    hood: graph.Neighbourhood, labels: dict[int, str]
+) -> tuple[dict[int, tuple[float, float]], dict[int, float], dict[int, float]]:
+    """A layered (Sugiyama-style) layout: one column per generation, ancestors to the left;
+    within a column, nodes ordered by the barycenter of their neighbours in the next column,
+    swept down and up a few times to remove edge crossings; columns spaced by their widest
+    labels so no two labels overlap. Returns positions, each column's x and each width."""
+    layers: dict[int, list[int]] = defaultdict(list)
+    for node_id, generation in hood.depth.items():
+        layers[generation].append(node_id)
+    for ids in layers.values():
+        ids.sort(key=lambda n: (hood.nodes[n].kind, hood.nodes[n].repo_id))
+    neighbours: dict[int, set[int]] = defaultdict(set)
+    for child, parent, _relation in hood.edges:
+        neighbours[child].add(parent)
+        neighbours[parent].add(child)
+    columns = sorted(layers)
+
+    def reorder(generation: int, towards: int) -> None:
+        index = {n: i for i, n in enumerate(layers.get(towards, []))}
+        here = {n: i for i, n in enumerate(layers[generation])}
+
+        def barycenter(node: int) -> tuple[float, int]:
+            linked = [index[m] for m in neighbours[node] if m in index]
+            centre = sum(linked) / len(linked) if linked else float(here[node])
+            return centre, here[node]
+
+        layers[generation].sort(key=barycenter)
+
+    for _sweep in range(SWEEPS):
+        for previous, generation in pairwise(columns):
+            reorder(generation, previous)
+        for following, generation in pairwise(columns[::-1]):
+            reorder(generation, following)
+    widths = {g: max(_label_width(labels[n]) for n in layers[g]) for g in columns}
+    xs: dict[int, float] = {}
+    x = 0.0
+    for index, generation in enumerate(columns):
+        if index:
+            x += (widths[columns[index - 1]] + widths[generation]) / 2 + COLUMN_GAP
+        xs[generation] = x
+    position: dict[int, tuple[float, float]] = {}
+    for generation, ids in layers.items():
+        middle = (len(ids) - 1) / 2
+        for i, node_id in enumerate(ids):
+            position[node_id] = (xs[generation], (middle - i) * ROW_STEP)
+    return position, xs, widths
 
 
 def _hover(node: NodeView, submitted: bool) -> str:

@@ -16,9 +16,13 @@
       var source = document.getElementById(el.dataset.figure);
       if (!source || el.dataset.rendered) return;
       var figure = JSON.parse(source.textContent);
+      var meta = (figure.layout && figure.layout.meta) || {};
+      // A lineage graph: wide enough for its labels, panned by dragging, zoomed by scrolling.
+      if (meta.min_width) el.style.minWidth = meta.min_width + "px";
       window.Plotly.newPlot(el, figure.data || [], figure.layout || {}, {
         responsive: true,
         displaylogo: false,
+        scrollZoom: Boolean(meta.min_width),
       }).then(function () {
         el.dataset.rendered = "1";
         el.on("plotly_click", function (event) {
