@@ -4,9 +4,11 @@
                       recompute → evaluation run (sent on commit) → ancestors resolved after
                       commit (resolve_ancestors, a retried task) → status recompute
     ingest_result     worker report → validated scores → ranking read table
+                      → contamination signals (after commit; open signals, no status change)
     (every report)    a run started or ended → the next runs dispatched as its queue has room
     file_report       report → status recompute
     resolve           moderation decision → status recompute
+    decide_signal     a maintainer confirms a signal → a confirmed report (flag) → recompute
     verify_organisation / withdraw_verification   verification → the org's ranking rows
 
 Each stage is a plain function of its app that returns what changed; this module decides what
@@ -27,11 +29,11 @@ from leaderboard.catalog import lineage
 from leaderboard.catalog.models import Repository
 from leaderboard.catalog.sources import get_source
 from leaderboard.celery import app
-from leaderboard.evaluations import runs
+from leaderboard.evaluations import contamination, runs
 from leaderboard.evaluations.dispatch import dispatch
 from leaderboard.evaluations.models import EvaluationRun
-from leaderboard.integrity import derived, reports, verification
-from leaderboard.integrity.models import Report
+from leaderboard.integrity import derived, reports, signals, verification
+from leaderboard.integrity.models import Report, Signal, SignalState
 from leaderboard.problems import Refusal
 from leaderboard.public.projection import refresh_entries_for
 from leaderboard.submissions import intake
@@ -151,7 +153,24 @@ def ingest_result(run_id: int, attempt: int, payload: Any) -> str:
         if ingested.submission_id is not None:
             refresh_entries_for([ingested.submission_id])
     _dispatch_after(run_id)
+    if ingested.outcome == "ingested":
+        try:
+            assess_contamination(run_id)
+        except Exception:  # the scores are stored; a signal that cannot be computed is logged
+            logger.exception("contamination signals of run %s could not be computed", run_id)
     return ingested.outcome
+
+
+def assess_contamination(run_id: int) -> list[Signal]:
+    """The contamination signals of a finished run (docs/contamination.md): the statistics are
+    computed outside any transaction (they resample for a few seconds), the fired ones recorded
+    as open signals in a short one. Returns the new signals; a signal changes no status."""
+    assessment = contamination.assess(run_id)
+    if not any(finding.fired for finding in assessment.findings):
+        return []
+    with transaction.atomic():
+        target = Repository.objects.get(pk=assessment.repository_id)
+        return signals.record_findings(target, run_id, assessment.findings)
 
 
 def reconcile() -> runs.ReconcileReport:
@@ -213,6 +232,16 @@ def _submissions_of_org(org: str) -> list[int]:
             "pk", flat=True
         )
     )
+
+
+def decide_signal(signal_id: int, decision: str, note: str, actor: Any) -> Signal:
+    """A maintainer's decision on a signal; a confirmation makes a confirmed report (the flag)
+    and re-derives the status of the target and every descendant in the same transaction."""
+    with transaction.atomic():
+        signal = signals.record_signal_decision(signal_id, decision, note, actor)
+        if signal.state == SignalState.CONFIRMED:
+            derived.recompute([signal.target_id])
+    return signal
 
 
 def resolve(report_id: int, decision: str, note: str, actor: Any) -> Report:

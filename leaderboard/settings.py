@@ -256,6 +256,14 @@ TRELLIS_METRICS_ALLOWED_IPS = env_list("TRELLIS_METRICS_ALLOWED_IPS", ["127.0.0.
 TRELLIS_METRICS_TOKEN = env_str("TRELLIS_METRICS_TOKEN", "")
 TRELLIS_SCORE_Z_OUTLIER = env_float("TRELLIS_SCORE_Z_OUTLIER", 2.5)
 
+# --- Contamination signals (docs/contamination.md): when a statistic becomes a signal ----------
+TRELLIS_CONTAMINATION_ALPHA = env_float("TRELLIS_CONTAMINATION_ALPHA", 0.01)
+TRELLIS_CONTAMINATION_MIN_EFFECT = env_float("TRELLIS_CONTAMINATION_MIN_EFFECT", 0.5)
+TRELLIS_CONTAMINATION_MIN_DIFFERENCE = env_float("TRELLIS_CONTAMINATION_MIN_DIFFERENCE", 0.05)
+TRELLIS_CONTAMINATION_JUMP_Z = env_float("TRELLIS_CONTAMINATION_JUMP_Z", 3.0)
+TRELLIS_CONTAMINATION_BUCKET_Z = env_float("TRELLIS_CONTAMINATION_BUCKET_Z", 4.0)
+TRELLIS_CONTAMINATION_MIN_POPULATION = env_int("TRELLIS_CONTAMINATION_MIN_POPULATION", 5, minimum=2)
+
 # --- Model sources (catalog/sources): the Hub's address and how long one Hub call may take -----
 # Empty: huggingface_hub's default (https://huggingface.co).
 HF_ENDPOINT = env_str("HF_ENDPOINT", "")

@@ -1,5 +1,6 @@
 """Integrity records: reports on models and datasets (a confirmed report is the flag), the
-co-reporters who joined a report, and the public moderation audit log.
+co-reporters who joined a report, the public moderation audit log, and signals (automatic
+findings a maintainer confirms or dismisses).
 
 The derived lineage status lives on catalog.Repository and is written only by
 leaderboard.integrity.derived (through leaderboard.integrity.status).
@@ -249,3 +250,56 @@ class VerifiedOrganisation(models.Model):
 
     def __str__(self) -> str:
         return f"verified {self.org}"
+
+
+class SignalState(models.TextChoices):
+    OPEN = "open", "open"
+    CONFIRMED = "confirmed", "confirmed"
+    DISMISSED = "dismissed", "dismissed"
+
+
+class Signal(models.Model):
+    """An automatic finding about a node (a contamination statistic, a weight-provenance
+    relation, a score anomaly), shown to maintainers with its evidence. Machines suggest, people
+    decide: a signal changes no status; a maintainer confirms it (a confirmed report is made from
+    it: the flag, carried down the lineage) or dismisses it. `key` makes recording idempotent:
+    the same statistic of the same run is one signal."""
+
+    kind = models.CharField(max_length=40, db_index=True)
+    target = models.ForeignKey(Repository, on_delete=models.PROTECT, related_name="signals")
+    task = models.CharField(max_length=100, blank=True)
+    # The evaluation run it was computed from (an id: integrity sits below evaluations).
+    run_id = models.PositiveBigIntegerField(null=True, blank=True)
+    key = models.CharField(max_length=300)
+    statistic = models.FloatField()
+    statistic_name = models.CharField(max_length=120)
+    p_value = models.FloatField(null=True, blank=True)
+    threshold = models.FloatField()
+    evidence = models.JSONField(default=dict, blank=True)
+    figure = models.JSONField(default=dict, blank=True)
+    state = models.CharField(
+        max_length=12, choices=SignalState.choices, default=SignalState.OPEN, db_index=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="integrity_signal_decisions",
+    )
+    decision_note = models.TextField(blank=True)
+    # The confirmed report (the flag) a confirmation made.
+    report = models.OneToOneField(
+        Report, null=True, blank=True, on_delete=models.PROTECT, related_name="signal"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["target", "key"], name="integrity_signal_target_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"signal {self.kind} on {self.target} ({self.state})"

@@ -1,0 +1,158 @@
+"""Contamination signals on the web side: computed after an ingest from the numbers workers sent,
+recorded once, shown to maintainers in p-value order, and turned into a flag (carried down the
+lineage) only by a maintainer's confirmation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from leaderboard import flow
+from leaderboard.catalog.models import LineageStatus, Relation
+from leaderboard.evaluations.runs import evaluated_repositories
+from leaderboard.integrity.models import AuditEntry, Report, ReportStatus, SignalState
+from leaderboard.integrity.signals import signal_queue
+from leaderboard.problems import Refusal
+from tests.factories import edge, ranked
+
+pytestmark = pytest.mark.django_db
+N = 100
+
+
+def _references(rng, ability, parent=None, inflation=0.0, gain=0.0, ref_gain=0.0):
+    """One task's reference numbers; with `parent`, its texts shifted from the parent's."""
+
+    def texts(part, shift):
+        if parent is None:
+            return np.round(rng.normal(-3.0, 0.5, N), 4).tolist()
+        base = np.array(parent[0][part]["text_logprob"])
+        return np.round(base + shift + rng.normal(0, 0.05, N), 4).tolist()
+
+    def correct(p):
+        return (rng.random(N) < p).astype(int).tolist()
+
+    bench_text, sibling_text = texts("benchmark", gain), texts("sibling", ref_gain)
+    return [
+        {
+            "task": "arc_challenge",
+            "lm_eval_task": "arc_challenge",
+            "metric": "acc_norm",
+            "benchmark": {
+                "n": N,
+                "correct": correct(ability + inflation),
+                "text_logprob": bench_text,
+                "min_k_pp": [t / 3 for t in bench_text],
+            },
+            "perturbed": {
+                "n": N,
+                "correct": correct(ability),
+                "text_logprob": texts("benchmark", 0.0),
+                "min_k_pp": [0.0] * N,
+            },
+            "sibling": {
+                "name": "arc_easy",
+                "n": N,
+                "correct": correct(ability),
+                "text_logprob": sibling_text,
+                "min_k_pp": [t / 3 for t in sibling_text],
+            },
+        }
+    ]
+
+
+def _run_of(submission):
+    return submission.runs.get()
+
+
+@pytest.fixture
+def family():
+    """A base, six clean fine-tunes (the population), a child fine-tuned on the test items, and
+    a merge of that child with a clean one."""
+    rng = np.random.default_rng(11)
+    base_refs = _references(rng, 0.35)
+    base = ranked("org/base", 0.35, payload={"references": base_refs})
+    models = {"base": base}
+    for i in range(6):
+        refs = _references(rng, 0.3 + 0.03 * i, base_refs, gain=0.1, ref_gain=0.1)
+        models[f"clean-{i}"] = ranked(
+            f"org/clean-{i}", 0.3 + 0.03 * i, payload={"references": refs}
+        )
+        edge(models[f"clean-{i}"].repository, base.repository)
+    bad_refs = _references(rng, 0.4, base_refs, inflation=0.3, gain=1.0, ref_gain=0.1)
+    models["bad"] = ranked("org/contaminated", 0.7, payload={"references": bad_refs})
+    edge(models["bad"].repository, base.repository)
+    merge_refs = _references(rng, 0.4, bad_refs, inflation=0.0, gain=0.0)
+    models["merge"] = ranked("org/merge", 0.55, payload={"references": merge_refs})
+    edge(models["merge"].repository, models["bad"].repository, Relation.MERGE)
+    edge(models["merge"].repository, models["clean-0"].repository, Relation.MERGE)
+    return models
+
+
+def test_a_contaminated_childs_signals_open_once_and_a_clean_childs_do_not(family):
+    created = flow.assess_contamination(_run_of(family["bad"]).pk)
+    kinds = sorted((s.kind, s.evidence.get("reference", "")) for s in created)
+    assert ("lineage_differential", "sibling") in kinds
+    assert ("performance_vs_reference", "sibling") in kinds
+    assert all(
+        s.state == SignalState.OPEN and s.target == family["bad"].repository for s in created
+    )
+    assert all(s.p_value < 0.01 for s in created)
+    # The same run again: nothing new (the signals are keyed by run, kind, task, comparison).
+    assert flow.assess_contamination(_run_of(family["bad"]).pk) == []
+    assert flow.assess_contamination(_run_of(family["clean-3"]).pk) == []
+    # A signal changes no status by itself.
+    family["bad"].repository.refresh_from_db()
+    assert family["bad"].repository.status == LineageStatus.CLEAN
+
+
+def test_confirming_a_signal_flags_the_model_and_taints_the_merge_below(family, maintainer):
+    signal = flow.assess_contamination(_run_of(family["bad"]).pk)[0]
+    decided = flow.decide_signal(
+        signal.pk, "confirm", "The gain is on the test items only.", maintainer
+    )
+    assert decided.state == SignalState.CONFIRMED
+    report = decided.report
+    assert (report.status, report.kind, report.target) == (
+        ReportStatus.CONFIRMED,
+        "contamination",
+        family["bad"].repository,
+    )
+    family["bad"].repository.refresh_from_db()
+    family["merge"].repository.refresh_from_db()
+    assert family["bad"].repository.status == LineageStatus.FLAGGED
+    assert family["merge"].repository.status == LineageStatus.TAINTED
+    actions = list(AuditEntry.objects.filter(report=report).values_list("action", flat=True))
+    assert sorted(actions) == ["confirmed", "filed"]
+
+
+def test_dismissing_changes_nothing_but_the_signal(family, maintainer):
+    signal = flow.assess_contamination(_run_of(family["bad"]).pk)[0]
+    decided = flow.decide_signal(signal.pk, "dismiss", "Explained by the card.", maintainer)
+    assert decided.state == SignalState.DISMISSED and decided.report is None
+    family["bad"].repository.refresh_from_db()
+    assert family["bad"].repository.status == LineageStatus.CLEAN
+    assert Report.objects.count() == 0
+    assert AuditEntry.objects.get(subject=f"signal #{signal.pk}").action == "dismissed"
+
+
+def test_decisions_are_refused_to_others_without_a_note_or_twice(family, maintainer, submitter):
+    signal = flow.assess_contamination(_run_of(family["bad"]).pk)[0]
+    with pytest.raises(Refusal) as refused:
+        flow.decide_signal(signal.pk, "confirm", "yes", submitter)
+    assert refused.value.status == 403
+    with pytest.raises(Refusal) as refused:
+        flow.decide_signal(signal.pk, "approve", "", maintainer)
+    assert [p.code for p in refused.value.problems] == ["invalid_decision", "missing_note"]
+    flow.decide_signal(signal.pk, "dismiss", "No.", maintainer)
+    with pytest.raises(Refusal) as refused:
+        flow.decide_signal(signal.pk, "confirm", "Yes after all.", maintainer)
+    assert refused.value.status == 409
+
+
+def test_the_queue_orders_signals_by_p_value_and_counts_what_they_would_taint(family):
+    flow.assess_contamination(_run_of(family["bad"]).pk)
+    items = signal_queue(evaluated_repositories())
+    p_values = [item.signal.p_value for item in items]
+    assert p_values == sorted(p_values)
+    # The contaminated model and the merge below it are ranked.
+    assert {item.affected_ranked for item in items} == {2}
