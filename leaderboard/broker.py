@@ -57,3 +57,27 @@ def _is_missing_queue(exc: Exception) -> bool:
 
     text = str(exc).upper().replace(" ", "_")
     return isinstance(exc, NotFound | ChannelError) and "NOT_FOUND" in text
+
+
+def reserved_runs(timeout: float = 1.0) -> set[tuple[int, int]]:
+    """(run id, attempt) of the evaluation messages workers have taken off their queue but not
+    started yet (a busy worker holds its next message). They are in no queue's depth, yet not
+    lost. Asked of the workers by broadcast; none when none answer, or the transport cannot
+    broadcast (the filesystem one)."""
+    from evaluator.messages import EVALUATE_TASK
+    from leaderboard.celery import app
+
+    try:
+        replies = app.control.inspect(timeout=timeout).reserved() or {}
+    except Exception:
+        return set()
+    found: set[tuple[int, int]] = set()
+    for tasks in replies.values():
+        for task in tasks or []:
+            args = task.get("args")
+            if task.get("name") != EVALUATE_TASK or not isinstance(args, list | tuple) or not args:
+                continue
+            job = args[0]
+            if isinstance(job, dict) and "run_id" in job:
+                found.add((int(job["run_id"]), int(job.get("attempt", 1))))
+    return found

@@ -107,6 +107,8 @@ DATABASES = {
         conn_max_age=env_int("TRELLIS_DB_CONN_MAX_AGE", 60, minimum=0),
     )
 }
+# A kept connection that a database restart broke is replaced at the next request, not used.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default serves the web process and a worker at once.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30

@@ -164,3 +164,15 @@ def test_nothing_is_decided_when_the_broker_does_not_answer(monkeypatch):
     use_broker(monkeypatch, f"redis://127.0.0.1:{_closed_port()}/0")
     assert runs.reconcile_runs().resent == []
     assert runs.reconcile_runs().resent == []
+
+
+@pytest.mark.django_db
+def test_a_message_a_busy_worker_holds_is_not_sent_twice(broker, monkeypatch):
+    from leaderboard import broker as broker_state
+
+    held, lost = sent_runs(2)
+    # A worker busy with another run has taken `held` off the queue without starting it.
+    monkeypatch.setattr(broker_state, "reserved_runs", lambda: {(held.pk, held.attempt)})
+    assert runs.reconcile_runs().resent == []
+    assert runs.reconcile_runs().resent == [lost.pk]
+    assert [job["run_id"] for _, [job] in broker("gpu-small")] == [lost.pk]

@@ -411,6 +411,10 @@ def _missing_from_broker(now: datetime) -> list[tuple[int, int]]:
         if shortfall > 0:
             oldest = sent.filter(queue=queue, sent_at__lt=now - UNSENT_GRACE)
             suspects += oldest.order_by("sent_at", "pk").values_list("pk", "attempt")[:shortfall]
+    if suspects:
+        # A busy worker holds its next message without starting it: not lost.
+        held = broker.reserved_runs()
+        suspects = [pair for pair in suspects if pair not in held]
     earlier = {tuple(pair) for pair in cache.get(SUSPECTS_KEY, [])}
     cache.set(SUSPECTS_KEY, suspects, timeout=3 * settings.TRELLIS_RECONCILE_INTERVAL)
     if suspects:
