@@ -89,4 +89,9 @@ def record_failure(message: dict[str, Any]) -> bool | str:
 @shared_task(name="evaluations.reconcile", **WEB_TASK)
 def reconcile() -> dict[str, list[int]]:
     report = flow.reconcile()
-    return {"resent": report.resent, "reaped": report.reaped, "dispatched": report.dispatched}
+    return {
+        "resent": report.resent,
+        "reaped": report.reaped,
+        "retried": report.retried,
+        "dispatched": report.dispatched,
+    }
