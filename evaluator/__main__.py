@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--suite-version", default=None, help="default: the newest")
     run.add_argument("--limit", type=int, default=None, help="documents per task (testing)")
     run.add_argument("--batch-size", type=int, default=None)
+    run.add_argument(
+        "--backend",
+        choices=("trellis-prefix", "hf"),
+        default=None,
+        help="loglikelihood backend (default: TRELLIS_EVAL_BACKEND, else trellis-prefix)",
+    )
     run.add_argument("--data-source", choices=DATA_SOURCES, default="local")
     run.add_argument("--data-root", default=None)
     run.add_argument("--artifact-root", default="var/artifacts")
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         artifact_root=args.artifact_root,
         limit=args.limit,
         batch_size=args.batch_size,
+        backend=args.backend,
     )
     try:
         payload = run_job(job, progress=_progress)

@@ -21,6 +21,7 @@ CONFIGURATION_KEYS = (
     "dtype",
     "device",
     "batch_size",
+    "backend",
     "versions",
     "duration_seconds",
     "loglikelihood_requests",
