@@ -10,9 +10,20 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup migrate demo demo-data web worker test test-fast lint format pytest clean
+.PHONY: chromium setup migrate demo demo-data web worker test test-fast lint format pytest clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed chromium
+
+# The browser tests drive Debian's Chromium (never Playwright's download): installed with apt
+# when it is missing and apt can be used (root, or sudo without a password); otherwise a note.
+chromium:
+	@[ -x /usr/bin/chromium ] || { \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then apt=""; \
+		elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then apt="sudo -n"; \
+		else echo "note: the browser tests need Chromium: apt-get install chromium"; exit 0; fi; \
+		$$apt apt-get install -y --no-install-recommends chromium \
+		|| { $$apt apt-get update && $$apt apt-get install -y --no-install-recommends chromium; } \
+		|| echo "note: could not install Chromium; the browser tests will skip (fail in CI)"; }
 
 # torch first, pinned to the local CPU wheel: anything that depends on torch must not pull a CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -48,11 +59,19 @@ GPU_WORKER_COMMAND = $(BIN)/celery -A evaluator.worker worker --loglevel=INFO --
 
 # Runs the commands in $(1) side by side until one stops or Ctrl-C; then every one gets SIGTERM:
 # a warm shutdown that lets a worker stop its own pool processes rather than having them killed
-# under it.
+# under it. Whatever still runs STOP_GRACE seconds later (a worker mid-evaluation, or one whose
+# output pipe died with the rest of the process group) is killed with its children, so nothing
+# is left orphaned; the reconciler queues a run lost that way again.
+STOP_GRACE ?= 20
 define side_by_side
 	pids=""; \
 	$(foreach command,$(1),$($(command)) & pids="$$pids $$!";) \
-	trap 'kill -TERM $$pids 2>/dev/null; wait' EXIT; \
+	trap 'kill -TERM $$pids 2>/dev/null; \
+		waited=0; while [ $$waited -lt $(STOP_GRACE) ]; do \
+			alive=""; for pid in $$pids; do kill -0 $$pid 2>/dev/null && alive=1; done; \
+			[ -z "$$alive" ] && break; sleep 1; waited=$$((waited + 1)); done; \
+		for pid in $$pids; do pkill -KILL -P $$pid 2>/dev/null; kill -KILL $$pid 2>/dev/null; done; \
+		wait' EXIT; \
 	trap 'exit 130' INT TERM; \
 	while for pid in $$pids; do kill -0 $$pid 2>/dev/null || exit 1; done; do sleep 1; done
 endef
@@ -64,6 +83,15 @@ worker: setup
 # `make web` side by side (the web server without auto-reload, so one signal stops it).
 demo: export TRELLIS_DEBUG := 1
 demo: export TRELLIS_MODEL_SOURCE := local
+# Output a newcomer can read: no progress bars (the evaluator logs one line per stage and its
+# progress), and no Celery warning about running as root (containers often do).
+demo: export TQDM_DISABLE := 1
+# lm-eval turns its request bar on explicitly (TQDM_DISABLE cannot stop it): one line a minute.
+demo: export TQDM_MININTERVAL := 60
+demo: export HF_HUB_DISABLE_PROGRESS_BARS := 1
+demo: export HF_DATASETS_DISABLE_PROGRESS_BARS := 1
+demo: export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+demo: export PYTHONWARNINGS := ignore:You're running the worker with superuser privileges
 demo: RUNSERVER_FLAGS := --noreload
 demo: demo-data
 	@echo "Trellis at http://$(HOST):$(PORT)/ (maintainer: demo-maintainer / demo-maintainer-pw, submitter: demo-submitter / demo-submitter-pw)"

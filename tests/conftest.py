@@ -9,7 +9,8 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -162,6 +163,30 @@ def redis_url() -> str:
     except Exception as exc:
         service_unavailable("Redis", exc)
     return url
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium through Playwright, for every browser test file alike: without it a
+    test fails under TRELLIS_REQUIRE_SERVICES=1 (CI) and skips elsewhere (`make setup`
+    installs it with apt where it can)."""
+    if not Path(CHROMIUM).exists():
+        service_unavailable(
+            "Chromium",
+            FileNotFoundError(f"{CHROMIUM}: apt-get install chromium (never playwright install)"),
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 PASSWORD = "correct-horse-battery-staple"

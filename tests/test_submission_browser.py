@@ -10,27 +10,19 @@ import pytest
 from leaderboard.evaluations.models import EvaluationRun
 from leaderboard.submissions.models import Submission
 from tests.builders import default_card, make_dataset_repo, make_model_repo
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, chromium
 
 # Playwright's sync API runs an event loop in this thread; Django refuses ORM calls there unless
 # told the test knows what it is doing.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
 
 
 @pytest.fixture
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def queued_messages(queue: str, *, clear: bool = False) -> int:
