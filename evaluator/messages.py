@@ -14,8 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from evaluator.fingerprint import check as check_fingerprint
 from evaluator.vocabulary import (
     NAME_PATTERN,
     DataSource,
@@ -214,6 +222,14 @@ class ResultPayload(_Payload):
     # The contamination signals' numbers; empty from workers that score no reference sets.
     references: list[TaskReferences] = Field(default_factory=list)
     energy: Energy | None = None
+    # The model's weight fingerprint (evaluator.fingerprint, docs/provenance.md), computed by
+    # the worker from the files it loaded; None when they could not be read.
+    fingerprint: dict[str, Any] | None = None
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _fingerprint(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else check_fingerprint(value)
 
 
 class Result(Message):

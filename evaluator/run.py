@@ -224,7 +224,34 @@ def _run(job: EvaluationJob, progress: Progress | None, work: Path, started: flo
         "artifact": artifact,
         "references": references,
         "energy": meter.reading(device),
+        "fingerprint": weights_fingerprint(job, pretrained),
     }
+
+
+def weights_fingerprint(job: EvaluationJob, pretrained: str) -> dict[str, Any] | None:
+    """The fingerprint of the weights just evaluated, with the exact hash of every tensor (the
+    files are on this machine already); None, logged, when they cannot be read: provenance is
+    never a reason to fail an evaluation."""
+    from evaluator.fingerprint import LocalReader, fingerprint
+
+    try:
+        if job.model_source == "local":
+            folder = Path(pretrained)
+        else:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(
+                snapshot_download(
+                    job.repo_id,
+                    revision=job.revision,
+                    allow_patterns=["*.safetensors", "*.json"],
+                    local_files_only=True,
+                )
+            )
+        return fingerprint(LocalReader(folder), exact=True)
+    except Exception as exc:
+        logger.warning("no weight fingerprint for %s: %s", job.repo_id, _first_line(exc))
+        return None
 
 
 def eval_backend(job: EvaluationJob) -> str:

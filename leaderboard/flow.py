@@ -25,14 +25,14 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from leaderboard.catalog import lineage
-from leaderboard.catalog.models import Repository
+from leaderboard.catalog import fingerprints, lineage
+from leaderboard.catalog.models import FingerprintSource, Repository, WeightFingerprint
 from leaderboard.catalog.sources import get_source
 from leaderboard.celery import app
 from leaderboard.evaluations import contamination, runs
 from leaderboard.evaluations.dispatch import dispatch
 from leaderboard.evaluations.models import EvaluationRun
-from leaderboard.integrity import derived, reports, signals, verification
+from leaderboard.integrity import derived, provenance, reports, signals, verification
 from leaderboard.integrity.models import Report, Signal, SignalState
 from leaderboard.problems import Refusal
 from leaderboard.public.projection import refresh_entries_for
@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 # The web-side task resolving ancestors after a submission commits (leaderboard/catalog/tasks.py),
 # sent by name: flow never imports an edge.
 RESOLVE_TASK = "catalog.resolve_ancestors"
+# The web-side provenance check after a submission commits (leaderboard/integrity/tasks.py).
+CHECK_WEIGHTS_TASK = "integrity.check_weights"
 # A resolution still pending this long after its submission is presumed lost and sent again.
 RESOLVE_GRACE = timedelta(minutes=15)
 
@@ -61,10 +63,12 @@ def submit(request: intake.SubmissionRequest, user: Any) -> Submission:
     outcome = intake.check_submission(request, user)
     if not outcome.ok:
         raise Refusal(outcome.problems)
-    return record(outcome, user)
+    return record(outcome, user, weights=read_weights(outcome))
 
 
-def record(outcome: intake.CheckOutcome, user: Any) -> Submission:
+def record(
+    outcome: intake.CheckOutcome, user: Any, weights: dict[str, Any] | None = None
+) -> Submission:
     """Record an accepted outcome (the second half of `submit`): the declared datasets' cards
     are read, then one transaction writes everything; Refusal when the weekly limit or a
     concurrent duplicate took the slot meanwhile (nothing is saved then)."""
@@ -88,6 +92,15 @@ def record(outcome: intake.CheckOutcome, user: Any) -> Submission:
         # The recompute wrote the node's status through other instances of the row.
         submission.repository.refresh_from_db()
         runs.create_run_for(submission)
+        if weights is not None:
+            fingerprints.store(
+                submission.repository,
+                weights,
+                source=FingerprintSource.WEB,
+                revision=submission.revision,
+            )
+        check_id = submission.repository_id
+        transaction.on_commit(lambda: send_check_weights(check_id), robust=True)
         if recorded.pending:
             repository_id = submission.repository_id
             # robust: a broker outage must not undo what committed; the status says resolving.
@@ -150,6 +163,17 @@ def ingest_result(run_id: int, attempt: int, payload: Any) -> str:
     Returns "ingested", "duplicate", "stale" or "rejected" (evaluations.runs.ingest_result)."""
     with transaction.atomic():
         ingested = runs.ingest_result(run_id, attempt, payload)
+        weights = payload.get("fingerprint") if isinstance(payload, dict) else None
+        if ingested.outcome == "ingested" and ingested.submission_id is not None and weights:
+            submission = Submission.objects.select_related("repository").get(
+                pk=ingested.submission_id
+            )
+            fingerprints.store(
+                submission.repository,
+                weights,
+                source=FingerprintSource.WORKER,
+                revision=submission.revision,
+            )
         if ingested.submission_id is not None:
             refresh_entries_for([ingested.submission_id])
     _dispatch_after(run_id)
@@ -235,11 +259,22 @@ def _submissions_of_org(org: str) -> list[int]:
 
 
 def decide_signal(signal_id: int, decision: str, note: str, actor: Any) -> Signal:
-    """A maintainer's decision on a signal; a confirmation makes a confirmed report (the flag)
-    and re-derives the status of the target and every descendant in the same transaction."""
+    """A maintainer's decision on a signal; confirming a contamination signal makes a confirmed
+    report (the flag), confirming an undeclared parent found from the weights adds that lineage
+    edge (marked as found, docs/provenance.md) so flags flow through it; either way the status
+    of the target and every descendant is re-derived in the same transaction."""
     with transaction.atomic():
         signal = signals.record_signal_decision(signal_id, decision, note, actor)
         if signal.state == SignalState.CONFIRMED:
+            found = provenance.found_edge(signal)
+            if found is not None and not lineage.add_found_edge(signal.target, *found):
+                raise Refusal.one(
+                    "would_close_cycle",
+                    "decision",
+                    f"{found[0].repo_id} descends from {signal.target.repo_id}: adding it as a "
+                    "parent would close a cycle. Dismiss the signal instead.",
+                    409,
+                )
             derived.recompute([signal.target_id])
     return signal
 
@@ -251,3 +286,54 @@ def resolve(report_id: int, decision: str, note: str, actor: Any) -> Report:
         report = reports.record_decision(report_id, decision, note, actor)
         derived.recompute([report.target_id])
     return report
+
+
+# --- weight provenance ----------------------------------------------------------------------------
+
+
+def read_weights(outcome: intake.CheckOutcome) -> dict[str, Any] | None:
+    """The submitted model's fingerprint, read with ranged reads before any transaction (None
+    when its weights cannot be read: that never blocks a submission). Raises Refusal when its
+    tensors hash-match a flagged model (docs/provenance.md)."""
+    if outcome.snapshot is None:
+        return None
+    try:
+        data = fingerprints.read_snapshot(outcome.snapshot)
+    except fingerprints.Unreadable as exc:
+        logger.info("no fingerprint for %s: %s", outcome.request.repo_id, exc)
+        return None
+    problem = provenance.flagged_copy(data)
+    if problem is not None:
+        raise Refusal([problem])
+    return data
+
+
+def send_check_weights(repository_id: int) -> None:
+    """Queue the provenance check of `repository_id` on the web queue."""
+    app.tasks[CHECK_WEIGHTS_TASK].apply_async(
+        args=[repository_id], queue=settings.CELERY_TASK_DEFAULT_QUEUE
+    )
+
+
+def check_weights(repository_id: int) -> list[int]:
+    """Fingerprint the model and its declared parents that have none yet (ranged reads of
+    safetensors only, never model code, no transaction open), then relate the model to older
+    models of its architecture and raise signals for what the weights reveal or contradict.
+    Returns the ids of the signals raised or refreshed. Safe to run again (the task retries)."""
+    repository = Repository.objects.filter(pk=repository_id).first()
+    if repository is None:
+        return []
+    for node in [repository, *provenance.declared_parents(repository)]:
+        if WeightFingerprint.objects.filter(repository=node).exists():
+            continue
+        try:
+            data, sha = fingerprints.read(node.repo_id, node.resolved_revision or None)
+        except fingerprints.Unreadable as exc:
+            logger.info("no fingerprint for %s: %s", node.repo_id, exc)
+            continue
+        fingerprints.store(node, data, source=FingerprintSource.WEB, revision=sha)
+    relation = provenance.relation_of(repository)
+    if relation is None:
+        return []
+    with transaction.atomic():
+        return [signal.pk for signal in provenance.signals_for(repository, relation)]

@@ -108,8 +108,9 @@ def test_submit_records_everything_in_one_go(
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         submission = flow.submit(request(precision="float16"), submitter)
 
-    # The evaluation run's message and the ancestors' resolution, both on commit.
-    assert len(callbacks) == 2
+    # The evaluation run's message, the ancestors' resolution and the weights' provenance check
+    # (docs/provenance.md), all on commit.
+    assert len(callbacks) == 3
     submission.refresh_from_db()
     assert (submission.repository.status, submission.repository.lineage_pending) == (
         "resolving",

@@ -470,3 +470,9 @@ def _recorded_parents(repository: Repository) -> list[Repository]:
     return list(
         Repository.objects.filter(child_edges__child=repository).order_by("kind", "repo_id")
     )
+
+
+def add_found_edge(child: Repository, parent: Repository, relation: str) -> bool:
+    """Record an edge found from the weights and confirmed by a maintainer (never declared);
+    False when it would close a cycle."""
+    return _add_edge(child, parent, relation, DeclaredIn.WEIGHTS)

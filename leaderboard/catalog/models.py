@@ -35,6 +35,8 @@ class DeclaredIn(models.TextChoices):
     MERGEKIT = "mergekit", "mergekit config"
     ADAPTER_CONFIG = "adapter-config", "adapter config"
     SYNTHETIC = "synthetic", "synthetic catalog"
+    # Not declared: found from the weights (docs/provenance.md) and confirmed by a maintainer.
+    WEIGHTS = "weights", "found from weights"
 
 
 class Repository(models.Model):
@@ -108,3 +110,41 @@ class LineageEdge(models.Model):
 
     def __str__(self) -> str:
         return f"{self.child} ← {self.parent} ({self.relation})"
+
+
+class FingerprintSource(models.TextChoices):
+    WORKER = "worker", "evaluation worker"
+    WEB = "web", "ranged reads on the web side"
+
+
+class WeightFingerprint(models.Model):
+    """A model's weight fingerprint (evaluator.fingerprint, docs/provenance.md) at one
+    revision: per-tensor hashes and sampled values, read without loading the weights."""
+
+    repository = models.OneToOneField(
+        Repository, on_delete=models.CASCADE, related_name="fingerprint"
+    )
+    revision = models.CharField(max_length=64, blank=True)
+    architecture = models.CharField(max_length=32, db_index=True)
+    weights_digest = models.CharField(max_length=64, db_index=True)
+    digest_key = models.CharField(max_length=32, db_index=True)
+    data = models.JSONField()
+    source = models.CharField(max_length=8, choices=FingerprintSource.choices)
+    bytes_read = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"fingerprint of {self.repository}"
+
+
+class FingerprintBand(models.Model):
+    """One LSH bucket key of a fingerprint: candidates are the fingerprints sharing a key."""
+
+    fingerprint = models.ForeignKey(
+        WeightFingerprint, on_delete=models.CASCADE, related_name="bands"
+    )
+    key = models.CharField(max_length=64, db_index=True)
+
+    def __str__(self) -> str:
+        return self.key
