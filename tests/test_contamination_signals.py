@@ -156,3 +156,44 @@ def test_the_queue_orders_signals_by_p_value_and_counts_what_they_would_taint(fa
     assert p_values == sorted(p_values)
     # The contaminated model and the merge below it are ranked.
     assert {item.affected_ranked for item in items} == {2}
+
+
+# --- Through HTTP: the queue, the model page, the decision ----------------------------------------
+
+
+def test_maintainers_see_signals_in_the_queue_and_on_the_model_page(
+    family, maintainer_client, submitter_client, anonymous_client
+):
+    signal = flow.assess_contamination(_run_of(family["bad"]).pk)[0]
+    page = maintainer_client.get("/integrity/queue/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert f'id="signal-{signal.pk}"' in html
+    assert "confirming this affects 2 ranked models" in html
+    assert f'id="signal-figure-{signal.pk}"' in html
+    assert submitter_client.get("/integrity/queue/").status_code == 403
+    model_page = f"/models/{family['bad'].repository.repo_id}/"
+    mine = maintainer_client.get(model_page)
+    assert mine.status_code == 200 and f'id="signal-{signal.pk}"' in mine.content.decode()
+    theirs = anonymous_client.get(model_page)
+    assert theirs.status_code == 200 and f'id="signal-{signal.pk}"' not in theirs.content.decode()
+
+
+def test_confirming_through_the_queue_taints_the_merge(family, maintainer_client, submitter_client):
+    signal = flow.assess_contamination(_run_of(family["bad"]).pk)[0]
+    url = f"/integrity/signals/{signal.pk}/decide/"
+    refused = submitter_client.post(url, {"decision": "confirm", "note": "x"})
+    assert refused.status_code == 403
+    answer = maintainer_client.post(
+        url,
+        {
+            "decision": "confirm",
+            "note": "Gains on the test items only.",
+            "next": "/integrity/queue/",
+        },
+    )
+    assert answer.status_code == 302 and answer["Location"] == "/integrity/queue/"
+    family["merge"].repository.refresh_from_db()
+    assert family["merge"].repository.status == LineageStatus.TAINTED
+    again = maintainer_client.post(url, {"decision": "dismiss", "note": "late"}, follow=True)
+    assert f"Signal #{signal.pk} is confirmed: only an open signal" in again.content.decode()

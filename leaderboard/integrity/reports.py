@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.catalog.models import LineageStatus, Repository, RepositoryKind
-from leaderboard.integrity import graph, log
+from leaderboard.integrity import graph, log, signals
 from leaderboard.integrity.models import (
     AuditAction,
     AuditEntry,
@@ -371,6 +371,8 @@ def integrity_context(repository: Repository) -> dict[str, Any]:
         ),
         "report_url": report_url(repository),
         "lineage_url": lineage_url(repository),
+        # Shown to maintainers only (integrity/_panel.html).
+        "signal_items": signals.signals_of(repository),
         # The decision on the ancestor or dataset that taints it, on the moderation log.
         "taint_decisions": [
             (entry, log.entry_url(entry.pk)) for entry in log.tainting_decisions(repository)

@@ -200,7 +200,20 @@ def record_signal_decision(signal_id: int, decision: str, note: str, actor: Any)
 @dataclass(frozen=True)
 class SignalItem:
     signal: Signal
-    affected_ranked: int
+    affected_ranked: int | None  # None where the count is not computed (the model page)
+
+    @property
+    def title(self) -> str:
+        return KINDS.get(self.signal.kind, self.signal.kind.replace("_", " "))
+
+    @property
+    def evidence_rows(self) -> list[tuple[str, Any]]:
+        # Pairs, not the dict: a template reads `evidence.items` as a key named "items".
+        return list(self.signal.evidence.items())
+
+    @property
+    def figure_id(self) -> str:
+        return f"signal-figure-{self.signal.pk}"
 
 
 def signal_queue(ranked: QuerySet[Any], order: str = "p") -> list[SignalItem]:
@@ -210,9 +223,9 @@ def signal_queue(ranked: QuerySet[Any], order: str = "p") -> list[SignalItem]:
     counts = graph.count_below((s.target_id for s in signals), ranked)
     items = [SignalItem(s, counts.get(s.target_id, 0)) for s in signals]
     if order == "impact":
-        items.sort(key=lambda i: (-i.affected_ranked, _p(i.signal), -i.signal.pk))
+        items.sort(key=lambda i: (-(i.affected_ranked or 0), _p(i.signal), -i.signal.pk))
     else:
-        items.sort(key=lambda i: (_p(i.signal), -i.affected_ranked, -i.signal.pk))
+        items.sort(key=lambda i: (_p(i.signal), -(i.affected_ranked or 0), -i.signal.pk))
     return items
 
 
@@ -220,5 +233,12 @@ def _p(signal: Signal) -> float:
     return signal.p_value if signal.p_value is not None else 1.0
 
 
-def signals_of(repository: Repository) -> list[Signal]:
-    return list(Signal.objects.filter(target=repository).order_by("state", "p_value", "-id"))
+def signals_of(repository: Repository, ranked: QuerySet[Any] | None = None) -> list[SignalItem]:
+    """Every signal on `repository` (open first, then by p-value), for maintainers' eyes; with
+    `ranked`, how many ranked models a confirmation would affect."""
+    found = list(Signal.objects.filter(target=repository).select_related("target"))
+    count = None
+    if found and ranked is not None:
+        count = graph.count_below([repository.pk], ranked).get(repository.pk, 0)
+    found.sort(key=lambda s: (s.state != SignalState.OPEN, _p(s), -s.pk))
+    return [SignalItem(s, count) for s in found]

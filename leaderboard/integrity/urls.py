@@ -9,6 +9,7 @@ app_name = "integrity"
 urlpatterns = [
     path("queue/", views.queue, name="queue"),
     path("reports/<int:pk>/resolve/", views.resolve_report, name="resolve"),
+    path("signals/<int:pk>/decide/", views.decide_signal, name="decide-signal"),
     path("report/", views.report, name="report"),
     path("lineage/<path:repo_id>/", views.lineage, name="lineage"),
     path("log/", views.moderation_log, name="log"),

@@ -18,7 +18,7 @@ from leaderboard import flow
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.catalog.models import RepositoryKind
 from leaderboard.evaluations.runs import evaluated_repositories
-from leaderboard.integrity import blocklist, log, plots, reports
+from leaderboard.integrity import blocklist, log, plots, reports, signals
 from leaderboard.integrity.forms import ReportForm
 from leaderboard.integrity.models import ReportKind, VerifiedOrganisation
 from leaderboard.problems import Problem, Refusal
@@ -36,6 +36,7 @@ def queue(request: HttpRequest) -> HttpResponse:
     if not is_maintainer(request.user):
         return _forbidden(request)
     order = "newest" if request.GET.get("order") == "newest" else "impact"
+    signal_order = "impact" if request.GET.get("signals") == "impact" else "p"
     return render(
         request,
         "integrity/queue.html",
@@ -43,8 +44,36 @@ def queue(request: HttpRequest) -> HttpResponse:
             "items": reports.moderation_queue(evaluated_repositories(), order),
             "flags": reports.active_flags(),
             "order": order,
+            "signal_items": signals.signal_queue(evaluated_repositories(), signal_order),
+            "signal_order": signal_order,
+            "next": request.get_full_path(),
         },
     )
+
+
+@require_POST
+def decide_signal(request: HttpRequest, pk: int) -> HttpResponse:
+    if not is_maintainer(request.user):
+        return _forbidden(request)
+    try:
+        signal = flow.decide_signal(
+            pk, request.POST.get("decision", ""), request.POST.get("note", ""), request.user
+        )
+    except Refusal as refused:
+        for item in refused.problems:
+            messages.error(request, f"Signal #{pk}: {item.message}")
+    else:
+        done = f"Signal #{signal.pk} on {signal.target} is now {signal.state}"
+        if signal.report_id:
+            done += (
+                f": flag #{signal.report_id} confirmed, and the status of it and every "
+                "descendant recomputed"
+            )
+        messages.success(request, done + ".")
+    next_url = request.POST.get("next", "")
+    if next_url and url_has_allowed_host_and_scheme(next_url, {request.get_host()}):
+        return redirect(next_url)
+    return redirect("integrity:queue")
 
 
 @require_POST
