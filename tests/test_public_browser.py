@@ -219,6 +219,15 @@ def test_flagged_toggle_reveals_hidden_rows_with_badges(page, catalog):
     assert tainted.get_attribute("title").startswith(
         "evil/child ← evil/contaminated (contamination"
     )
+    # The path is a disclosure: reached by keyboard (and touch), not only by hovering.
+    path = page.locator('tr[data-model="evil/child"] td.lineage .path')
+    assert not path.is_visible()
+    tainted.focus()
+    page.keyboard.press("Enter")
+    assert path.is_visible()
+    assert path.inner_text().startswith("evil/child ← evil/contaminated (contamination")
+    # At 1,400 px the page never scrolls sideways: a wide table scrolls inside its box.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400
     assert page.is_checked("#f-show-flagged") and page.is_checked("#f-show-tainted")
     assert page.locator("#hidden-note").count() == 0
 
