@@ -10,10 +10,10 @@ import pytest
 from leaderboard import flow
 from leaderboard.catalog.models import LineageStatus, Relation
 from leaderboard.evaluations.runs import evaluated_repositories
-from leaderboard.integrity.models import AuditEntry, Report, ReportStatus, SignalState
+from leaderboard.integrity.models import AuditEntry, Report, ReportStatus, Signal, SignalState
 from leaderboard.integrity.signals import signal_queue
 from leaderboard.problems import Refusal
-from tests.factories import edge, ranked
+from tests.factories import edge, flag, ranked
 
 pytestmark = pytest.mark.django_db
 N = 100
@@ -197,3 +197,44 @@ def test_confirming_through_the_queue_taints_the_merge(family, maintainer_client
     assert family["merge"].repository.status == LineageStatus.TAINTED
     again = maintainer_client.post(url, {"decision": "dismiss", "note": "late"}, follow=True)
     assert f"Signal #{signal.pk} is confirmed: only an open signal" in again.content.decode()
+
+
+def test_an_ingested_result_with_inflated_references_opens_signals(
+    family, artifact_root, maintainer
+):
+    from django.utils import timezone
+
+    from evaluator.messages import TaskReferences
+    from leaderboard.evaluations.models import EvaluationRun
+    from tests.factories import RunFactory, quick_payload
+
+    EvaluationRun.objects.update(suite_name="quick", suite_version="1")
+    # The flagged model and the merge it taints leave the reference population: a contaminated
+    # model left in it would pull the curve up at its own place.
+    flag(family["bad"].repository, maintainer)
+    child = family["base"].repository  # a new submission of a child of the base
+    run = RunFactory(
+        submission__repository__repo_id="org/late-child",
+        state="running",
+        queue="gpu-small",
+        started_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+    )
+    from tests.factories import edge as add_edge
+
+    add_edge(run.submission.repository, child)
+    rng = np.random.default_rng(12)
+    base_refs = family["base"].runs.get().payload["references"]
+    payload = quick_payload(run.pk, artifact_root)
+    payload["references"] = _references(rng, 0.4, base_refs, inflation=0.3, gain=1.0, ref_gain=0.1)
+    # Exactly 0.7 on the benchmark and 0.4 on both reference sets (no luck of the draw).
+    entry = payload["references"][0]
+    entry["benchmark"]["correct"] = [1] * 70 + [0] * 30
+    entry["sibling"]["correct"] = entry["perturbed"]["correct"] = [1] * 40 + [0] * 60
+    TaskReferences.model_validate(payload["references"][0])  # what the worker's schema accepts
+    assert flow.ingest_result(run.pk, 1, payload) == "ingested"
+    kinds = set(
+        Signal.objects.filter(target=run.submission.repository).values_list("kind", flat=True)
+    )
+    assert {"performance_vs_reference", "lineage_differential"} <= kinds
+    assert set(Signal.objects.values_list("run_id", flat=True)) == {run.pk}
