@@ -71,7 +71,8 @@ def test_one_worker_starts_ten_runs_in_priority_order_and_a_vote_changes_it(
     def ended() -> bool:
         return not EvaluationRun.objects.filter(state__in=["queued", "running"]).exists()
 
-    wait_for(ended, 900, "the ten runs to finish", workers["logs"])
+    # Ten evaluations one after the other: about 2 minutes each on a loaded 2-core machine.
+    wait_for(ended, 2700, "the ten runs to finish", workers["logs"])
     finished = EvaluationRun.objects.filter(pk__in=name).order_by("started_at")
     assert [run.state for run in finished] == ["finished"] * 10, [
         (name[run.pk], run.failure_reason) for run in finished
