@@ -51,8 +51,10 @@ web: migrate
 # on the prefork pool so the evaluation time limits are enforced.
 WORKER_CONCURRENCY ?= 1
 WORKER_QUEUES ?= $${TRELLIS_QUEUE_SMALL:-gpu-small},$${TRELLIS_QUEUE_LARGE:-gpu-large}
+WEB_WORKER_LOGLEVEL ?= INFO
 WEB_WORKER_COMMAND = $(BIN)/celery -A leaderboard worker -B \
-	--schedule=$${TRELLIS_VAR_DIR:-var}/celerybeat-schedule --loglevel=INFO --pool=prefork \
+	--schedule=$${TRELLIS_VAR_DIR:-var}/celerybeat-schedule \
+	--loglevel=$(WEB_WORKER_LOGLEVEL) --pool=prefork \
 	--concurrency=1 --queues=$${TRELLIS_WEB_QUEUE:-trellis} --hostname=trellis@%h
 GPU_WORKER_COMMAND = $(BIN)/celery -A evaluator.worker worker --loglevel=INFO --pool=prefork \
 	--concurrency=$(WORKER_CONCURRENCY) --queues=$(WORKER_QUEUES) --hostname=gpu@%h
@@ -92,6 +94,9 @@ demo: export HF_HUB_DISABLE_PROGRESS_BARS := 1
 demo: export HF_DATASETS_DISABLE_PROGRESS_BARS := 1
 demo: export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 demo: export PYTHONWARNINGS := ignore:You're running the worker with superuser privileges
+# The web-side worker records a heartbeat every few seconds: two INFO lines each, so warnings
+# only; the GPU worker's INFO lines (loading, each scoring stage, progress) tell the story.
+demo: WEB_WORKER_LOGLEVEL := WARNING
 demo: RUNSERVER_FLAGS := --noreload
 demo: demo-data
 	@echo "Trellis at http://$(HOST):$(PORT)/ (maintainer: demo-maintainer / demo-maintainer-pw, submitter: demo-submitter / demo-submitter-pw)"

@@ -118,3 +118,17 @@ def test_the_demo_quiets_progress_bars_and_the_root_warning():
     assert environment["PYTHONWARNINGS"] == (
         "ignore:You're running the worker with superuser privileges"
     )
+
+
+def test_the_demo_web_worker_logs_warnings_only():
+    planned = subprocess.run(
+        ["make", "-n", "-o", ".venv/.installed", "-o", "demo-data", "demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "celery -A leaderboard worker -B" in planned
+    web_worker = planned.split("celery -A leaderboard worker -B", 1)[1].split("&", 1)[0]
+    gpu_worker = planned.split("celery -A evaluator.worker worker", 1)[1].split("&", 1)[0]
+    assert ("--loglevel=WARNING" in web_worker, "--loglevel=INFO" in gpu_worker) == (True, True)
