@@ -282,3 +282,21 @@ def test_a_result_with_a_malformed_fingerprint_is_rejected(tmp_path, artifact_ro
     assert run.failure_code == "invalid_result"
     assert "unsupported fingerprint version 99" in run.failure_reason
     assert not WeightFingerprint.objects.exists()
+
+
+def test_the_queue_shows_provenance_signals_and_confirming_one_adds_the_found_edge(
+    incident, maintainer_client
+):
+    merge = incident["team/merge"]
+    signal = Signal.objects.get(target=merge)
+    page = maintainer_client.get("/integrity/queue/")
+    assert page.status_code == 200
+    assert "undeclared parent revealed by the weights" in page.content.decode()
+    answer = maintainer_client.post(
+        f"/integrity/signals/{signal.pk}/decide/",
+        {"decision": "confirm", "note": "Half of it is team/child."},
+    )
+    assert answer.status_code == 302
+    assert LineageEdge.objects.filter(child=merge, declared_in=DeclaredIn.WEIGHTS).count() == 1
+    signal.refresh_from_db()
+    assert (signal.state, signal.report_id) == (SignalState.CONFIRMED, None)

@@ -28,6 +28,7 @@ from leaderboard.integrity.models import (
     Signal,
     SignalState,
 )
+from leaderboard.integrity.provenance import KINDS as PROVENANCE_KINDS
 from leaderboard.problems import Problem, Refusal
 
 SIGNAL_DECISIONS = ("confirm", "dismiss")
@@ -204,7 +205,8 @@ class SignalItem:
 
     @property
     def title(self) -> str:
-        return KINDS.get(self.signal.kind, self.signal.kind.replace("_", " "))
+        kind = self.signal.kind
+        return KINDS.get(kind) or PROVENANCE_KINDS.get(kind) or kind.replace("_", " ")
 
     @property
     def evidence_rows(self) -> list[tuple[str, Any]]:
