@@ -35,6 +35,7 @@ from leaderboard.evaluations.models import EvaluationRun
 from leaderboard.integrity import derived, provenance, reports, signals, verification
 from leaderboard.integrity.models import Report, Signal, SignalState
 from leaderboard.problems import Refusal
+from leaderboard.public.plots import size_bucket
 from leaderboard.public.projection import refresh_entries_for
 from leaderboard.submissions import intake
 from leaderboard.submissions.models import Submission
@@ -189,7 +190,7 @@ def assess_contamination(run_id: int) -> list[Signal]:
     """The contamination signals of a finished run (docs/contamination.md): the statistics are
     computed outside any transaction (they resample for a few seconds), the fired ones recorded
     as open signals in a short one. Returns the new signals; a signal changes no status."""
-    assessment = contamination.assess(run_id)
+    assessment = contamination.assess(run_id, size_bucket)
     if not any(finding.fired for finding in assessment.findings):
         return []
     with transaction.atomic():

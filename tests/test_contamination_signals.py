@@ -96,7 +96,8 @@ def test_a_contaminated_childs_signals_open_once_and_a_clean_childs_do_not(famil
     assert all(
         s.state == SignalState.OPEN and s.target == family["bad"].repository for s in created
     )
-    assert all(s.p_value < 0.01 for s in created)
+    # Every test with a p-value fired below alpha (the size outliers have a z-score only).
+    assert all(s.p_value < 0.01 for s in created if s.kind != "size_outlier")
     # The same run again: nothing new (the signals are keyed by run, kind, task, comparison).
     assert flow.assess_contamination(_run_of(family["bad"]).pk) == []
     assert flow.assess_contamination(_run_of(family["clean-3"]).pk) == []
@@ -152,8 +153,9 @@ def test_decisions_are_refused_to_others_without_a_note_or_twice(family, maintai
 def test_the_queue_orders_signals_by_p_value_and_counts_what_they_would_taint(family):
     flow.assess_contamination(_run_of(family["bad"]).pk)
     items = signal_queue(evaluated_repositories())
-    p_values = [item.signal.p_value for item in items]
-    assert p_values == sorted(p_values)
+    # Signals without a p-value (size outliers) come last.
+    p_values = [1.0 if i.signal.p_value is None else i.signal.p_value for i in items]
+    assert p_values == sorted(p_values) and p_values[0] < 0.01 and p_values[-1] == 1.0
     # The contaminated model and the merge below it are ranked.
     assert {item.affected_ranked for item in items} == {2}
 
@@ -238,3 +240,16 @@ def test_an_ingested_result_with_inflated_references_opens_signals(
     )
     assert {"performance_vs_reference", "lineage_differential"} <= kinds
     assert set(Signal.objects.values_list("run_id", flat=True)) == {run.pk}
+
+
+def test_a_score_far_out_of_its_size_bucket_is_a_signal(family):
+    created = flow.assess_contamination(_run_of(family["bad"]).pk)
+    outliers = sorted(s.task for s in created if s.kind == "size_outlier")
+    # 0.7 on every task where the other 1B models score 0.30 to 0.55.
+    assert outliers == ["arc_challenge", "hellaswag", "mmlu", "winogrande"]
+    assert all(
+        s.statistic >= 4.0 and s.p_value is None for s in created if s.kind == "size_outlier"
+    )
+    assert not any(
+        s.kind == "size_outlier" for s in flow.assess_contamination(_run_of(family["clean-2"]).pk)
+    )

@@ -6,6 +6,7 @@ an ingest."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from evaluator.contamination import (
 )
 from evaluator.suites import UnknownSuite, load_suite
 from leaderboard.catalog.models import LineageEdge, LineageStatus, Repository
-from leaderboard.evaluations.models import EvaluationRun, RunState
+from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 
 
 def thresholds() -> Thresholds:
@@ -58,8 +59,10 @@ def _scores(run: EvaluationRun) -> dict[str, Score]:
     return {s.task: Score(s.value, s.stderr) for s in run.scores.all()}
 
 
-def assess(run_id: int) -> Assessment:
-    """Every contamination statistic of run `run_id` (fired or not); nothing is written."""
+def assess(run_id: int, size_bucket: Callable[[int], str] | None = None) -> Assessment:
+    """Every contamination statistic of run `run_id` (fired or not); nothing is written.
+    `size_bucket` (parameter count -> bucket label, the plots' buckets: the caller passes it, as
+    they sit in a higher layer) adds the size-outlier test against the same population."""
     run = EvaluationRun.objects.select_related("submission__repository").get(pk=run_id)
     repository = run.submission.repository
     result = Assessment(run.pk, repository.pk)
@@ -77,6 +80,16 @@ def assess(run_id: int) -> Assessment:
         .exclude(submission__repository__status__in=[LineageStatus.FLAGGED, LineageStatus.TAINTED])
     )
     population = [o.payload.get("references") or [] for o in others.values() if o.payload]
+    buckets: dict[str, list[float]] = {}
+    if size_bucket is not None:
+        mine_bucket = size_bucket(run.submission.parameter_count)
+        peers = [
+            o.pk
+            for o in others.values()
+            if size_bucket(o.submission.parameter_count) == mine_bucket
+        ]
+        for task, value in TaskScore.objects.filter(run_id__in=peers).values_list("task", "value"):
+            buckets.setdefault(task, []).append(value)
     result.population = sum(1 for p in population if p)
     parent_ids = list(
         LineageEdge.objects.filter(child=repository).values_list("parent_id", flat=True)
@@ -97,7 +110,7 @@ def assess(run_id: int) -> Assessment:
         reference_findings(mine, population, chance, limits)
         + lineage_findings(mine, parent_refs, limits)
         + score_findings(
-            _scores(run), {names[pk]: _scores(p) for pk, p in parent_runs.items()}, {}, limits
+            _scores(run), {names[pk]: _scores(p) for pk, p in parent_runs.items()}, buckets, limits
         )
     )
     return result
