@@ -228,3 +228,21 @@ def test_the_hub_reader_stops_reading_when_a_server_ignores_ranges(fake_hub):
     assert reader.requests == 1
     # The answer is the whole 4 MB file; the reader stops after the block holding its range.
     assert 1016 <= reader.bytes_read < len(data) / 4
+
+
+def test_the_worker_fingerprints_what_it_evaluated_with_exact_hashes(tmp_path):
+    from types import SimpleNamespace
+
+    from evaluator.run import weights_fingerprint
+
+    tensors = weights()
+    folder = write_model(tmp_path / "acme" / "m", tensors)
+    job = SimpleNamespace(model_source="local", repo_id="acme/m", revision="main")
+    fp = weights_fingerprint(job, str(folder))  # type: ignore[arg-type]
+    assert fp is not None
+    assert fp["exact"] is True
+    raw = tensors["layers.0.attn.weight"].numpy().tobytes()
+    assert by_name(fp)["layers.0.attn.weight"]["sha256"] == hashlib.sha256(raw).hexdigest()
+    # Unreadable weights never fail an evaluation: no fingerprint, a warning in the log.
+    gone = SimpleNamespace(model_source="local", repo_id="acme/gone", revision="main")
+    assert weights_fingerprint(gone, str(tmp_path / "gone")) is None  # type: ignore[arg-type]
