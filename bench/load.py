@@ -284,6 +284,7 @@ def main() -> None:
     repos = int(args.writers * (args.duration + args.warmup) / WRITER_INTERVAL) + 10
     print(f"preparing ({args.models} synthetic models, {repos} submittable repositories)…")
     prepared = _in_subprocess("prepare", env, args.models, args.writers, work / "models", repos)
+    submittable = list(prepared["repos"])  # the writers pop from prepared["repos"]
 
     port = _free_port()
     log = work / "gunicorn.log"
@@ -323,9 +324,7 @@ def main() -> None:
         os.killpg(gunicorn.pid, signal.SIGTERM)
         gunicorn.wait(timeout=60)
 
-    recorded = _in_subprocess(
-        "count_recorded", env, prepared["repos"], prepared["targets"], started
-    )
+    recorded = _in_subprocess("count_recorded", env, submittable, prepared["targets"], started)
     print(
         f"\n{args.readers} readers (think {args.think} s), {args.writers} writers, "
         f"{seconds:.0f} s measured after {args.warmup:.0f} s warm-up, gunicorn "
