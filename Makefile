@@ -63,12 +63,13 @@ GPU_WORKER_COMMAND = $(BIN)/celery -A evaluator.worker worker --loglevel=INFO --
 # a warm shutdown that lets a worker stop its own pool processes rather than having them killed
 # under it. Whatever still runs STOP_GRACE seconds later (a worker mid-evaluation, or one whose
 # output pipe died with the rest of the process group) is killed with its children, so nothing
-# is left orphaned; the reconciler queues a run lost that way again.
+# is left orphaned; the reconciler queues a run lost that way again. The cleanup ignores further
+# signals: make forwards its own SIGTERM to this shell, which would otherwise cut it short.
 STOP_GRACE ?= 20
 define side_by_side
 	pids=""; \
 	$(foreach command,$(1),$($(command)) & pids="$$pids $$!";) \
-	trap 'kill -TERM $$pids 2>/dev/null; \
+	trap 'trap "" INT TERM; kill -TERM $$pids 2>/dev/null; \
 		waited=0; while [ $$waited -lt $(STOP_GRACE) ]; do \
 			alive=""; for pid in $$pids; do kill -0 $$pid 2>/dev/null && alive=1; done; \
 			[ -z "$$alive" ] && break; sleep 1; waited=$$((waited + 1)); done; \

@@ -4,6 +4,7 @@ that does not stop on SIGTERM (a worker mid-evaluation, or one stuck on a dead o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,7 +29,7 @@ def test_sigterm_to_a_piped_make_worker_leaves_no_process(tmp_path):
     )
     command = (
         # -o: never rebuild .venv here, whatever pyproject.toml's date.
-        f'make -s -o .venv/.installed STOP_GRACE=2 WEB_WORKER_COMMAND="{stubborn}" '
+        f'make -s -o .venv/.installed STOP_GRACE=4 WEB_WORKER_COMMAND="{stubborn}" '
         "GPU_WORKER_COMMAND='sleep 300' worker | cat"
     )
     started = subprocess.Popen(
@@ -38,6 +39,11 @@ def test_sigterm_to_a_piped_make_worker_leaves_no_process(tmp_path):
     try:
         time.sleep(2)
         os.killpg(pgid, signal.SIGTERM)
+        # A second SIGTERM during the cleanup (make forwards its own to the shell, an impatient
+        # user sends another) must not cut the cleanup short.
+        time.sleep(1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         while _group_alive(pgid) and time.monotonic() < deadline:
             time.sleep(0.5)
