@@ -260,6 +260,7 @@ def quick_payload(run_id: int, artifact_root: Path, values: dict[str, float] | N
         "dtype": "bfloat16",
         "device": "cpu",
         "batch_size": 8,
+        "backend": "trellis-prefix",
         "duration_seconds": 12.5,
         "loglikelihood_requests": 1234,
         "reproduce": {

@@ -256,6 +256,7 @@ def test_api_returns_the_submission_with_its_finished_run(
         "dtype": "bfloat16",
         "device": "cpu",
         "batch_size": 8,
+        "backend": "trellis-prefix",
         "versions": {"lm_eval": "0.4.13", "transformers": "5.23.0", "torch": "2.13.0"},
         "duration_seconds": 12.5,
         "loglikelihood_requests": 1234,
