@@ -16,6 +16,17 @@ from evaluator.messages import EVALUATE_TASK
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "leaderboard.settings")
 
+# Web-side tasks that read a model source: retried with backoff, since the source may be down for
+# a while; the limits bound a slow source, far below an evaluation's.
+SOURCE_READING_TASK: dict[str, object] = {
+    "ignore_result": True,
+    "autoretry_for": (Exception,),
+    "retry_backoff": True,
+    "max_retries": 5,
+    "soft_time_limit": 1200,
+    "time_limit": 1260,
+}
+
 app = Celery("trellis")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

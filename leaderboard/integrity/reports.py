@@ -22,6 +22,7 @@ from django.utils import timezone
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.catalog.models import LineageStatus, Repository, RepositoryKind
 from leaderboard.integrity import graph, log, signals
+from leaderboard.integrity.decision import checked_decision
 from leaderboard.integrity.models import (
     AuditAction,
     AuditEntry,
@@ -35,7 +36,6 @@ from leaderboard.problems import Problem, Refusal
 
 DAY = timedelta(days=1)
 EVIDENCE_MAX = 10_000
-NOTE_MAX = 5_000
 LINKS_MAX = 10
 LINK_MAX = 500
 
@@ -265,31 +265,7 @@ def record_decision(report_id: int, decision: str, note: str, actor: Any) -> Rep
             "token of) an account in the maintainers group.",
             403,
         )
-    decision = (decision or "").strip()
-    note = (note or "").strip()
-    problems = []
-    if decision not in DECISIONS:
-        problems.append(
-            Problem(
-                "invalid_decision",
-                "decision",
-                f"decision {decision!r} is not one of: {', '.join(DECISIONS)}.",
-            )
-        )
-    if not note:
-        problems.append(
-            Problem(
-                "missing_note",
-                "note",
-                "Write a note explaining the decision; it is shown in the public audit log.",
-            )
-        )
-    elif len(note) > NOTE_MAX:
-        problems.append(
-            Problem("note_too_long", "note", f"Keep the note under {NOTE_MAX} characters.")
-        )
-    if problems:
-        raise Refusal(problems)
+    decision, note = checked_decision(decision, note, DECISIONS)
     required, new_status, action = DECISIONS[decision]
 
     with transaction.atomic():

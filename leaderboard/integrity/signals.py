@@ -19,6 +19,7 @@ from evaluator.contamination import KINDS, Finding
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.catalog.models import Repository
 from leaderboard.integrity import graph
+from leaderboard.integrity.decision import checked_decision
 from leaderboard.integrity.models import (
     AuditAction,
     AuditEntry,
@@ -29,10 +30,9 @@ from leaderboard.integrity.models import (
     SignalState,
 )
 from leaderboard.integrity.provenance import KINDS as PROVENANCE_KINDS
-from leaderboard.problems import Problem, Refusal
+from leaderboard.problems import Refusal
 
 SIGNAL_DECISIONS = ("confirm", "dismiss")
-NOTE_MAX = 5_000
 
 
 def finding_key(finding: Finding, run_id: int | None) -> str:
@@ -104,29 +104,7 @@ def record_signal_decision(signal_id: int, decision: str, note: str, actor: Any)
             "maintainers group.",
             403,
         )
-    decision = (decision or "").strip()
-    note = (note or "").strip()
-    problems = []
-    if decision not in SIGNAL_DECISIONS:
-        problems.append(
-            Problem(
-                "invalid_decision", "decision", f"decision {decision!r} is not confirm or dismiss."
-            )
-        )
-    if not note:
-        problems.append(
-            Problem(
-                "missing_note",
-                "note",
-                "Write a note explaining the decision; it is shown in the public audit log.",
-            )
-        )
-    elif len(note) > NOTE_MAX:
-        problems.append(
-            Problem("note_too_long", "note", f"Keep the note under {NOTE_MAX} characters.")
-        )
-    if problems:
-        raise Refusal(problems)
+    decision, note = checked_decision(decision, note, SIGNAL_DECISIONS)
     with transaction.atomic():
         graph.lock_statuses()
         signal = Signal.objects.select_for_update().filter(pk=signal_id).first()

@@ -6,16 +6,12 @@ from __future__ import annotations
 from celery import shared_task
 
 from leaderboard import flow
+from leaderboard.celery import SOURCE_READING_TASK
 
 
 @shared_task(
     name=flow.CHECK_WEIGHTS_TASK,
-    ignore_result=True,
-    autoretry_for=(Exception,),
-    retry_backoff=True,
-    max_retries=5,
-    soft_time_limit=1200,
-    time_limit=1260,
+    **SOURCE_READING_TASK,
 )
 def check_weights(repository_id: int) -> int:
     return len(flow.check_weights(repository_id))
