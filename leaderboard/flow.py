@@ -311,8 +311,10 @@ def read_weights(outcome: intake.CheckOutcome) -> dict[str, Any] | None:
 
 def send_check_weights(repository_id: int) -> None:
     """Queue the provenance check of `repository_id` on the web queue."""
-    app.tasks[CHECK_WEIGHTS_TASK].apply_async(
-        args=[repository_id], queue=settings.CELERY_TASK_DEFAULT_QUEUE
+    # By name, like send_resolve: a process that never imported integrity.tasks (a management
+    # command, the web server before autodiscovery) still sends it.
+    app.send_task(
+        CHECK_WEIGHTS_TASK, args=[repository_id], queue=settings.CELERY_TASK_DEFAULT_QUEUE
     )
 
 
