@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,6 +24,7 @@ def _group_alive(pgid: int) -> bool:
     return any(not state.startswith("Z") for state in listed)
 
 
+@pytest.mark.worker
 def test_sigterm_to_a_piped_make_worker_leaves_no_process(tmp_path):
     stubborn = (
         "python3 -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

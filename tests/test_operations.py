@@ -53,6 +53,7 @@ def _bare_env(tmp_path: Path) -> dict[str, str]:
 # --- production settings ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("environment", ["issue command", "deploy/trellis.env.example"])
 def test_check_deploy_passes_with_the_production_environment(tmp_path, environment):
     env = _bare_env(tmp_path) | PRODUCTION
@@ -66,6 +67,7 @@ def test_check_deploy_passes_with_the_production_environment(tmp_path, environme
     assert "System check identified no issues (0 silenced)." in done.stdout
 
 
+@pytest.mark.slow
 def test_check_deploy_fails_without_the_tls_proxy_setting(tmp_path):
     env = _bare_env(tmp_path) | PRODUCTION | {"TRELLIS_BEHIND_TLS_PROXY": "0"}
     env["TRELLIS_SECRET_KEY"] = secrets.token_urlsafe(50)
@@ -292,6 +294,7 @@ def _wait_listening(port: int, process: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"gunicorn on {port} did not start:\n{log.read_text()}")
 
 
+@pytest.mark.worker
 @pytest.mark.parametrize("cache", ["redis", "locmem"])
 def test_the_limit_holds_across_two_web_processes_sharing_redis(redis_url, db, tmp_path, cache):
     """Two gunicorn servers with the deploy config, one client alternating between them: with

@@ -160,6 +160,7 @@ def test_a_form_posted_over_the_limit_gets_a_clear_page(submitter_client, settin
     assert "larger than this site accepts (0.001 MB)" in html
 
 
+@pytest.mark.slow
 def test_the_demo_database_checks_without_warnings(tmp_path):
     """`make demo` migrates SQLite: no index may need PostgreSQL's INCLUDE (models.W040)."""
     import os
