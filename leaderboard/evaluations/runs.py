@@ -269,6 +269,26 @@ def _requeue_problem(code: str, message: str, status: int) -> Refusal:
     return Refusal.one(code, "id", message, status)
 
 
+def next_attempt(now: datetime, log_tail: str = "") -> dict[str, Any]:
+    """The fields of a run queued again as its next attempt (a re-queue, or the reaper's retry of
+    a lost worker's run): messages of the old attempt become stale, its traces are cleared."""
+    return {
+        "state": RunState.QUEUED,
+        "attempt": F("attempt") + 1,
+        "enqueued_at": now,
+        "sent_at": None,
+        "started_at": None,
+        "heartbeat_at": None,
+        "finished_at": None,
+        "progress_done": 0,
+        "progress_total": 0,
+        "worker": "",
+        "failure_code": "",
+        "failure_reason": "",
+        "log_tail": log_tail,
+    }
+
+
 def requeue_refusal(run: EvaluationRun, user: Any) -> Refusal | None:
     """Why `user` may not re-queue `run` now, or None when they may."""
     if user is None or not user.is_authenticated:
@@ -301,21 +321,9 @@ def requeue(run: EvaluationRun, user: Any) -> EvaluationRun:
         claimed = EvaluationRun.objects.filter(
             pk=run.pk, attempt=run.attempt, state=RunState.FAILED
         ).update(
-            state=RunState.QUEUED,
-            attempt=F("attempt") + 1,
+            **next_attempt(timezone.now()),
             requeued_by=user,
             submitter_requeues=F("submitter_requeues") + (1 if by_submitter else 0),
-            enqueued_at=timezone.now(),
-            sent_at=None,
-            started_at=None,
-            heartbeat_at=None,
-            finished_at=None,
-            progress_done=0,
-            progress_total=0,
-            worker="",
-            failure_code="",
-            failure_reason="",
-            log_tail="",
         )
         if not claimed:
             raise _requeue_problem("already_requeued", "This run was re-queued a moment ago.", 409)
@@ -482,19 +490,7 @@ def _retry_lost_run(
             EvaluationRun.objects.filter(pk=run_id, attempt=attempt, state=RunState.RUNNING)
             .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True))
             .update(
-                state=RunState.QUEUED,
-                attempt=F("attempt") + 1,
-                enqueued_at=now,
-                sent_at=None,
-                started_at=None,
-                heartbeat_at=None,
-                finished_at=None,
-                progress_done=0,
-                progress_total=0,
-                worker="",
-                failure_code="",
-                failure_reason="",
-                log_tail=note,
+                **next_attempt(now, log_tail=note),
             )
         )
         if claimed:
