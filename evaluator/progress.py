@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from evaluator.artifacts import is_bucket
 from evaluator.messages import (
     EvaluationJob,
     Failure,
@@ -98,11 +99,13 @@ class ProgressReporter:
 def localize_job(
     job: dict[str, Any], *, artifact_root: Path, data_root: str, model_root: Path
 ) -> dict[str, Any]:
-    """The job with this host's paths: where the artifact store is mounted, where the task data
+    """The job with this host's paths: where it mounts the artifact folder, where the task data
     mirror and (local source) the model root are. The web side's paths in the message describe
-    its own host, which on a many-host deployment is not this one."""
+    its own host, which on a many-host deployment is not this one; a bucket is the same from
+    every host and stays as sent."""
     local = dict(job)
-    local["artifact_root"] = str(artifact_root)
+    if not is_bucket(str(job.get("artifact_store", ""))):
+        local["artifact_store"] = str(artifact_root)
     if data_root:
         local["data_root"] = data_root
     if job.get("model_source") == "local":

@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from evaluator.artifacts import ArtifactStore, open_store
 from evaluator.data import OVERRIDES_DIR_NAME, DataMissing, TaskData, prepare_task_data
 from evaluator.energy import EnergyMeter
 from evaluator.messages import EvaluationJob
@@ -117,7 +118,7 @@ def plan_stages(suite: Suite, limit: int | None = None) -> list[Stage]:
 
 def run_job(job: EvaluationJob, progress: Progress | None = None) -> dict[str, Any]:
     """Evaluate `job`; return the result payload (JSON-serializable) after writing the details
-    artifact under `job.artifact_root`. `progress(done, total)` follows the loglikelihood
+    artifact into `job.artifact_store`. `progress(done, total)` follows the loglikelihood
     requests as they are scored."""
     started = time.monotonic()
     with _captured_logs() as tail, tempfile.TemporaryDirectory(prefix="trellis-eval-") as work:
@@ -203,7 +204,7 @@ def _run(job: EvaluationJob, progress: Progress | None, work: Path, started: flo
     task_results.sort(key=lambda result: order.index(result["task"]))
     rows.sort(key=lambda row: order.index(row["task"]))
 
-    artifact = write_artifact(Path(job.artifact_root), job.run_id, suite, rows)
+    artifact = write_artifact(open_store(job.artifact_store), job.run_id, suite, rows)
     return {
         "run_id": job.run_id,
         "repo_id": job.repo_id,
@@ -557,32 +558,28 @@ def _gold(leaf: Any, doc: dict[str, Any], choices: list[str]) -> int:
 
 
 def write_artifact(
-    artifact_root: Path, run_id: int, suite: Suite, rows: list[dict[str, Any]]
+    store: ArtifactStore, run_id: int, suite: Suite, rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Gzip JSON lines under <artifact_root>/<run_id>/; a new name per attempt, so a redelivered
-    run never overwrites the file an earlier payload points at."""
-    relative = Path(str(run_id)) / (
-        f"{suite.name}@{suite.version}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-"
+    """Gzip JSON lines stored as <run_id>/<suite>@<version>-<time>-<random>.details.jsonl.gz; a
+    new name per attempt, so a redelivered run never overwrites the file an earlier payload
+    points at. Written here first, then handed to the store whole."""
+    name = (
+        f"{run_id}/{suite.name}@{suite.version}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-"
         f"{uuid.uuid4().hex[:8]}.details.jsonl.gz"
     )
-    path = artifact_root / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    # No file name and mtime=0 in the gzip header: the bytes are a function of the rows alone.
-    with (
-        open(partial, "wb") as raw,
-        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out,
-    ):
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
-    os.replace(partial, path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return {
-        "path": relative.as_posix(),
-        "sha256": digest,
-        "size": path.stat().st_size,
-        "rows": len(rows),
-    }
+    with tempfile.TemporaryDirectory(prefix="trellis-artifact-") as work:
+        path = Path(work) / "details.jsonl.gz"
+        # No file name and mtime=0 in the gzip header: the bytes are a function of the rows alone.
+        with (
+            open(path, "wb") as raw,
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out,
+        ):
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        size = path.stat().st_size
+        store.put(name, path)
+    return {"path": name, "sha256": digest, "size": size, "rows": len(rows)}
 
 
 def reproduction(

@@ -35,6 +35,7 @@ env_float = _for_django(config.env_float)
 env_list = _for_django(config.env_list)
 env_choice = _for_django(config.env_choice)
 env_path = _for_django(config.env_path)
+env_bucket = _for_django(config.env_bucket)
 broker_transport_options = _for_django(config.broker_transport_options)
 
 

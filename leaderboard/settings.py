@@ -12,6 +12,7 @@ from evaluator.vocabulary import DATA_SOURCES, MODEL_SOURCES
 from leaderboard.env import (
     broker_transport_options,
     env_bool,
+    env_bucket,
     env_cache,
     env_choice,
     env_float,
@@ -193,7 +194,10 @@ TRELLIS_QUEUE_LARGE = env_str("TRELLIS_QUEUE_LARGE", "gpu-large")
 TRELLIS_LARGE_MODEL_PARAMETERS = env_int(
     "TRELLIS_LARGE_MODEL_PARAMETERS", 15_000_000_000, minimum=1
 )
+# The artifact store (evaluator/artifacts.py): the bucket TRELLIS_ARTIFACT_STORE names
+# (s3://bucket/prefix; endpoint and credentials from boto3's AWS_* variables), else this folder.
 TRELLIS_ARTIFACT_ROOT = env_path("TRELLIS_ARTIFACT_ROOT", VAR_DIR / "artifacts")
+TRELLIS_ARTIFACT_STORE = env_bucket("TRELLIS_ARTIFACT_STORE")
 TRELLIS_DEFAULT_SUITE = env_str("TRELLIS_DEFAULT_SUITE", "quick")
 TRELLIS_HEARTBEAT_TIMEOUT = env_int("TRELLIS_HEARTBEAT_TIMEOUT", 15 * 60, minimum=30)
 

@@ -1,6 +1,7 @@
-"""Shared fixtures: the fixed cast of users, service guards, a local model root, and the marker
-guard that keeps `make test-fast` fast (a worker process, Chromium, or a model loaded through
-lm-eval by a test without its marker fails that test)."""
+"""Shared fixtures: the fixed cast of users, service guards, a local model root, an S3-compatible
+server (moto) for the artifact store, and the marker guard that keeps `make test-fast` fast (a
+worker process, Chromium, or a model loaded through lm-eval by a test without its marker fails
+that test)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -61,6 +63,27 @@ def require_marker(marker: str, what: str) -> None:
             "(the fast loop, make test-fast, deselects by marker)",
             pytrace=False,
         )
+
+
+# --- transactional tests: each starts from the migrated data ------------------------------------
+# A transactional test ends by emptying every table. Without serialized rollback Django then
+# re-creates content types and permissions under new keys (and not the maintainers group its
+# data migration made), so the next test loading the serialized snapshot collides with them
+# ("duplicate key ... django_content_type") or misses the group: the outcome depended on the
+# order of files. With every transactional test serialized, each one starts from the snapshot.
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        options = dict(marker.kwargs) if marker is not None else {}
+        fixtures = getattr(item, "fixturenames", ())
+        transactional = options.get("transaction") or {"transactional_db", "live_server"} & set(
+            fixtures
+        )
+        if transactional and not options.get("serialized_rollback"):
+            options.update(transaction=True, serialized_rollback=True)
+            item.add_marker(pytest.mark.django_db(**options), append=False)
 
 
 def _guard_processes(popen_init: Callable[..., None]) -> Callable[..., None]:
@@ -276,6 +299,40 @@ def fake_hub(tmp_path: Path, settings, monkeypatch):
     yield hub
     _source_for.cache_clear()
     hub.stop()
+
+
+# --- an S3-compatible artifact store ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    """moto's S3-compatible server (a real HTTP server, in a thread) on a free loopback port,
+    with boto3's variables pointing at it for the module (a GPU host and the web host set the
+    same ones). Its address; `bucket` makes a bucket on it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ENDPOINT_URL", url)
+        env.setenv("AWS_ACCESS_KEY_ID", "trellis-test")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "trellis-test-secret")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        yield url
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server: str) -> str:
+    """A new, empty bucket; its store's location (with a prefix, as a shared bucket has)."""
+    from evaluator.artifacts import endpoint_url, s3_client
+
+    name = f"trellis-{uuid.uuid4().hex[:12]}"
+    s3_client(endpoint_url()).create_bucket(Bucket=name)
+    return f"s3://{name}/artifacts"
 
 
 @pytest.fixture(scope="session")

@@ -228,7 +228,7 @@ def test_an_evaluation_carries_its_reference_sets_in_the_result(tmp_path, monkey
             "suite_version": "1",
             "model_source": "local",
             "model_path": str(tmp_path / "models"),
-            "artifact_root": str(tmp_path / "artifacts"),
+            "artifact_store": str(tmp_path / "artifacts"),
             "limit": 2,
         }
     )

@@ -84,7 +84,7 @@ def test_create_run_for_routes_by_size_and_sends_on_commit(
     messages = broker(queue)
     assert [name for name, _ in messages] == ["evaluations.evaluate"]
     [job] = messages[0][1]
-    assert (job["schema_version"], job["attempt"]) == (1, 1)
+    assert (job["schema_version"], job["attempt"]) == (2, 1)
     assert job["run_id"] == run.pk
     assert job["repo_id"] == submission.repository.repo_id
     assert job["revision"] == submission.revision
@@ -112,7 +112,7 @@ def test_job_carries_the_model_and_data_sources(settings, tmp_path):
     run = RunFactory(queue="gpu-small")
     job = build_job(run)
     assert job == {
-        "schema_version": 1,
+        "schema_version": 2,
         "run_id": run.pk,
         "attempt": 1,
         "repo_id": run.submission.repository.repo_id,
@@ -124,7 +124,7 @@ def test_job_carries_the_model_and_data_sources(settings, tmp_path):
         "model_path": str(tmp_path / "models"),
         "data_source": "local",
         "data_root": None,
-        "artifact_root": str(tmp_path / "artifacts"),
+        "artifact_store": str(tmp_path / "artifacts"),
         "limit": 3,
         "batch_size": None,
         "backend": None,

@@ -54,7 +54,7 @@ def job_message(model_root: Path, artifact_root: Path, **changes: Any) -> dict[s
         "model_path": str(model_root),
         "data_source": "local",
         "data_root": None,
-        "artifact_root": str(artifact_root),
+        "artifact_store": str(artifact_root),
         "limit": LIMIT,
         "batch_size": None,
     } | changes
@@ -199,7 +199,7 @@ def test_gpu_task_refuses_a_job_of_another_schema_version(tmp_path, django_db_bl
         "error",
     )
     assert failure["message"] == (
-        "This worker could not read the job: schema_version: Input should be 1"
+        "This worker could not read the job: schema_version: Input should be 2"
     )
 
 
@@ -287,8 +287,8 @@ INVALID_REPORTS = [
     ("evaluations.record_progress", {"done": 1, "total": 2, "gpu": 0}, "gpu: Extra inputs"),
     (
         "evaluations.record_progress",
-        {"done": 1, "total": 2, "schema_version": 2},
-        "schema_version: Input should be 1",
+        {"done": 1, "total": 2, "schema_version": 1},
+        "schema_version: Input should be 2",
     ),
 ]
 

@@ -98,7 +98,7 @@ def test_the_demo_model_is_built_once_with_proper_cards_and_scores_the_quick_sui
         model_path=str(root),
         data_source="local",
         data_root=None,
-        artifact_root=str(tmp_path / "artifacts"),
+        artifact_store=str(tmp_path / "artifacts"),
         limit=1,
     )
     payload = run_job(job)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from evaluator.artifacts import FolderStore
 from evaluator.data import default_mirror_root
 from evaluator.messages import EvaluationJob
 from evaluator.run import EvaluationFailure, classify, run_job, write_artifact
@@ -47,7 +48,7 @@ def make_job(model_root: Path, artifact_root: Path, **overrides: Any) -> Evaluat
         "model_path": str(model_root),
         "data_source": "local",
         "data_root": None,
-        "artifact_root": str(artifact_root),
+        "artifact_store": str(artifact_root),
         "limit": LIMIT,
     }
     fields.update(overrides)
@@ -170,7 +171,7 @@ def test_details_artifact_holds_one_row_per_document_and_reproduces_each_score(q
 def test_the_artifact_bytes_depend_on_the_rows_alone(quick_run, tmp_path):
     payload = quick_run["payload"]
     rows = read_rows(quick_run["artifact_root"], payload)
-    again = write_artifact(tmp_path, 7, load_suite("quick", "1"), rows)
+    again = write_artifact(FolderStore(tmp_path), 7, load_suite("quick", "1"), rows)
     assert again["path"] != payload["artifact"]["path"]
     assert (again["sha256"], again["size"], again["rows"]) == (
         payload["artifact"]["sha256"],

@@ -182,7 +182,7 @@ def test_stages_group_tasks_by_shots_and_limit():
 # --- The job -----------------------------------------------------------------------------------
 
 JOB = {
-    "schema_version": 1,
+    "schema_version": 2,
     "run_id": 3,
     "attempt": 2,
     "repo_id": "org/model",
@@ -194,7 +194,7 @@ JOB = {
     "model_path": "/srv/models",
     "data_source": "local",
     "data_root": None,
-    "artifact_root": "/srv/artifacts",
+    "artifact_store": "/srv/artifacts",
     "limit": None,
     "batch_size": None,
     "backend": None,
@@ -217,7 +217,7 @@ def test_a_job_round_trips_through_json():
         ({"data_source": "s3"}, "data_source: Input should be 'local' or 'hub'"),
         ({"limit": 0}, "limit: Input should be greater than or equal to 1"),
         ({"gpu": 1}, "gpu: Extra inputs are not permitted"),
-        ({"schema_version": 2}, "schema_version: Input should be 1"),
+        ({"schema_version": 1}, "schema_version: Input should be 2"),
         ({"suite_name": "../quick"}, "suite_name: String should match pattern "),
         ({"attempt": "2"}, "attempt: Input should be a valid integer"),
     ],

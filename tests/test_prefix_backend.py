@@ -166,7 +166,7 @@ def test_the_worker_scores_with_the_prefix_backend_by_default_and_stock_one_sett
         "suite_version": "1",
         "model_source": "local",
         "model_path": str(tiny_repo),
-        "artifact_root": str(tmp_path),
+        "artifact_store": str(tmp_path),
     }
     job = EvaluationJob.model_validate(fields)
     monkeypatch.delenv("TRELLIS_EVAL_BACKEND", raising=False)

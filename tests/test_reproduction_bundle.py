@@ -45,7 +45,7 @@ def evaluated_run(tmp_path, settings) -> tuple[EvaluationRun, Path]:
             "suite_version": "1",
             "model_source": "local",
             "model_path": str(model_root),
-            "artifact_root": str(settings.TRELLIS_ARTIFACT_ROOT),
+            "artifact_store": str(settings.TRELLIS_ARTIFACT_ROOT),
             "limit": 2,
         }
     )

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from evaluator.messages import EVALUATE_TASK, EvaluationJob
 from leaderboard.celery import app
+from leaderboard.evaluations.artifacts import artifact_store
 from leaderboard.evaluations.models import EvaluationRun, RunState
 from leaderboard.evaluations.priority import in_start_order
 
@@ -137,7 +138,7 @@ def build_job(run: EvaluationRun) -> dict[str, Any]:
         "model_path": str(settings.TRELLIS_MODEL_ROOT) if local else None,
         "data_source": settings.TRELLIS_DATA_SOURCE,
         "data_root": settings.TRELLIS_DATA_ROOT or None,
-        "artifact_root": str(settings.TRELLIS_ARTIFACT_ROOT),
+        "artifact_store": artifact_store().location,
         "limit": settings.TRELLIS_EVAL_LIMIT or None,
     }
     # Validated here too: a job the schema refuses is a bug on this side, better found now.

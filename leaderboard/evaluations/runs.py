@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from evaluator.vocabulary import failure_words
 from leaderboard.accounts.roles import is_maintainer
+from leaderboard.evaluations.artifacts import artifact_store
 from leaderboard.evaluations.dispatch import dispatch, send_run
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 from leaderboard.evaluations.priority import in_start_order
@@ -171,14 +172,13 @@ def ingest_result(run_id: int, attempt: int, payload: Any) -> Ingested:
     if run.state == RunState.FINISHED:
         return Ingested(DUPLICATE)
     try:
-        result, artifact_path = validate_result(run, payload)
+        result, artifact_name = validate_result(run, payload)
     except InvalidResult as invalid:
         logger.warning("run %s: rejected result: %s", run_id, invalid)
         problems = invalid.problems
         record_failure(run_id, attempt, "invalid_result", "; ".join(problems), "\n".join(problems))
         return Ingested(REJECTED)
 
-    relative = artifact_path.relative_to(settings.TRELLIS_ARTIFACT_ROOT.resolve())
     with transaction.atomic():
         claimed = (
             EvaluationRun.objects.filter(pk=run_id, attempt=attempt)
@@ -186,7 +186,7 @@ def ingest_result(run_id: int, attempt: int, payload: Any) -> Ingested:
             .update(
                 state=RunState.FINISHED,
                 payload=payload,
-                artifact_path=str(relative),
+                artifact_path=artifact_name,
                 artifact_sha256=result.artifact.sha256,
                 **_energy_fields(result.energy),
                 finished_at=timezone.now(),
@@ -227,7 +227,9 @@ def _energy_fields(energy: Any) -> dict[str, Any]:
 
 
 def validate_result(run: EvaluationRun, payload: Any) -> tuple[Any, Any]:
-    """The parsed payload and the artifact's path, or InvalidResult listing every problem."""
+    """The parsed payload and the artifact's name in the store, or InvalidResult listing every
+    problem. Reads the artifact through (from a bucket: over the network), so it runs before
+    any transaction opens."""
     from evaluator.suites import load_suite
 
     result = parse_payload(payload)
@@ -240,13 +242,11 @@ def validate_result(run: EvaluationRun, payload: Any) -> tuple[Any, Any]:
             [f"suite: {run.suite_name}@{run.suite_version} unknown: {exc}"]
         ) from None
     problems = check_against_suite(result, suite, run.suite_version)
-    artifact_path, artifact_problems = check_artifact(
-        result.artifact, settings.TRELLIS_ARTIFACT_ROOT
-    )
+    artifact_name, artifact_problems = check_artifact(result.artifact, artifact_store())
     problems += artifact_problems
     if problems:
         raise InvalidResult(problems)
-    return result, artifact_path
+    return result, artifact_name
 
 
 def _mirror_submission(run_id: int, submission_id: int | None, state: str) -> None:

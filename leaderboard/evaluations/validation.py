@@ -1,14 +1,15 @@
 """The checks of a worker's result that need the web side's own knowledge: the run's suite (every
-task exactly once, on the suite's metric and few-shot count) and the details artifact on disk.
+task exactly once, on the suite's metric and few-shot count) and the details artifact in the
+artifact store.
 The payload's shape is the message schema's (evaluator/messages.py). The worker is untrusted:
 nothing it says is stored unchecked."""
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any
 
+from evaluator.artifacts import ArtifactStore, name_problem
 from evaluator.messages import Artifact, InvalidMessage, ResultPayload, parse
 
 
@@ -60,32 +61,26 @@ def check_against_suite(payload: ResultPayload, suite: Any, suite_version: str) 
     return problems
 
 
-def resolve_artifact(artifact_root: Path, reported: str) -> Path | None:
-    """The artifact's path under the artifact root, or None when it points outside it."""
-    root = artifact_root.resolve()
-    candidate = Path(reported)
-    path = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    return path if path.is_relative_to(root) else None
-
-
-def check_artifact(artifact: Artifact, artifact_root: Path) -> tuple[Path | None, list[str]]:
-    """The artifact file must be under the artifact root with the size and sha256 reported."""
-    path = resolve_artifact(artifact_root, artifact.path)
-    if path is None:
-        return None, [
-            f"artifact.path: {artifact.path} is outside the artifact root {artifact_root}"
-        ]
-    if not path.is_file():
-        return None, [f"artifact.path: no file at {path}"]
-    size = path.stat().st_size
-    if size != artifact.size:
-        return None, [f"artifact.size: the file has {size} bytes, the result says {artifact.size}"]
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+def check_artifact(artifact: Artifact, store: ArtifactStore) -> tuple[str | None, list[str]]:
+    """The artifact must be in the artifact store, under a name inside it, with the size and
+    sha256 reported; its name, or the problems."""
+    name = artifact.path
+    if name_problem(name):
+        return None, [f"artifact.path: {name} is outside the artifact store {store.location}"]
+    opened = store.open(name)
+    if opened is None:
+        return None, [f"artifact.path: no file at {store.location}/{name}"]
+    with opened.stream as stream:
+        if opened.size != artifact.size:
+            size = opened.size
+            return None, [
+                f"artifact.size: the file has {size} bytes, the result says {artifact.size}"
+            ]
+        digest = hashlib.sha256()
+        for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != artifact.sha256:
         return None, [
             f"artifact.sha256: the file's sha256 is {digest.hexdigest()}, not the one reported"
         ]
-    return path, []
+    return name, []

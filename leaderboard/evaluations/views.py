@@ -5,9 +5,9 @@ maintainers' boosts."""
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
@@ -19,9 +19,9 @@ from leaderboard import flow
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.evaluations import bundle as reproduction
 from leaderboard.evaluations import priority, queue, runs
+from leaderboard.evaluations.artifacts import artifact_store
 from leaderboard.evaluations.models import EvaluationRun, RunState, Vote
 from leaderboard.evaluations.serializers import run_to_dict
-from leaderboard.evaluations.validation import resolve_artifact
 from leaderboard.problems import Refusal
 from leaderboard.submissions.models import Submission
 
@@ -90,18 +90,22 @@ def requeue(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 def artifact(request: HttpRequest, pk: int) -> FileResponse:
-    """Streams the per-sample details (compressed JSON lines) of a finished run."""
+    """Streams the per-sample details (compressed JSON lines) of a finished run from the
+    artifact store (a folder, or a bucket that needs not be reachable by the browser)."""
     run = get_object_or_404(EvaluationRun, pk=pk, state=RunState.FINISHED)
-    path = resolve_artifact(settings.TRELLIS_ARTIFACT_ROOT, run.artifact_path or ".")
-    if not run.artifact_path or path is None or not path.is_file():
+    opened = artifact_store().open(run.artifact_path) if run.artifact_path else None
+    if opened is None:
         raise Http404("This run's details artifact is not on this server.")
-    content_type = "application/gzip" if path.suffix == ".gz" else "application/octet-stream"
-    return FileResponse(
-        path.open("rb"),
+    name = PurePosixPath(run.artifact_path).name
+    content_type = "application/gzip" if name.endswith(".gz") else "application/octet-stream"
+    response = FileResponse(
+        opened.stream,
         as_attachment=True,
-        filename=f"trellis-run-{run.pk}-{path.name}",
+        filename=f"trellis-run-{run.pk}-{name}",
         content_type=content_type,
     )
+    response["Content-Length"] = str(opened.size)
+    return response
 
 
 # --- the public queue, votes and boosts --------------------------------------------------------
