@@ -284,3 +284,42 @@ def test_the_copy_command_moves_a_folder_into_a_bucket_once(bucket, tmp_path):
         f"refusing: the artifact store {bucket} is not empty; "
         "restore the artifacts into an empty one\n"
     )
+
+
+# --- the GPU task itself, a real (tiny) model, the database out of reach --------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("_clean_broker")
+@pytest.mark.django_db
+def test_the_gpu_task_writes_into_the_bucket_and_the_web_side_serves_it(
+    bucket, tmp_path, settings, django_db_blocker, client, monkeypatch
+):
+    from evaluator import worker
+    from tests.test_evaluation_worker import RUN_ID, WEB_TASKS, gpu_config, job_message
+    from tests.tiny_model import build_tiny_repo
+
+    models, gpu_folder = tmp_path / "models", tmp_path / "gpu-host-artifacts"
+    build_tiny_repo(models)
+    monkeypatch.setenv("TRELLIS_REFERENCE_ITEMS", "0")  # the details are what this test is about
+    job = job_message(models, Path("/web-host/artifacts"), artifact_store=bucket, limit=1)
+    drain("trellis")
+    here = gpu_config(artifact_root=gpu_folder, model_root=models, web_queue="trellis")
+    with django_db_blocker.block(), here:
+        assert worker.evaluate.apply(args=[job]).get() == "finished"
+    messages = drain("trellis")
+    assert not gpu_folder.exists()  # the job named a bucket: nothing landed on the GPU host
+
+    settings.TRELLIS_ARTIFACT_STORE = bucket
+    RunFactory(id=RUN_ID, attempt=job["attempt"], queue="gpu-small")
+    outcomes = [WEB_TASKS[name].apply(args=args).get() for name, args in messages]
+    assert outcomes[-1] == "ingested"
+    run = EvaluationRun.objects.get(pk=RUN_ID)
+    artifact = messages[-1][1][0]["payload"]["artifact"]
+    assert (run.state, run.artifact_path) == ("finished", artifact["path"])
+    response = client.get(f"/runs/{run.pk}/artifact/")
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content)
+    assert hashlib.sha256(body).hexdigest() == artifact["sha256"] == run.artifact_sha256
+    rows = [json.loads(line) for line in gzip.decompress(body).splitlines()]
+    assert len(rows) == artifact["rows"] > 0
