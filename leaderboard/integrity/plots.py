@@ -5,12 +5,12 @@ explaining path highlighted, and each edge labelled with its relation."""
 from __future__ import annotations
 
 import html
-import json
 from collections import defaultdict
+from functools import cache
 from itertools import pairwise
 from typing import Any
 
-import plotly.graph_objects as go
+import plotly.io as pio
 
 from leaderboard.catalog.models import (
     DeclaredIn,
@@ -37,6 +37,12 @@ PATH_COLOUR = "#b3261e"
 EDGE_COLOUR = "#a9b1c0"
 # Labels beside every node stop being readable past this many nodes; hover still works.
 LABELS_UP_TO = 60
+
+
+@cache
+def _template() -> dict[str, Any]:
+    """Plotly's default template as JSON, read once per process."""
+    return pio.templates[pio.templates.default].to_plotly_json()
 
 
 def _symbol(repository: NodeView, submitted: bool) -> str:
@@ -66,7 +72,7 @@ def lineage_figure(
     labels = {n: _label(hood.nodes[n].repo_id) for n in hood.depth}
     position, generations, widths = layered_layout(hood, labels)
     highlighted = _path_edges(repository)
-    figure = go.Figure()
+    data: list[dict[str, Any]] = []
     # Edges found from the weights (confirmed by a maintainer) are dotted, declared ones solid.
     found = set(
         LineageEdge.objects.filter(
@@ -92,34 +98,38 @@ def lineage_figure(
             xs += [x0, x1, None]
             ys += [y0, y1, None]
         if xs:
-            figure.add_trace(
-                go.Scatter(
-                    x=xs,
-                    y=ys,
-                    mode="lines",
-                    line=line,
-                    hoverinfo="skip",
-                    name=name,
-                    showlegend=name != "declared edge",
-                )
+            data.append(
+                {
+                    "type": "scatter",
+                    "x": xs,
+                    "y": ys,
+                    "mode": "lines",
+                    "line": line,
+                    "hoverinfo": "skip",
+                    "name": name,
+                    "showlegend": name != "declared edge",
+                }
             )
     if hood.edges:
-        figure.add_trace(
-            go.Scatter(
-                x=[(position[c][0] + position[p][0]) / 2 for c, p, _ in hood.edges],
-                y=[(position[c][1] + position[p][1]) / 2 for c, p, _ in hood.edges],
-                mode="text",
-                text=[Relation(r).value if r in Relation.values else r for _, _, r in hood.edges],
-                textfont={"size": 10, "color": "#5b6475"},
-                cliponaxis=False,
-                hovertext=[
+        data.append(
+            {
+                "type": "scatter",
+                "x": [(position[c][0] + position[p][0]) / 2 for c, p, _ in hood.edges],
+                "y": [(position[c][1] + position[p][1]) / 2 for c, p, _ in hood.edges],
+                "mode": "text",
+                "text": [
+                    Relation(r).value if r in Relation.values else r for _, _, r in hood.edges
+                ],
+                "textfont": {"size": 10, "color": "#5b6475"},
+                "cliponaxis": False,
+                "hovertext": [
                     html.escape(f"{hood.nodes[c].repo_id} ← {hood.nodes[p].repo_id} ({r})")
                     for c, p, r in hood.edges
                 ],
-                hoverinfo="text",
-                name="relation",
-                showlegend=False,
-            )
+                "hoverinfo": "text",
+                "name": "relation",
+                "showlegend": False,
+            }
         )
     show_labels = len(hood.depth) <= LABELS_UP_TO
     path_ids = {step["id"] for step in repository.status_path or [] if "id" in step}
@@ -128,36 +138,37 @@ def lineage_figure(
         if not ids:
             continue
         nodes = [hood.nodes[n] for n in ids]
-        figure.add_trace(
-            go.Scatter(
-                x=[position[n][0] for n in ids],
-                y=[position[n][1] for n in ids],
-                mode="markers+text",
+        data.append(
+            {
+                "type": "scatter",
+                "x": [position[n][0] for n in ids],
+                "y": [position[n][1] for n in ids],
+                "mode": "markers+text",
                 # Past LABELS_UP_TO nodes only the focus and its explaining path are labelled.
-                text=[
+                "text": [
                     labels[n] if show_labels or n == repository.pk or n in path_ids else ""
                     for n in ids
                 ],
-                textposition="bottom center",
-                textfont={"size": LABEL_SIZE},
-                cliponaxis=False,
-                marker={
+                "textposition": "bottom center",
+                "textfont": {"size": LABEL_SIZE},
+                "cliponaxis": False,
+                "marker": {
                     "color": STATUS_COLOURS[status],
                     "size": [22 if n == repository.pk else 14 for n in ids],
                     "symbol": [_symbol(node, node.pk in hood.submitted) for node in nodes],
                     "line": {"width": 2, "color": STATUS_COLOURS[status]},
                 },
-                customdata=[[node.kind, node.repo_id] for node in nodes],
-                hovertext=[_hover(node, node.pk in hood.submitted) for node in nodes],
-                hoverinfo="text",
-                name=status.label,
-            )
+                "customdata": [[node.kind, node.repo_id] for node in nodes],
+                "hovertext": [_hover(node, node.pk in hood.submitted) for node in nodes],
+                "hoverinfo": "text",
+                "name": status.label,
+            }
         )
     columns = sorted(generations)
     left = min(generations[g] - widths[g] / 2 for g in columns) - 1
     right = max(generations[g] + widths[g] / 2 for g in columns) + 1
     tallest = max((sum(1 for n in hood.depth if hood.depth[n] == g) for g in columns), default=1)
-    figure.update_layout(
+    layout = dict(
         showlegend=True,
         legend={"orientation": "h", "y": -0.08},
         margin={"l": 10, "r": 10, "t": 30, "b": 20},
@@ -187,7 +198,8 @@ def lineage_figure(
             "min_width": round((right - left) * CHAR_PX),
         },
     )
-    return json.loads(figure.to_json())
+    # A plain dict in Plotly's JSON shape: graph objects cost more to build than the page.
+    return {"data": data, "layout": {"template": _template(), **layout}}
 
 
 # Layout units are characters of a label: a column is as wide as its widest label line.

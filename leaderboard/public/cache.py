@@ -11,13 +11,18 @@ the next request carries a new version and builds anew, and old versions expire.
 
 Bodies are stored as built and gzip-compressed; `cached_response` sends the compressed bytes
 to a client that accepts gzip. An outage of the shared cache costs a rebuild, never a failed
-request."""
+request.
+
+A body missing from both is built by one request at a time: the first takes a short lock in the
+shared cache, the others wait for its body (up to BUILD_WAIT) instead of all building the same
+one at once, which under load is what turned one slow build into a queue of them."""
 
 from __future__ import annotations
 
 import gzip
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -38,6 +43,12 @@ LOCAL_BYTES = 64 * 1024 * 1024
 # Below this size compression does not pay: the gzip representation is the body as it is.
 MIN_COMPRESS = 1024
 GZIP_LEVEL = 6
+# A build holds its lock at most this long (a crashed builder frees it by expiry); the others
+# poll the shared cache for its body every BUILD_POLL seconds, for up to BUILD_WAIT, and then
+# build it themselves.
+BUILD_LOCK_SECONDS = 30
+BUILD_WAIT = 10.0
+BUILD_POLL = 0.02
 
 Representation = tuple[str, bytes]  # (content encoding, bytes)
 
@@ -105,6 +116,29 @@ def _shared_set(values: dict[str, Representation]) -> None:
         logger.warning("response cache unavailable (set %s)", ", ".join(values), exc_info=True)
 
 
+def _shared_add(key: str) -> bool:
+    """Take a build lock; True when the cache is unavailable (build without one)."""
+    try:
+        return bool(caches["default"].add(key, 1, BUILD_LOCK_SECONDS))
+    except Exception:
+        logger.warning("response cache unavailable (add %s)", key, exc_info=True)
+        return True
+
+
+def _shared_has(key: str) -> bool:
+    try:
+        return caches["default"].get(key) is not None
+    except Exception:
+        return False
+
+
+def _shared_delete(key: str) -> None:
+    try:
+        caches["default"].delete(key)
+    except Exception:
+        logger.warning("response cache unavailable (delete %s)", key, exc_info=True)
+
+
 def compress(body: bytes) -> Representation:
     """The gzip representation of `body`, or `body` itself when compressing does not pay."""
     if len(body) < MIN_COMPRESS:
@@ -114,10 +148,16 @@ def compress(body: bytes) -> Representation:
 
 
 def representation(
-    namespace: str, version: str, build: Callable[[], str | bytes], *, gzip_ok: bool
+    namespace: str,
+    version: str,
+    build: Callable[[], str | bytes],
+    *,
+    gzip_ok: bool,
+    both: bool = True,
 ) -> Representation:
     """The body of `namespace` at data `version`, gzip-compressed when `gzip_ok` and it pays.
-    Read from this process, else from the shared cache, else built once and stored in both."""
+    Read from this process, else from the shared cache, else built once and stored in both
+    (plain and gzip; only plain when neither `both` nor `gzip_ok`)."""
     wanted = GZIP if gzip_ok else IDENTITY
     key = _key(namespace, version, wanted)
     found = _local.get(key) or _shared_get(key)
@@ -130,20 +170,57 @@ def representation(
     if found is not None:
         _local.put(key, found)
         return found
+    lock = f"building:{namespace}:{version}"
+    locked = _shared_add(lock)
+    if not locked:
+        found = _wait_for(key, lock)
+        if found is not None:
+            _local.put(key, found)
+            return found
+    try:
+        return _build_and_store(namespace, version, build, gzip_ok=gzip_ok, both=both)
+    finally:
+        if locked:
+            _shared_delete(lock)
+
+
+def _wait_for(key: str, lock: str) -> Representation | None:
+    """The body another request is building, once it is in the shared cache (None: the
+    builder failed and freed its lock, or BUILD_WAIT went by)."""
+    deadline = time.monotonic() + BUILD_WAIT
+    while time.monotonic() < deadline:
+        time.sleep(BUILD_POLL)
+        found = _shared_get(key)
+        if found is not None or not _shared_has(lock):
+            return found
+    return None
+
+
+def _build_and_store(
+    namespace: str,
+    version: str,
+    build: Callable[[], str | bytes],
+    *,
+    gzip_ok: bool,
+    both: bool,
+) -> Representation:
     built = build()
     body = built.encode() if isinstance(built, str) else built
     plain: Representation = (IDENTITY, body)
-    packed = compress(body)
-    stored = {_key(namespace, version, IDENTITY): plain, _key(namespace, version, GZIP): packed}
+    stored = {_key(namespace, version, IDENTITY): plain}
+    packed = compress(body) if both or gzip_ok else plain
+    if both or gzip_ok:
+        stored[_key(namespace, version, GZIP)] = packed
     _shared_set(stored)
-    _local.put(key, packed if gzip_ok else plain)
-    return packed if gzip_ok else plain
+    chosen = packed if gzip_ok else plain
+    _local.put(_key(namespace, version, GZIP if gzip_ok else IDENTITY), chosen)
+    return chosen
 
 
 def cached_bytes(namespace: str, version: str, build: Callable[[], str | bytes]) -> bytes:
     """A fragment (a figure's JSON, a rendered table) of `namespace` at data `version`,
     uncompressed, built at most once per version across processes."""
-    return representation(namespace, version, build, gzip_ok=False)[1]
+    return representation(namespace, version, build, gzip_ok=False, both=False)[1]
 
 
 def accepts_gzip(request: HttpRequest) -> bool:

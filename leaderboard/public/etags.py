@@ -4,10 +4,16 @@ request is answered 304 before any row is read."""
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
 
+from django.conf import settings
+from django.db import connection
 from django.db.models import Count, Max, Q
+from django.utils.dateparse import parse_datetime
 
 from evaluator.suites import SUITES_DIR
 from leaderboard.catalog.models import LineageEdge, Repository
@@ -33,19 +39,91 @@ def _validator(parts: list[str], stamps: list[datetime | None]) -> Validator:
     return Validator(etag=hashlib.sha256(fingerprint.encode()).hexdigest()[:32], last_modified=last)
 
 
+def query_key(query: RankingQuery) -> str:
+    """The query exactly as parsed, every field spelled out: two queries share a key only when
+    every field is equal (the query string rounds sizes to 6 digits, so 7 and 7.0000001 billion
+    would share one; a cached body must never be handed to a different query)."""
+    return json.dumps(query.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def _stamp(value: object) -> datetime | None:
+    # Raw SQL hands SQLite's timestamps back as text.
+    if isinstance(value, str):
+        return parse_datetime(value)
+    return value if isinstance(value, datetime) else None
+
+
+def ranking_stamps(suite: str, version: str | None) -> tuple[int, list[datetime | None]]:
+    """One round trip: the row count and newest row of a suite version, the newest
+    lineage-status change and the newest integrity event (every filing, joining and decision
+    writes an audit entry, and the log is append-only)."""
+    entries = RankingEntry._meta.db_table
+    repositories = Repository._meta.db_table
+    audit = AuditEntry._meta.db_table
+    with connection.cursor() as cursor:
+        of_version = f"FROM {entries} WHERE suite_name = %s AND suite_version = %s"
+        cursor.execute(
+            f"SELECT (SELECT COUNT(*) {of_version}), (SELECT MAX(updated_at) {of_version}),"
+            f" (SELECT MAX(status_updated_at) FROM {repositories}),"
+            f" (SELECT MAX(created_at) FROM {audit})",
+            [suite, version, suite, version],
+        )
+        count, *stamps = cursor.fetchone()
+    return int(count), [_stamp(stamp) for stamp in stamps]
+
+
 def ranking_validator(query: RankingQuery, *, extra: str = "") -> Validator:
-    """A ranking response's validator: the newest row and row count of its suite version, the
-    newest lineage-status change and the newest integrity event (every filing, joining and
-    decision writes an audit entry, and the log is append-only)."""
-    entries = RankingEntry.objects.filter(
-        suite_name=query.suite, suite_version=query.version
-    ).aggregate(n=Count("*"), last=Max("updated_at"))
-    statuses = Repository.objects.aggregate(last=Max("status_updated_at"))
-    integrity = AuditEntry.objects.aggregate(last=Max("created_at"))["last"]
-    return _validator(
-        [ROW_SCHEMA_VERSION, extra, query.querystring(), str(entries["n"])],
-        [entries["last"], statuses["last"], integrity],
+    """A ranking response's validator: `ranking_stamps` of its suite version, and the query."""
+    count, stamps = ranking_stamps(query.suite, query.version)
+    return _validator([ROW_SCHEMA_VERSION, extra, query_key(query), str(count)], stamps)
+
+
+def model_page_version(repository: Repository, query: str, submission_id: int | None) -> str:
+    """The model page's data version: the repository's own row, the state of each of its
+    submissions and runs, and the newest status change, lineage edge and integrity event
+    anywhere (the page draws its neighbours' statuses and the decisions that taint it)."""
+    runs = list(
+        EvaluationRun.objects.filter(submission__repository=repository)
+        .order_by("id")
+        .values_list("id", "submission_id", "state", "finished_at")
     )
+    repositories = Repository._meta.db_table
+    edges = LineageEdge._meta.db_table
+    audit = AuditEntry._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT (SELECT MAX(status_updated_at) FROM {repositories}),"
+            f" (SELECT MAX(id) FROM {edges}), (SELECT MAX(created_at) FROM {audit})"
+        )
+        status_change, edge, event = cursor.fetchone()
+    own = [
+        repository.pk,
+        repository.status,
+        repository.updated_at,
+        repository.status_updated_at,
+        list(repository.submissions.order_by("id").values_list("id", "state")),
+        runs,
+    ]
+    parts = [MODEL_SCHEMA_VERSION, query, str(submission_id), str(own), str(edge)]
+    return _validator(parts, [_stamp(status_change), _stamp(event)]).etag
+
+
+@cache
+def release() -> str:
+    """What the rendered pages are built with: the templates, the project's code and the suite
+    files, hashed once per process. Part of every cached page's key, so a deployment never
+    serves a body rendered by the previous release (two hosts on the same code share keys)."""
+    root = Path(settings.BASE_DIR)
+    paths = [
+        *sorted((root / "templates").rglob("*.html")),
+        *sorted((root / "leaderboard").rglob("*.py")),
+        *sorted(SUITES_DIR.glob("*.yaml")),
+    ]
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def suites_validator(body: str) -> Validator:

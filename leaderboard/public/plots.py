@@ -1,5 +1,12 @@
 """Plotly figures of the public pages, built server-side from ranking rows and run results and
-handed to the browser as JSON (rendered there by the locally served plotly.min.js)."""
+handed to the browser as JSON (rendered there by the locally served plotly.min.js).
+
+Figures are plain dicts in Plotly's JSON shape rather than `plotly.graph_objects`: building and
+validating graph objects cost ~50 ms a figure (a deep copy of the template each time), more
+than the rest of a model page. tests/test_public_plots.py checks every figure against Plotly's
+schema. What 10,000 rows would make large is summarised here: the size scatter draws at most
+SCATTER_POINTS ordinary rows (one per cell of a grid, every outlier kept) and the box plots
+send their quartiles, not every score."""
 
 from __future__ import annotations
 
@@ -9,16 +16,19 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-import plotly.graph_objects as go
 import plotly.io as pio
 from django.utils.safestring import SafeString, mark_safe
+from plotly.colors import get_colorscale
 
 from leaderboard.public.compare import Comparison
 from leaderboard.public.detail import RunResult
-from leaderboard.public.row import RankingRow
+from leaderboard.public.selection import PlotRow
 from leaderboard.public.suites import SuiteView
+
+Figure = dict[str, Any]
 
 # Upper bounds (parameters) of the size buckets the z-scores are computed within.
 SIZE_BUCKETS: tuple[tuple[float, str], ...] = (
@@ -41,14 +51,31 @@ MERGE_METHODS = {
 }
 NO_Z_COLOUR = "#5b6475"
 MARKER_EDGE = "#1d2330"
+# Plotly.py's RdBu spelled out, as graph objects send it (plotly.js has its own, other RdBu).
+RED_BLUE = [[round(stop, 2), colour] for stop, colour in get_colorscale("RdBu")]
+# The size scatter draws at most about this many ordinary rows (a grid of cells over log size
+# and score, one row per cell): 10,000 markers say no more than 1,500 and weigh 2 MB.
+SCATTER_POINTS = 1500
 _LAYOUT: dict[str, Any] = {
-    "template": "plotly_white",
     "margin": {"l": 60, "r": 20, "t": 50, "b": 60},
     "font": {"family": "system-ui, sans-serif", "size": 12},
 }
 
 
-def figure_json(figure: go.Figure | dict[str, Any]) -> SafeString:
+@cache
+def _template() -> dict[str, Any]:
+    """Plotly's plotly_white template as JSON, read once per process."""
+    return pio.templates["plotly_white"].to_plotly_json()
+
+
+def _figure(data: list[dict[str, Any]], title: str, **layout: Any) -> Figure:
+    return {
+        "data": data,
+        "layout": {"template": _template(), **_LAYOUT, "title": {"text": title}, **layout},
+    }
+
+
+def figure_json(figure: Figure) -> SafeString:
     """JSON for a <script type="application/json"> block, escaped like Django's json_script."""
     text = pio.to_json(figure, validate=False, pretty=False)
     escaped = text.replace("&", "\\u0026").replace("<", "\\u003C").replace(">", "\\u003E")
@@ -61,15 +88,15 @@ def size_bucket(parameters: int) -> str:
 
 @dataclass(frozen=True)
 class Scored:
-    row: RankingRow
+    row: PlotRow
     score: float
     bucket: str
     z: float | None
 
 
-def zscores(rows: Sequence[RankingRow], normalized: bool) -> list[Scored]:
+def zscores(rows: Sequence[PlotRow], normalized: bool) -> list[Scored]:
     """Each model's average and its z-score within its size bucket."""
-    by_bucket: dict[str, list[tuple[RankingRow, float]]] = defaultdict(list)
+    by_bucket: dict[str, list[tuple[PlotRow, float]]] = defaultdict(list)
     for row in rows:
         score = row.shown_average(normalized)
         if score is not None:
@@ -85,71 +112,66 @@ def zscores(rows: Sequence[RankingRow], normalized: bool) -> list[Scored]:
     return result
 
 
-def score_vs_size(rows: Sequence[RankingRow], normalized: bool, threshold: float) -> go.Figure:
+def score_vs_size(scored: Sequence[Scored], normalized: bool, threshold: float) -> Figure:
     """Average against parameter count (log), coloured by z-score within the size bucket;
     models at or beyond the threshold are drawn as outliers (the community's "suspicious jump"
-    check)."""
-    scored = zscores(rows, normalized)
+    check). `scored` is `zscores(rows, normalized)`. Past SCATTER_POINTS ordinary rows, one per
+    grid cell is drawn (the one furthest from its bucket's mean) and the legend says so."""
     regular = [s for s in scored if s.z is not None and abs(s.z) < threshold]
     # No z (a bucket under MIN_BUCKET rows): drawn in grey, not as z = 0 (white on white).
     unscored = [s for s in scored if s.z is None]
     outliers = [s for s in scored if s.z is not None and abs(s.z) >= threshold]
-    figure = go.Figure()
-    figure.add_trace(
-        go.Scatter(
-            name="rows",
-            mode="markers",
-            x=[s.row.parameters for s in regular],
-            y=[round(s.score, 3) for s in regular],
-            text=[_hover(s) for s in regular],
-            hoverinfo="text",
-            customdata=[s.row.model for s in regular],
-            marker={
+    drawn = thin(regular, SCATTER_POINTS)
+    name = "rows"
+    if len(drawn) < len(regular):
+        name = f"rows ({len(drawn):,} of {len(regular):,} drawn, one per grid cell)"
+    edge = {"width": 0.5, "color": MARKER_EDGE}
+    data = [
+        _points(
+            drawn,
+            name,
+            {
                 "size": 8,
-                "color": [s.z for s in regular],
-                "colorscale": "RdBu",
+                "color": [round(s.z or 0.0, 2) for s in drawn],
+                "colorscale": RED_BLUE,
                 "reversescale": True,
                 "cmin": -threshold,
                 "cmax": threshold,
                 "colorbar": {"title": {"text": "z in bucket"}},
-                "line": {"width": 0.5, "color": MARKER_EDGE},
+                "line": edge,
             },
-        )
-    )
-    figure.add_trace(
-        go.Scatter(
-            name=f"no z (size bucket under {MIN_BUCKET} rows)",
-            mode="markers",
-            x=[s.row.parameters for s in unscored],
-            y=[round(s.score, 3) for s in unscored],
-            text=[_hover(s) for s in unscored],
-            hoverinfo="text",
-            customdata=[s.row.model for s in unscored],
-            marker={"size": 8, "color": NO_Z_COLOUR, "line": {"width": 0.5, "color": MARKER_EDGE}},
-        )
-    )
-    figure.add_trace(
-        go.Scatter(
-            name=f"outliers (|z| ≥ {threshold:g})",
-            mode="markers+text",
-            x=[s.row.parameters for s in outliers],
-            y=[round(s.score, 3) for s in outliers],
-            text=[s.row.name for s in outliers],
-            hovertext=[_hover(s) for s in outliers],
-            hoverinfo="text",
-            textposition="top center",
-            customdata=[s.row.model for s in outliers],
-            marker={
+            "z %{marker.color:+.2f}",
+        ),
+        _points(
+            unscored,
+            f"no z (size bucket under {MIN_BUCKET} rows)",
+            {"size": 8, "color": NO_Z_COLOUR, "line": edge},
+            f"no z (size bucket under {MIN_BUCKET} rows)",
+        ),
+        _points(
+            outliers,
+            f"outliers (|z| ≥ {threshold:g})",
+            {
                 "size": 12,
                 "symbol": "diamond",
                 "color": "rgba(0,0,0,0)",
                 "line": {"width": 2, "color": "#b3261e"},
             },
-        )
-    )
-    figure.update_layout(
-        **_LAYOUT,
-        title="Average score against size (z-score within size bucket)",
+            "",
+        ),
+    ]
+    # Outliers are few and named beside their marker; their hover adds z and bucket.
+    data[2] |= {
+        "mode": "markers+text",
+        "text": [s.row.name for s in outliers],
+        "hovertext": [_hover(s) for s in outliers],
+        "hoverinfo": "text",
+        "textposition": "top center",
+    }
+    del data[2]["hovertemplate"]
+    figure = _figure(
+        data,
+        "Average score against size (z-score within size bucket)",
         xaxis={"title": {"text": "parameters"}, "type": "log"},
         yaxis={"title": {"text": _score_label(normalized)}},
         legend={"orientation": "h", "y": -0.2},
@@ -159,19 +181,61 @@ def score_vs_size(rows: Sequence[RankingRow], normalized: bool, threshold: float
     return figure
 
 
-def _not_enough(figure: go.Figure, why: str) -> None:
+def _points(
+    scored: Sequence[Scored], name: str, marker: dict[str, Any], detail: str
+) -> dict[str, Any]:
+    # The hover is a template over the model name (customdata, also what a click opens) rather
+    # than a text per point: a third of the bytes.
+    line = f"<br>{detail}" if detail else ""
+    return {
+        "type": "scatter",
+        "name": name,
+        "mode": "markers",
+        "x": [s.row.parameters for s in scored],
+        "y": [round(s.score, 2) for s in scored],
+        "customdata": [s.row.model for s in scored],
+        "hovertemplate": f"%{{customdata}}<br>%{{x:,.0f}} parameters · %{{y:.2f}}{line}"
+        "<extra></extra>",
+        "marker": marker,
+    }
+
+
+def thin(scored: Sequence[Scored], limit: int) -> list[Scored]:
+    """At most about `limit` of `scored`, spread like all of them: a grid of cells over log size
+    and score, and in each occupied cell the row with the largest |z| (the interesting one)."""
+    if len(scored) <= limit:
+        return list(scored)
+    side = max(1, math.isqrt(limit))
+    logs = [math.log10(max(s.row.parameters, 1)) for s in scored]
+    low_x, high_x = min(logs), max(logs)
+    low_y, high_y = min(s.score for s in scored), max(s.score for s in scored)
+    width_x = (high_x - low_x) / side or 1.0
+    width_y = (high_y - low_y) / side or 1.0
+    cells: dict[tuple[int, int], Scored] = {}
+    for s, log in zip(scored, logs, strict=True):
+        cell = (int((log - low_x) / width_x), int((s.score - low_y) / width_y))
+        kept = cells.get(cell)
+        if kept is None or abs(s.z or 0.0) > abs(kept.z or 0.0):
+            cells[cell] = s
+    return sorted(cells.values(), key=lambda s: (s.row.parameters, s.score))
+
+
+def _not_enough(figure: Figure, why: str) -> None:
     """An empty chart says so, in its middle, instead of showing bare axes."""
-    figure.add_annotation(
-        text=f"Not enough data to draw this chart. {why}",
-        xref="paper",
-        yref="paper",
-        x=0.5,
-        y=0.5,
-        showarrow=False,
-        font={"size": 14, "color": "#5b6475"},
-    )
-    figure.update_xaxes(visible=False)
-    figure.update_yaxes(visible=False)
+    layout = figure["layout"]
+    layout["annotations"] = [
+        {
+            "text": f"Not enough data to draw this chart. {why}",
+            "xref": "paper",
+            "yref": "paper",
+            "x": 0.5,
+            "y": 0.5,
+            "showarrow": False,
+            "font": {"size": 14, "color": "#5b6475"},
+        }
+    ]
+    for axis in ("xaxis", "yaxis"):
+        layout[axis] = {**layout.get(axis, {}), "visible": False}
 
 
 def _hover(s: Scored) -> str:
@@ -184,51 +248,58 @@ def _score_label(normalized: bool) -> str:
     return "average (normalized to chance)" if normalized else "average (%)"
 
 
-def task_correlation(rows: Sequence[RankingRow], view: SuiteView) -> go.Figure:
+def task_correlation(rows: Sequence[PlotRow], view: SuiteView) -> Figure:
     """Pearson correlation of task scores across the shown models."""
     keys = view.task_keys
-    matrix: list[list[float | None]] = []
-    for a in keys:
-        line: list[float | None] = []
-        for b in keys:
+    columns = [[row.scores.get(key) for row in rows] for key in keys]
+    matrix: list[list[float | None]] = [[None] * len(keys) for _ in keys]
+    for i, column in enumerate(columns):
+        for j in range(i, len(keys)):
             pairs = [
-                (row.scores[a], row.scores[b])
-                for row in rows
-                if row.scores.get(a) is not None and row.scores.get(b) is not None
+                (x, y)
+                for x, y in zip(column, columns[j], strict=True)
+                if x is not None and y is not None
             ]
-            line.append(_pearson(pairs))
-        matrix.append(line)
-    figure = go.Figure(
-        go.Heatmap(
-            z=matrix,
-            x=keys,
-            y=keys,
-            zmin=-1,
-            zmax=1,
-            colorscale="RdBu",
-            reversescale=True,
-            text=[[f"{v:.2f}" if v is not None else "" for v in line] for line in matrix],
-            texttemplate="%{text}",
-            hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
-        )
-    )
-    figure.update_layout(**_LAYOUT, title="Correlation between tasks across rows")
+            matrix[i][j] = matrix[j][i] = _pearson(pairs)
+    heatmap = {
+        "type": "heatmap",
+        "z": matrix,
+        "x": keys,
+        "y": keys,
+        "zmin": -1,
+        "zmax": 1,
+        "colorscale": RED_BLUE,
+        "reversescale": True,
+        "text": [[f"{v:.2f}" if v is not None else "" for v in line] for line in matrix],
+        "texttemplate": "%{text}",
+        "hovertemplate": "%{y} vs %{x}: %{z:.3f}<extra></extra>",
+    }
+    figure = _figure([heatmap], "Correlation between tasks across rows")
     if all(value is None for line in matrix for value in line):
         _not_enough(figure, "A correlation needs at least 3 rows scored on both tasks.")
     return figure
 
 
 def _pearson(pairs: list[tuple[float, float]]) -> float | None:
+    # Two plain passes: statistics.correlation's exact sums cost 50 ms a pair of tasks over
+    # 10,000 rows, for digits the chart never shows.
     if len(pairs) < 3:
         return None
-    xs, ys = zip(*pairs, strict=True)
-    try:
-        return statistics.correlation(xs, ys)
-    except statistics.StatisticsError:  # a constant column
+    n = len(pairs)
+    mean_x = sum(x for x, _ in pairs) / n
+    mean_y = sum(y for _, y in pairs) / n
+    sxx = syy = sxy = 0.0
+    for x, y in pairs:
+        dx, dy = x - mean_x, y - mean_y
+        sxx += dx * dx
+        syy += dy * dy
+        sxy += dx * dy
+    if sxx <= 0 or syy <= 0:  # a constant column
         return None
+    return round(max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy))), 4)
 
 
-def distribution_by_type(rows: Sequence[RankingRow], normalized: bool) -> go.Figure:
+def distribution_by_type(rows: Sequence[PlotRow], normalized: bool) -> Figure:
     groups: dict[str, list[float]] = defaultdict(list)
     for row in rows:
         score = row.shown_average(normalized)
@@ -241,7 +312,7 @@ def merge_method_label(method: str) -> str | None:
     return MERGE_METHODS.get(method.strip().lower()) if method else None
 
 
-def distribution_by_merge_method(rows: Sequence[RankingRow], normalized: bool) -> go.Figure:
+def distribution_by_merge_method(rows: Sequence[PlotRow], normalized: bool) -> Figure:
     """Merges whose mergekit config names SLERP, TIES, DARE-TIES or linear."""
     groups: dict[str, list[float]] = defaultdict(list)
     for row in rows:
@@ -258,28 +329,45 @@ def distribution_by_merge_method(rows: Sequence[RankingRow], normalized: bool) -
     )
 
 
-def _boxes(groups: dict[str, list[float]], title: str, normalized: bool, empty: str) -> go.Figure:
-    figure = go.Figure()
-    for label, values in groups.items():
-        figure.add_trace(
-            go.Box(
-                y=[round(v, 3) for v in values],
-                name=f"{label} ({len(values)} row{'s' if len(values) != 1 else ''})",
-                boxmean=True,
-            )
-        )
-    figure.update_layout(
-        **_LAYOUT,
-        title=title,
-        yaxis={"title": {"text": _score_label(normalized)}},
-        showlegend=False,
+def _boxes(groups: dict[str, list[float]], title: str, normalized: bool, empty: str) -> Figure:
+    data = [_box(f"{label} ({len(values)} row{'s' if len(values) != 1 else ''})", values)
+            for label, values in groups.items()]  # fmt: skip
+    figure = _figure(
+        data, title, yaxis={"title": {"text": _score_label(normalized)}}, showlegend=False
     )
     if not any(groups.values()):
         _not_enough(figure, empty)
     return figure
 
 
-def best_over_time(rows: Sequence[RankingRow], normalized: bool) -> go.Figure:
+def _box(name: str, values: list[float]) -> dict[str, Any]:
+    """A box from its statistics (what Plotly would compute from every value: linear quartiles,
+    whiskers at the furthest values within 1.5 IQR, the mean), not from the values."""
+    if not values:
+        return {"type": "box", "name": name, "y": []}
+    ordered = sorted(values)
+    if len(ordered) > 1:
+        q1, median, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = median = q3 = ordered[0]
+    reach = 1.5 * (q3 - q1)
+    lower = next(v for v in ordered if v >= q1 - reach)
+    upper = next(v for v in reversed(ordered) if v <= q3 + reach)
+    return {
+        "type": "box",
+        "name": name,
+        "x": [name],
+        "q1": [round(q1, 3)],
+        "median": [round(median, 3)],
+        "q3": [round(q3, 3)],
+        "lowerfence": [round(lower, 3)],
+        "upperfence": [round(upper, 3)],
+        "mean": [round(statistics.fmean(ordered), 3)],
+        "boxmean": True,
+    }
+
+
+def best_over_time(rows: Sequence[PlotRow], normalized: bool) -> Figure:
     """The best average submitted so far, as a step line, with the models that set it."""
     dated = sorted(
         (row for row in rows if row.shown_average(normalized) is not None),
@@ -301,20 +389,19 @@ def best_over_time(rows: Sequence[RankingRow], normalized: bool) -> go.Figure:
         xs.append(dated[-1].submitted_at.isoformat())
         ys.append(ys[-1])
         names.append(names[-1])
-    figure = go.Figure(
-        go.Scatter(
-            x=xs,
-            y=ys,
-            mode="lines+markers",
-            line={"shape": "hv"},
-            text=names,
-            hovertemplate="%{text}<br>%{x}<br>%{y:.2f}<extra></extra>",
-            name="best so far",
-        )
-    )
-    figure.update_layout(
-        **_LAYOUT,
-        title="Best average over time",
+    line = {
+        "type": "scatter",
+        "x": xs,
+        "y": ys,
+        "mode": "lines+markers",
+        "line": {"shape": "hv"},
+        "text": names,
+        "hovertemplate": "%{text}<br>%{x}<br>%{y:.2f}<extra></extra>",
+        "name": "best so far",
+    }
+    figure = _figure(
+        [line],
+        "Best average over time",
         xaxis=_date_axis([row.submitted_at for row in dated]),
         yaxis={"title": {"text": _score_label(normalized)}},
     )
@@ -344,61 +431,62 @@ def _date_axis(dates: Sequence[datetime]) -> dict[str, Any]:
     return axis
 
 
-def task_scores(result: RunResult, normalized: bool) -> go.Figure:
+def task_scores(result: RunResult, normalized: bool) -> Figure:
     """One model's per-task scores with ±stderr bars, and chance marked on raw scores."""
     keys = [task.key for task in result.tasks]
-    values = [task.shown(normalized)[0] for task in result.tasks]
-    errors = [task.shown(normalized)[1] or 0.0 for task in result.tasks]
-    figure = go.Figure(
-        go.Bar(
-            x=keys,
-            y=values,
-            error_y={"type": "data", "array": errors, "visible": True},
-            name="score",
-            hovertemplate="%{x}: %{y:.2f} ± %{error_y.array:.2f}<extra></extra>",
-        )
-    )
+    data: list[dict[str, Any]] = [
+        {
+            "type": "bar",
+            "x": keys,
+            "y": [task.shown(normalized)[0] for task in result.tasks],
+            "error_y": {
+                "type": "data",
+                "array": [task.shown(normalized)[1] or 0.0 for task in result.tasks],
+                "visible": True,
+            },
+            "name": "score",
+            "hovertemplate": "%{x}: %{y:.2f} ± %{error_y.array:.2f}<extra></extra>",
+        }
+    ]
     if not normalized:
-        figure.add_trace(
-            go.Scatter(
-                x=keys,
-                y=[task.random_baseline for task in result.tasks],
-                mode="markers",
-                marker={"symbol": "line-ew-open", "size": 28, "color": "#b3261e"},
-                name="chance",
-                hovertemplate="%{x}: chance %{y:.1f}<extra></extra>",
-            )
+        data.append(
+            {
+                "type": "scatter",
+                "x": keys,
+                "y": [task.random_baseline for task in result.tasks],
+                "mode": "markers",
+                "marker": {"symbol": "line-ew-open", "size": 28, "color": "#b3261e"},
+                "name": "chance",
+                "hovertemplate": "%{x}: chance %{y:.1f}<extra></extra>",
+            }
         )
-    figure.update_layout(
-        **_LAYOUT,
-        title="Per-task scores (± 1 stderr)",
+    return _figure(
+        data,
+        "Per-task scores (± 1 stderr)",
         yaxis={"title": {"text": "normalized score" if normalized else "score (%)"}},
         legend={"orientation": "h", "y": -0.25},
     )
-    return figure
 
 
-def comparison_bars(comparison: Comparison, normalized: bool) -> go.Figure:
-    figure = go.Figure()
-    for model in comparison.models:
-        tasks = model.result.tasks
-        figure.add_trace(
-            go.Bar(
-                name=model.repository.repo_id,
-                x=[task.key for task in tasks],
-                y=[task.shown(normalized)[0] for task in tasks],
-                error_y={
-                    "type": "data",
-                    "array": [task.shown(normalized)[1] or 0.0 for task in tasks],
-                    "visible": True,
-                },
-            )
-        )
-    figure.update_layout(
-        **_LAYOUT,
+def comparison_bars(comparison: Comparison, normalized: bool) -> Figure:
+    data = [
+        {
+            "type": "bar",
+            "name": model.repository.repo_id,
+            "x": [task.key for task in model.result.tasks],
+            "y": [task.shown(normalized)[0] for task in model.result.tasks],
+            "error_y": {
+                "type": "data",
+                "array": [task.shown(normalized)[1] or 0.0 for task in model.result.tasks],
+                "visible": True,
+            },
+        }
+        for model in comparison.models
+    ]
+    return _figure(
+        data,
+        "Scores per task (± 1 stderr)",
         barmode="group",
-        title="Scores per task (± 1 stderr)",
         yaxis={"title": {"text": "normalized score" if normalized else "score (%)"}},
         legend={"orientation": "h", "y": -0.25},
     )
-    return figure

@@ -298,6 +298,104 @@ def ranking_for_api(query: RankingQuery) -> Ranking[Placed]:
     return placed
 
 
+@dataclass(slots=True)
+class PlotRow:
+    """What the plots draw of one ranking row: a narrow read of every row the query shows
+    (the plots need neither ranks, nor order, nor the wide columns)."""
+
+    entry_id: int
+    repository_id: int
+    model: str
+    parameters: int
+    average: float | None
+    average_normalized: float | None
+    model_type: str
+    merge_method: str
+    is_merge: bool
+    is_synthetic: bool
+    verified: bool
+    submitted_at: Any
+    scores: dict[str, float]
+    lineage_status: str
+    status_path: list[Any]
+    flags: Sequence[dict[str, Any]] = ()
+
+    @property
+    def org(self) -> str:
+        return self.model.split("/", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.model.split("/", 1)[-1]
+
+    @property
+    def taint_path(self) -> str:
+        return path_text(self.status_path)
+
+    def shown_average(self, normalized: bool) -> float | None:
+        return self.average_normalized if normalized else self.average
+
+
+_PLOT_COLUMNS = (
+    "id",
+    "repository_id",
+    "repo_id",
+    "parameter_count",
+    "average",
+    "average_normalized",
+    "model_type",
+    "merge_method",
+    "is_merge",
+    "is_synthetic",
+    "verified",
+    "submitted_at",
+)
+# PlotRow's fields read from _PLOT_COLUMNS, in that order.
+_PLOT_FIELDS = ("entry_id", "repository_id", "model", "parameters", *_PLOT_COLUMNS[4:])
+
+
+def plotted(query: RankingQuery) -> Ranking[PlotRow]:
+    """Every row `query` shows (its page ignored), narrow and unordered, with how many the
+    status filters hid: two queries, the few repositories that are not clean and the rows."""
+    view = suite_view(query.suite, query.version or "")
+    if view is None:
+        raise Refusal.one(
+            "unknown_version", "version", f"Suite '{query.suite}' has no version '{query.version}'."
+        )
+    entries = filtered_entries(query)
+    lineage = {
+        repository_id: (status, path)
+        for repository_id, status, path in Repository.objects.filter(
+            kind=RepositoryKind.MODEL,
+            status__in=NOT_CLEAN,
+            id__in=entries.values("repository_id"),
+        ).values_list("id", "status", Cast("status_path", TextField()))
+    }
+    clean = (LineageStatus.CLEAN.value, None)
+    hidden = set(query.hidden_statuses)
+    hidden_counts = {LineageStatus.FLAGGED.value: 0, LineageStatus.TAINTED.value: 0}
+    rows: list[PlotRow] = []
+    # The scores as text, parsed here: the JSON field's own conversion costs ten times more.
+    for values in entries.values_list(*_PLOT_COLUMNS, Cast("scores", TextField())):
+        status, path = lineage.get(values[1], clean)
+        if status in hidden:
+            hidden_counts[status] += 1
+            continue
+        fields = dict(zip(_PLOT_FIELDS, values[:-1], strict=True))
+        rows.append(PlotRow(**fields, scores=json.loads(values[-1]), lineage_status=status,
+                            status_path=_path(path)))  # fmt: skip
+    return Ranking(
+        query,
+        view,
+        rows,
+        len(rows),
+        hidden_counts[LineageStatus.FLAGGED.value],
+        hidden_counts[LineageStatus.TAINTED.value],
+        None,
+        1,
+    )
+
+
 def flags_by_repository(repository_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
     """Open and confirmed reports of each repository, oldest first, as a row's `flags`."""
     ids = set(repository_ids)

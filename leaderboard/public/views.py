@@ -10,22 +10,26 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
+from django.template.loader import render_to_string
+from django.utils.safestring import SafeString, mark_safe
 from django.views import defaults
 from django.views.decorators.http import require_safe
 
+from leaderboard.accounts.roles import is_maintainer
+from leaderboard.catalog.models import Repository
 from leaderboard.integrity.plots import lineage_figure
 from leaderboard.integrity.reports import integrity_context
 from leaderboard.problems import Problem, Refusal
 from leaderboard.public import compare, detail, plots
-from leaderboard.public.cache import cached_response
-from leaderboard.public.etags import ranking_validator
+from leaderboard.public.cache import cached_bytes, cached_response
+from leaderboard.public.etags import model_page_version, query_key, ranking_validator, release
 from leaderboard.public.export import export
 from leaderboard.public.http import with_cors
 from leaderboard.public.licenses import PERMISSIVE, RESTRICTIVE
 from leaderboard.public.models import LicenseFamily
 from leaderboard.public.query import SORT_COLUMNS, RankingQuery, default_query, parse_ranking_query
 from leaderboard.public.sanitize import render_card
-from leaderboard.public.selection import Ranking, ranking
+from leaderboard.public.selection import Ranking, flags_by_repository, plotted, ranking
 from leaderboard.public.suites import suite_names, versions_of
 from leaderboard.submissions.models import ModelType, Precision
 
@@ -196,21 +200,46 @@ def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     return defaults.bad_request(request, exception)
 
 
-@require_safe
-def ranking_page(request: HttpRequest) -> HttpResponse:
-    query, errors = _parse(request.GET, paginate=True)
-    try:
-        result = _safe_ranking(query)
-    except Refusal as refused:  # a page past the last one
-        query, errors = default_query(), refused.problems
-        result = _safe_ranking(query)
+def _fragment(namespace: str, version: str, template: str, context: Any) -> SafeString:
+    """A page's public part, rendered without the request (so nothing of the visitor's session,
+    user or CSRF token can be in it) once per data `version` and shared by every web process
+    (public/cache.py); `context` is called only to build it."""
+    key = f"{release()}:{version}"
+    body = cached_bytes(namespace, key, lambda: render_to_string(template, context()))
+    return mark_safe(body.decode())
+
+
+def _ranking_context(query: RankingQuery, errors: list[Problem]) -> dict[str, Any]:
+    result = _safe_ranking(query)
     context = _filter_context(query) | {"errors": errors, "sort_keys": list(SORT_COLUMNS)}
     if result is not None:
         context |= _table_context(result)
+    return context
+
+
+@require_safe
+def ranking_page(request: HttpRequest) -> HttpResponse:
+    query, errors = _parse(request.GET, paginate=True)
+    fragment = None
+    if not errors:
+        # The page is the same for every visitor: the ranking part comes from the cache, keyed
+        # by the data version and the query; the menu, messages and queue line are per request.
+        version = ranking_validator(query, extra="ranking-page").etag
+        try:
+            fragment = _fragment(
+                "ranking", version, "public/_ranking.html", lambda: _ranking_context(query, [])
+            )
+        except Refusal as refused:  # a page past the last one
+            query, errors = default_query(), refused.problems
+    if fragment is None:
+        fragment = mark_safe(
+            render_to_string("public/_ranking.html", _ranking_context(query, errors))
+        )
     # htmx swaps only 2xx answers: a refused filter change must still show its message.
     status = 400 if errors and not _is_htmx(request) else 200
-    template = "public/_ranking.html" if _is_htmx(request) else "public/ranking.html"
-    return render(request, template, context, status=status)
+    if _is_htmx(request):
+        return HttpResponse(fragment, status=status)
+    return render(request, "public/ranking.html", {"ranking_html": fragment}, status=status)
 
 
 @require_safe
@@ -220,10 +249,31 @@ def model_page(request: HttpRequest, org: str, name: str) -> HttpResponse:
         raise Http404(f"No model {org}/{name} in this catalog.")
     query, errors = _parse(_subset(request.GET, ("suite", "version", "normalized")), paginate=False)
     submission_id = _int_param(request.GET.get("submission"))
+
+    def context() -> dict[str, Any]:
+        return _model_context(repository, query, errors, submission_id)
+
+    if errors or is_maintainer(request.user):
+        # Maintainers see the model's signals (per role); a refused query is rare: both live.
+        body = mark_safe(render_to_string("public/_model.html", context(), request=request))
+    else:
+        version = model_page_version(repository, query_key(query), submission_id)
+        body = _fragment("model", version, "public/_model.html", context)
+    return render(
+        request,
+        "public/model.html",
+        {"repository": repository, "model_html": body},
+        status=400 if errors else 200,
+    )
+
+
+def _model_context(
+    repository: Repository, query: RankingQuery, errors: list[Problem], submission_id: int | None
+) -> dict[str, Any]:
     model = detail.model_detail(repository, query, submission_id)
     selected = model.selected
     result = model.selected_result
-    context = {
+    return {
         "model": model,
         "repository": repository,
         "query": query,
@@ -238,7 +288,6 @@ def model_page(request: HttpRequest, org: str, name: str) -> HttpResponse:
         "integrity": integrity_context(repository),
         "compare_hint": f"{repository.repo_id},",
     }
-    return render(request, "public/model.html", context, status=400 if errors else 200)
 
 
 def _int_param(raw: str | None) -> int | None:
@@ -299,35 +348,52 @@ def compare_search(request: HttpRequest) -> HttpResponse:
 def plots_page(request: HttpRequest) -> HttpResponse:
     query, errors = _parse(request.GET, paginate=False)
     query = query.model_copy(update={"page": None})
-    result = _safe_ranking(query)
-    context = _filter_context(query) | {"errors": errors, "result": result}
-    if result is not None:
-        rows = result.rows
-        threshold = settings.TRELLIS_SCORE_Z_OUTLIER
-        scored = plots.zscores(rows, query.normalized)
-        outliers = sorted(
-            (s for s in scored if s.z is not None and abs(s.z) >= threshold),
-            key=lambda s: -abs(s.z or 0.0),
+    if errors:
+        fragment = mark_safe(render_to_string("public/_plots.html", _plots_context(query, errors)))
+    else:
+        # Built once per data version and query (the figures of 10,000 rows take a while),
+        # shared by every web process.
+        version = ranking_validator(query, extra="plots-page").etag
+        fragment = _fragment(
+            "plots", version, "public/_plots.html", lambda: _plots_context(query, [])
         )
-        context |= {
-            "threshold": threshold,
-            "outliers": outliers[:25],
-            "outlier_count": len(outliers),
-            "ranking_link": query.querystring(page=None),
-            "figures": [
-                ("size", plots.figure_json(plots.score_vs_size(rows, query.normalized, threshold))),
-                ("correlation", plots.figure_json(plots.task_correlation(rows, result.view))),
-                ("types", plots.figure_json(plots.distribution_by_type(rows, query.normalized))),
-                (
-                    "merges",
-                    plots.figure_json(plots.distribution_by_merge_method(rows, query.normalized)),
-                ),
-                ("time", plots.figure_json(plots.best_over_time(rows, query.normalized))),
-            ],
-        }
-    template = "public/_plots.html" if _is_htmx(request) else "public/plots.html"
     status = 400 if errors and not _is_htmx(request) else 200
-    return render(request, template, context, status=status)
+    if _is_htmx(request):
+        return HttpResponse(fragment, status=status)
+    return render(request, "public/plots.html", {"plots_html": fragment}, status=status)
+
+
+def _plots_context(query: RankingQuery, errors: list[Problem]) -> dict[str, Any]:
+    result = plotted(query) if query.version is not None else None
+    context = _filter_context(query) | {"errors": errors, "result": result}
+    if result is None:
+        return context
+    rows = result.rows
+    threshold = settings.TRELLIS_SCORE_Z_OUTLIER
+    scored = plots.zscores(rows, query.normalized)
+    outliers = sorted(
+        (s for s in scored if s.z is not None and abs(s.z) >= threshold),
+        key=lambda s: -abs(s.z or 0.0),
+    )
+    flags = flags_by_repository(s.row.repository_id for s in outliers[:25])
+    for s in outliers[:25]:
+        s.row.flags = flags.get(s.row.repository_id, [])
+    return context | {
+        "threshold": threshold,
+        "outliers": outliers[:25],
+        "outlier_count": len(outliers),
+        "ranking_link": query.querystring(page=None),
+        "figures": [
+            ("size", plots.figure_json(plots.score_vs_size(scored, query.normalized, threshold))),
+            ("correlation", plots.figure_json(plots.task_correlation(rows, result.view))),
+            ("types", plots.figure_json(plots.distribution_by_type(rows, query.normalized))),
+            (
+                "merges",
+                plots.figure_json(plots.distribution_by_merge_method(rows, query.normalized)),
+            ),
+            ("time", plots.figure_json(plots.best_over_time(rows, query.normalized))),
+        ],
+    }
 
 
 @require_safe
