@@ -23,6 +23,7 @@ import sys
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -34,6 +35,11 @@ PARTIAL_SUFFIX = ".partial"  # a folder store's file being written; never an art
 
 class StoreError(ValueError):
     """A store location that cannot be used; the message names it and the fix."""
+
+
+class StoreUnavailable(OSError):
+    """The store could not be reached or answered with an error: nothing is wrong with the
+    artifact, so whoever asked tries again later (the message names the store and the cause)."""
 
 
 @dataclass(frozen=True)
@@ -155,25 +161,41 @@ class BucketStore(ArtifactStore):
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def put(self, name: str, source: Path) -> None:
-        # upload_file sends large files in parts; S3 shows the object only once it is whole.
-        self.client.upload_file(str(source), self.bucket, self.key(name))
+        key = self.key(name)
+        with self._reaching():
+            # upload_file sends large files in parts; S3 shows the object only once it is whole.
+            self.client.upload_file(str(source), self.bucket, key)
 
     def open(self, name: str) -> Opened | None:
         if name_problem(name):
             return None
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
-        except self.client.exceptions.NoSuchKey:
-            return None
+        with self._reaching():
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
+            except self.client.exceptions.NoSuchKey:
+                return None
         return Opened(response["Body"], int(response["ContentLength"]))
 
     def names(self) -> Iterator[str]:
         start = f"{self.prefix}/" if self.prefix else ""
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=start
-        )
-        found = (item["Key"][len(start) :] for page in pages for item in page.get("Contents", ()))
+        with self._reaching():
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=start
+            )
+            found = [
+                item["Key"][len(start) :] for page in pages for item in page.get("Contents", ())
+            ]
         return iter(sorted(name for name in found if not name_problem(name)))
+
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (BotoCoreError, ClientError, Boto3Error) as exc:
+            raise StoreUnavailable(f"the artifact store {self.location} failed: {exc}") from exc
 
 
 def endpoint_url() -> str | None:
@@ -190,7 +212,9 @@ def s3_client(endpoint_url: str | None) -> Any:
     from botocore.config import Config
 
     style = "path" if endpoint_url else "auto"
-    config = Config(s3={"addressing_style": style}, retries={"max_attempts": 5, "mode": "standard"})
+    # Standard retries: three attempts (AWS_MAX_ATTEMPTS), so a page waiting on a download
+    # learns of an outage in seconds.
+    config = Config(s3={"addressing_style": style}, retries={"mode": "standard"})
     return boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -23,6 +25,7 @@ from evaluator.artifacts import (
     BucketStore,
     FolderStore,
     StoreError,
+    StoreUnavailable,
     endpoint_url,
     open_store,
     s3_client,
@@ -323,3 +326,47 @@ def test_the_gpu_task_writes_into_the_bucket_and_the_web_side_serves_it(
     assert hashlib.sha256(body).hexdigest() == artifact["sha256"] == run.artifact_sha256
     rows = [json.loads(line) for line in gzip.decompress(body).splitlines()]
     assert len(rows) == artifact["rows"] > 0
+
+
+# --- a bucket that cannot be reached ----------------------------------------------------------
+
+
+@pytest.fixture
+def unreachable(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A bucket behind an endpoint where nothing listens (one attempt per request)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "trellis-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "trellis-test-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return "s3://trellis-down/artifacts"
+
+
+@pytest.mark.usefixtures("_clean_broker")
+@pytest.mark.django_db
+def test_an_unreachable_bucket_is_a_503_and_a_result_waits_for_it(
+    settings, unreachable, tmp_path, client, caplog
+):
+    settings.TRELLIS_ARTIFACT_STORE = unreachable
+    finished = RunFactory(state="finished", artifact_path="1/quick@1.details.jsonl.gz")
+    response = client.get(f"/runs/{finished.pk}/artifact/")
+    assert (response.status_code, response["Retry-After"]) == (503, "60")
+    assert response.content == (
+        b"The artifact store cannot be reached right now. Try again in a minute."
+    )
+
+    run = RunFactory(queue="gpu-small", state="running")
+    payload = quick_payload(run.pk, tmp_path)  # the object is somewhere the web side cannot see
+    message = Result.model_validate({"run_id": run.pk, "attempt": 1, "payload": payload})
+    # Two retries before the last allowed one (max_retries=10), then it gives up this delivery.
+    with caplog.at_level(logging.INFO, logger="celery.app.trace"):
+        outcome = tasks.ingest_result.apply(args=[message.to_message()], retries=8)
+    retried = [r.getMessage() for r in caplog.records if " retry: Retry in " in r.getMessage()]
+    assert len(retried) == 2, retried
+    assert isinstance(outcome.result, StoreUnavailable)
+    assert str(outcome.result).startswith(f"the artifact store {unreachable} failed: ")
+    run.refresh_from_db()
+    assert (run.state, run.failure_code) == ("running", "")  # neither stored nor rejected

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from celery import shared_task
 
+from evaluator.artifacts import StoreUnavailable
 from evaluator.messages import (
     FAILURE_TASK,
     PROGRESS_TASK,
@@ -67,7 +68,16 @@ def record_progress(message: dict[str, Any]) -> bool | str:
     return flow.record_progress(report.run_id, report.attempt, report.done, report.total)
 
 
-@shared_task(name=RESULT_TASK, **WEB_TASK)
+# An artifact bucket that cannot be reached says nothing about the result: checked again later
+# (backoff up to 10 minutes, about an hour in all) rather than failed or dropped.
+@shared_task(
+    name=RESULT_TASK,
+    **WEB_TASK,
+    autoretry_for=(StoreUnavailable,),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    max_retries=10,
+)
 def ingest_result(message: dict[str, Any]) -> str:
     report = _read(Result, message)
     if report is None:

@@ -5,6 +5,7 @@ maintainers' boosts."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -15,6 +16,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from evaluator.artifacts import StoreUnavailable
 from leaderboard import flow
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.evaluations import bundle as reproduction
@@ -25,8 +27,12 @@ from leaderboard.evaluations.serializers import run_to_dict
 from leaderboard.problems import Refusal
 from leaderboard.submissions.models import Submission
 
+logger = logging.getLogger(__name__)
+
 # The page polls only while something can still change.
 LIVE_STATES = (RunState.QUEUED, RunState.RUNNING)
+# An outage of the artifact store is a 503 the browser may retry, not a 500.
+RETRY = {"Retry-After": "60"}
 
 
 def format_duration(seconds: float | None) -> str:
@@ -89,11 +95,16 @@ def requeue(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_GET
-def artifact(request: HttpRequest, pk: int) -> FileResponse:
+def artifact(request: HttpRequest, pk: int) -> HttpResponse:
     """Streams the per-sample details (compressed JSON lines) of a finished run from the
     artifact store (a folder, or a bucket that needs not be reachable by the browser)."""
     run = get_object_or_404(EvaluationRun, pk=pk, state=RunState.FINISHED)
-    opened = artifact_store().open(run.artifact_path) if run.artifact_path else None
+    try:
+        opened = artifact_store().open(run.artifact_path) if run.artifact_path else None
+    except StoreUnavailable as down:
+        logger.warning("run %s: %s", run.pk, down)
+        message = "The artifact store cannot be reached right now. Try again in a minute."
+        return HttpResponse(message, status=503, content_type="text/plain", headers=RETRY)
     if opened is None:
         raise Http404("This run's details artifact is not on this server.")
     name = PurePosixPath(run.artifact_path).name
