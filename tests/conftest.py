@@ -65,12 +65,14 @@ def require_marker(marker: str, what: str) -> None:
         )
 
 
-# --- transactional tests: each starts from the migrated data ------------------------------------
+# --- transactional tests: each starts and ends with the migrated data ---------------------------
 # A transactional test ends by emptying every table. Without serialized rollback Django then
 # re-creates content types and permissions under new keys (and not the maintainers group its
-# data migration made), so the next test loading the serialized snapshot collides with them
-# ("duplicate key ... django_content_type") or misses the group: the outcome depended on the
-# order of files. With every transactional test serialized, each one starts from the snapshot.
+# data migration made), so a later test loading the serialized snapshot collided with them
+# ("duplicate key ... django_content_type") or missed the group: the outcome depended on the
+# order of files. So every transactional test is serialized (it starts from the snapshot), and
+# the snapshot is loaded again once it has emptied the tables, because under pytest-xdist's
+# --dist loadfile a plain test can run after it in the same process.
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -84,6 +86,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if transactional and not options.get("serialized_rollback"):
             options.update(transaction=True, serialized_rollback=True)
             item.add_marker(pytest.mark.django_db(**options), append=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    yield
+    marker = item.get_closest_marker("django_db")
+    if marker is None or not marker.kwargs.get("serialized_rollback"):
+        return
+    from django.db import connection
+    from pytest_django.plugin import blocking_manager_key
+
+    snapshot = getattr(connection, "_test_serialized_contents", None)
+    if snapshot:
+        with item.config.stash[blocking_manager_key].unblock():
+            connection.creation.deserialize_db_from_string(snapshot)
 
 
 def _guard_processes(popen_init: Callable[..., None]) -> Callable[..., None]:
