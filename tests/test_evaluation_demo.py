@@ -6,7 +6,13 @@ import pytest
 from django.contrib.auth import authenticate
 from django.core.management import CommandError, call_command
 
-from evaluator.demo_model import INSTRUCT_BODY, INSTRUCT_CARD, INSTRUCT_ID, card_text
+from evaluator.demo_model import (
+    INSTRUCT_BODY,
+    INSTRUCT_CARD,
+    INSTRUCT_ID,
+    card_text,
+    demo_precision,
+)
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.evaluations.models import EvaluationRun
 from leaderboard.submissions.models import Submission
@@ -43,7 +49,7 @@ def test_demo_setup_creates_accounts_and_submits_the_demo_model_once(built_demo_
     assert (submission.submitter, submission.model_type, submission.precision) == (
         submitter,
         "chat",
-        "bfloat16",
+        demo_precision(),
     )
     assert (built_demo_model.parent / "SmolLM2-135M" / "README.md").is_file()
     # Parent and declared datasets are shipped as card-only repositories: the lineage resolves.

@@ -14,13 +14,30 @@ from safetensors import safe_open
 from evaluator.demo_model import (
     BASE_ID,
     DEMO_MODEL_TYPE,
-    DEMO_PRECISION,
     INSTRUCT_ID,
     build_demo_repositories,
+    demo_precision,
     find_gguf,
 )
 from evaluator.messages import EvaluationJob
 from evaluator.run import run_job
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu sse2 avx2 fma", "float32"),
+        ("fpu avx2 avx512f avx512_bf16", "bfloat16"),
+        ("fpu avx2 amx_bf16 amx_tile", "bfloat16"),
+    ],
+)
+def test_the_demo_precision_is_bfloat16_only_where_the_cpu_multiplies_it_natively(
+    tmp_path, flags, expected
+):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert demo_precision(cpuinfo) == expected
+    assert demo_precision(tmp_path / "missing") == "float32"
 
 
 def test_the_gguf_is_found_in_the_installed_package_without_importing_it():
@@ -85,13 +102,13 @@ def test_the_demo_model_is_built_once_with_proper_cards_and_scores_the_quick_sui
         "SmolLM2-135M-Instruct",
     ]
 
-    assert (DEMO_MODEL_TYPE, DEMO_PRECISION) == ("chat", "bfloat16")
+    assert DEMO_MODEL_TYPE == "chat"
     job = EvaluationJob(
         run_id=1,
         attempt=1,
         repo_id=INSTRUCT_ID,
         revision="local",
-        precision=DEMO_PRECISION,
+        precision=demo_precision(),
         suite_name="quick",
         suite_version="1",
         model_source="local",
@@ -109,7 +126,11 @@ def test_the_demo_model_is_built_once_with_proper_cards_and_scores_the_quick_sui
         "mmlu": 57,
         "winogrande": 1,
     }
-    assert (payload["dtype"], payload["device"], payload["batch_size"]) == ("bfloat16", "cpu", 8)
+    assert (payload["dtype"], payload["device"], payload["batch_size"]) == (
+        demo_precision(),
+        "cpu",
+        8,
+    )
     with gzip.open(tmp_path / "artifacts" / payload["artifact"]["path"], "rt") as handle:
         rows = [json.loads(line) for line in handle]
     assert len(rows) == 61

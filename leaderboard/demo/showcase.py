@@ -46,9 +46,9 @@ def ensure_user(username: str, password: str, *, maintainer: bool = False) -> tu
 def setup_demo(model_root: Path | None = None) -> DemoOutcome:
     from evaluator.demo_model import (
         DEMO_MODEL_TYPE,
-        DEMO_PRECISION,
         INSTRUCT_ID,
         build_demo_repositories,
+        demo_precision,
     )
     from leaderboard import flow
     from leaderboard.submissions.intake import SubmissionRequest
@@ -67,14 +67,15 @@ def setup_demo(model_root: Path | None = None) -> DemoOutcome:
         created.append(DEMO_SUBMITTER[0])
 
     model_path = build_demo_repositories(Path(model_root or settings.TRELLIS_MODEL_ROOT))
+    precision = demo_precision()
     existing = (
-        Submission.objects.filter(repository__repo_id=INSTRUCT_ID, precision=DEMO_PRECISION)
+        Submission.objects.filter(repository__repo_id=INSTRUCT_ID, precision=precision)
         .order_by("created_at")
         .first()
     )
     if existing is not None:
         return DemoOutcome(created, model_path, existing, submitted_now=False)
     request = SubmissionRequest(
-        repo_id=INSTRUCT_ID, precision=DEMO_PRECISION, model_type=DEMO_MODEL_TYPE
+        repo_id=INSTRUCT_ID, precision=precision, model_type=DEMO_MODEL_TYPE
     )
     return DemoOutcome(created, model_path, flow.submit(request, submitter), submitted_now=True)
