@@ -19,12 +19,19 @@ the others (it checks them against the weights and keeps them when the weights a
 the catalog would know them, the parents of older models (declared, or found for hidden cards);
 the table shows separately how many hidden parents it recovered from the weights alone.
 
-Truth for `same_weights` is the group of identical or cast copies: naming any older member of
-the group counts as right (they hold the same weights). A fine-tune whose parent has copies may
-likewise name a copy.
+A merge's named parents are its parents and the base it reports (TIES and task arithmetic take
+task vectors from a base; mergekit's card lists the base among the merge's `base_model`s, and so
+does the truth here). Truth for `same_weights` is the group of identical or cast copies: naming
+any older member of the group counts as right (they hold the same weights). A fine-tune whose
+parent has copies may likewise name a copy.
+
+`--variant N` builds another draw of the family (every training seed and text moved, the TIES
+merge's densities and weights drawn, unnormalised): the held-out check of constants chosen on
+variant 0.
 
     .venv/bin/python bench/provenance.py --fast        # tiny models only, under two minutes
-    .venv/bin/python bench/provenance.py               # also the demo model's family (~10 min)
+    .venv/bin/python bench/provenance.py               # also the demo model's family (~16 min)
+    .venv/bin/python bench/provenance.py --fast --variant 1    # held out
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import random
 import shutil
 import sys
 import tempfile
@@ -202,9 +210,13 @@ def merge(out: Path, config: dict) -> None:
     run_merge(MergeConfiguration.model_validate({"dtype": "float32", **config}), str(out), options)
 
 
-def build_family(prefix: str, root_path: Path, work: Path, scale: dict) -> list[Member]:
-    """The family of `root_path` under `work`; ids are `<prefix>/<name>`."""
+def build_family(
+    prefix: str, root_path: Path, work: Path, scale: dict, variant: int = 0
+) -> list[Member]:
+    """The family of `root_path` under `work`; ids are `<prefix>/<name>`. `variant` moves every
+    training seed and the texts each fine-tune reads (0 is the family the docs report)."""
     members: list[Member] = []
+    shift, offset = 100 * variant, 1000 * variant
 
     def path(name: str) -> Path:
         return work / prefix / name
@@ -217,19 +229,51 @@ def build_family(prefix: str, root_path: Path, work: Path, scale: dict) -> list[
     root = add("root", INDEPENDENT)
     copy(root_path, root.path)
     lr, steps = scale["lr"], scale["steps"]
-    fine_tune(root.path, path("ft-short"), steps[0], seed=11, lr=lr, domain="boolq")
+    fine_tune(
+        root.path,
+        path("ft-short"),
+        steps[0],
+        seed=11 + shift,
+        lr=lr,
+        text_offset=offset,
+        domain="boolq",
+    )
     add("ft-short", DERIVED_FROM, (root.id,))
     copy(root.path, path("reupload"))
     add("reupload", SAME_WEIGHTS, (root.id,), hidden=True)
-    fine_tune(root.path, path("ft-medium"), steps[1], seed=12, lr=lr, domain="hellaswag")
+    fine_tune(
+        root.path,
+        path("ft-medium"),
+        steps[1],
+        seed=12 + shift,
+        lr=lr,
+        text_offset=offset,
+        domain="hellaswag",
+    )
     add("ft-medium", DERIVED_FROM, (root.id,), hidden=True)
     cast(root.path, path("cast-bf16"), "bf16")
     add("cast-bf16", SAME_WEIGHTS, (root.id,))
-    fine_tune(root.path, path("ft-long"), steps[2], seed=13, lr=lr, domain="piqa")
+    fine_tune(
+        root.path,
+        path("ft-long"),
+        steps[2],
+        seed=13 + shift,
+        lr=lr,
+        text_offset=offset,
+        domain="piqa",
+    )
     add("ft-long", DERIVED_FROM, (root.id,))
     cast(root.path, path("cast-f16"), "f16")
     add("cast-f16", SAME_WEIGHTS, (root.id,), hidden=True)
-    fine_tune(root.path, path("ft-other"), steps[1], seed=14, lr=lr, domain="siqa")
+    fine_tune(
+        root.path,
+        path("ft-other"),
+        steps[1],
+        seed=14 + shift,
+        lr=lr,
+        text_offset=offset,
+        domain="siqa",
+    )
     add("ft-other", DERIVED_FROM, (root.id,))
 
     a, b, c = path("ft-medium"), path("ft-long"), path("ft-other")
@@ -254,16 +298,24 @@ def build_family(prefix: str, root_path: Path, work: Path, scale: dict) -> list[
         },
     )
     add("merge-slerp", MERGE_OF, (f"{prefix}/ft-long", f"{prefix}/ft-other"))
+    # Variants draw the TIES merge's densities and weights too, and leave it unnormalised.
+    draw = random.Random(variant)
+    ties = [
+        {"density": 0.6, "weight": 0.5}
+        if variant == 0
+        else {"density": round(draw.uniform(0.3, 0.8), 2), "weight": round(draw.uniform(0.3, 1), 2)}
+        for _ in range(2)
+    ]
     merge(
         path("merge-ties"),
         {
             "merge_method": "ties",
             "base_model": str(root.path),
             "models": [
-                {"model": str(a), "parameters": {"density": 0.6, "weight": 0.5}},
-                {"model": str(b), "parameters": {"density": 0.6, "weight": 0.5}},
+                {"model": str(a), "parameters": ties[0]},
+                {"model": str(b), "parameters": ties[1]},
             ],
-            "parameters": {"normalize": True},
+            "parameters": {"normalize": variant == 0},
         },
     )
     # mergekit's own card lists the base of a TIES merge among its `base_model`s.
@@ -279,14 +331,22 @@ def build_family(prefix: str, root_path: Path, work: Path, scale: dict) -> list[
         },
     )
     add("merge-of-merges", MERGE_OF, (f"{prefix}/merge-linear", f"{prefix}/merge-slerp"))
-    fine_tune(path("merge-ties"), path("ft-of-merge"), steps[0], seed=15, lr=lr, domain="sciq")
+    fine_tune(
+        path("merge-ties"),
+        path("ft-of-merge"),
+        steps[0],
+        seed=15 + shift,
+        lr=lr,
+        text_offset=offset,
+        domain="sciq",
+    )
     add("ft-of-merge", DERIVED_FROM, (f"{prefix}/merge-ties",), hidden=True)
 
     for seed in (101, 102):
         random_model(
             root.path,
             path(f"unrelated-{seed}"),
-            seed,
+            seed + shift,
             scale["unrelated_steps"],
             scale["pretrain_lr"],
         )
@@ -295,9 +355,10 @@ def build_family(prefix: str, root_path: Path, work: Path, scale: dict) -> list[
         path("unrelated-101"),
         path("ft-of-unrelated"),
         steps[1],
-        seed=16,
+        seed=16 + shift,
         lr=lr,
         domain="openbookqa",
+        text_offset=offset,
     )
     add("ft-of-unrelated", DERIVED_FROM, (f"{prefix}/unrelated-101",), hidden=True)
     return members
@@ -352,6 +413,10 @@ def score(members: list[Member]) -> dict:
         assert found is not None
         truth = {group[p] for p in m.parents}
         predicted = {group[p] for p in found.parents}
+        if found.kind == MERGE_OF:
+            # The base a merge's task vectors are taken from is named too (in the evidence):
+            # the truth lists it, as mergekit's card does.
+            predicted |= {group[p] for p in found.evidence.get("base", ())}
         if m.kind == SAME_WEIGHTS:
             predicted = {group[found.parents[0]]} if found.parents else set()
         if m.kind in KINDS:
@@ -385,6 +450,8 @@ def report(members: list[Member], scores: dict) -> tuple[float, float]:
             f"{p.split('/', 1)[1]}" + (f"({w:.2f})" if found.kind == MERGE_OF else "")
             for p, w in zip(found.parents, found.weights, strict=True)
         )
+        if found.kind == MERGE_OF and found.evidence.get("base"):
+            parents += " on " + ", ".join(p.split("/", 1)[1] for p in found.evidence["base"])
         print(
             f"{m.id:34} {m.kind:13} {found.kind:13} {parents[:52]:52} "
             f"{m.seconds * 1000:6.0f} {m.bytes_read / 1024:8.0f} {m.requests:5d} "
@@ -444,6 +511,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="tiny models only (CI)")
     parser.add_argument("--work", type=Path, help="build here and keep it (default: a temp dir)")
     parser.add_argument("--demo-root", type=Path, help="a model root holding the demo model")
+    parser.add_argument(
+        "--variant",
+        type=int,
+        default=0,
+        help="another draw of the family (every training seed and text moved): a held-out check "
+        "of constants chosen on variant 0",
+    )
     args = parser.parse_args(argv)
 
     import logging
@@ -466,9 +540,15 @@ def main(argv: list[str] | None = None) -> int:
         initial = build_tiny_repo(work / "source", "bench/tiny-init")
         tiny = work / "source" / "bench" / "tiny"
         fine_tune(
-            initial, tiny, steps=TINY_PRETRAIN_STEPS, seed=1, lr=TINY_PRETRAIN_LR, domain="arc"
+            initial,
+            tiny,
+            steps=TINY_PRETRAIN_STEPS,
+            seed=1 + 100 * args.variant,
+            lr=TINY_PRETRAIN_LR,
+            domain="arc",
+            text_offset=1000 * args.variant,
         )
-        members = build_family("tiny", tiny, work, TINY_SCALE)
+        members = build_family("tiny", tiny, work, TINY_SCALE, args.variant)
         if not args.fast:
             from evaluator.demo_model import INSTRUCT_ID, build_demo_repositories
 
@@ -479,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
                 else demo_root / INSTRUCT_ID
             )
             demo_cost(demo)
-            members += build_family("demo", demo, work, DEMO_SCALE)
+            members += build_family("demo", demo, work, DEMO_SCALE, args.variant)
         built = time.perf_counter() - started
         run_finder(members)
         scores = score(members)

@@ -6,22 +6,33 @@ Pure functions over fingerprints; nothing here reads weights, a database or the 
 - `same_weights`: every tensor hash equal (a re-upload), or the sketches equal once both are
   rounded to the coarser of their precisions (a bf16/fp16/fp32 cast of the same weights).
 - `merge_of`: the target's layers are, tensor by tensor, a combination of two or more candidates
-  with material positive weights (linear and SLERP merges exactly, TIES/DARE approximately);
-  a candidate with a negative weight is the merge's base (task arithmetic) and is reported as
-  such, not as a parent.
+  with material positive weights (linear and SLERP merges exactly); a candidate with a negative
+  weight is the merge's base (task arithmetic) and is reported as such, not as a parent. TIES
+  and DARE merges are not combinations of their parents (each coordinate keeps some parents'
+  task vectors and drops the others): they are found as a sparse fit, below.
 - `derived_from`: one candidate explains the target (a fine-tune: small relative distance on
   most layers); the parent is the older model (callers pass older candidates only).
 - `independent`: nothing explains it.
 
 Candidates are chosen greedily (forward selection by residual energy): a candidate joins only
-when it removes at least half of what is left unexplained, so a fine-tune's own update is never
-"explained" by a sibling and a merge is never mistaken for its closest parent.
+when it removes at least `NEXT_MIN_GAIN` of what is left unexplained, so a fine-tune's own update
+is never "explained" by a sibling and a merge is never mistaken for its closest parent.
+
+Sparse merges (TIES, DARE, breadcrumbs: trimmed, dropped or sign-elected task vectors) are
+tested against a base: every coordinate of the target's delta from the base must be, up to the
+rounding of the target's precision, zero or one fixed combination (per tensor) of the deltas of
+a subset of the parents. A merge meets that exactly; a fine-tune never does, since its own update
+is dense and matches nothing coordinate by coordinate. Choosing per coordinate among a few
+options does explain part of anything, so the test asks for the whole delta (all but
+`SPARSE_MAX_SHARE`), and each parent must be needed: with its delta shuffled within each tensor
+(same magnitudes, no alignment) the fit must fail.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +73,20 @@ MIN_MERGE_WEIGHT = 0.1
 # a parent the weights contradict is unrelated (over FIRST_MAX_RESIDUAL) or much farther.
 DECLARED_SLACK = 3.0
 MAX_PARENTS = 6
+
+# Sparse merges. The share of the target's delta energy (beyond rounding) a sparse fit may leave:
+# a merge leaves rounding noise only (~1e-12 on the bench families), choosing per coordinate
+# among a few unrelated options leaves 10-90% of a fine-tune's update.
+SPARSE_MAX_SHARE = 0.01
+SPARSE_PARENTS = (2, 3)
+# Parents are sought among the closest single candidates, bases among the candidates whose
+# values the target repeats most often (a sparse merge leaves many coordinates at the base).
+SPARSE_LEADERS = 5
+SPARSE_BASES = 3
+# A hypothesis is screened on two tensors, then eight, before every tensor is fitted.
+SPARSE_SCREENS = (2, 8)
+SPARSE_ITERATIONS = 6
+SHUFFLE_SEED = 0
 
 # LSH of the sketches: 48 bands of 10 random-hyperplane bits. A pair with sketch cosine 0.9
 # shares a band with probability ~1.0, 0.7 with ~0.93; unrelated models (cosine ~0) collide in
@@ -214,6 +239,8 @@ class _Fit:
     residual: float  # mean over tensors of unexplained energy share
     weights: dict[str, float]  # median over tensors of each chosen candidate's weight
     per_tensor_residual: list[float]
+    base: str | None = None  # sparse fits: the model the task vectors are taken from
+    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 def _fit(target: Sketch, chosen: Sequence[Sketch], names: Sequence[str]) -> _Fit:
@@ -261,9 +288,231 @@ def cosine(target: Sketch, other: Sketch) -> float:
     return float(np.median(values)) if values else 0.0
 
 
-def explain(target: Sketch, candidates: Sequence[Sketch]) -> _Fit | None:
+# --- sparse merges (TIES, DARE) ----------------------------------------------------------------
+
+
+def _tolerance(values: np.ndarray, dtype: str) -> np.ndarray:
+    """One unit in the last place of each value at the precision it carries: the rounding a
+    merge's output went through (and float32 arithmetic within it)."""
+    values32 = np.abs(values.astype(np.float32))
+    precision = precision_of(values.astype(np.float32), dtype)
+    if precision == "bf16":
+        return np.spacing(values32).astype(np.float64) * 65536.0
+    if precision == "f16":
+        return np.spacing(values32.astype(np.float16)).astype(np.float64)
+    return np.spacing(values32).astype(np.float64) * 2.0
+
+
+@functools.cache
+def _subsets(k: int) -> tuple[tuple[int, ...], ...]:
+    return tuple(s for size in range(1, k + 1) for s in itertools.combinations(range(k), size))
+
+
+def _solve(design: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Least squares through the normal equations (one to three columns: much cheaper than
+    `lstsq` in the inner loop), falling back to `lstsq` when they are singular."""
+    try:
+        return np.linalg.solve(design.T @ design, design.T @ values)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(design, values, rcond=None)[0]
+
+
+def _sparse_tensor(
+    delta: np.ndarray, parents: np.ndarray, tolerance: np.ndarray
+) -> tuple[float, dict[tuple[int, ...], np.ndarray], np.ndarray]:
+    """Each coordinate of `delta` is zero or, for one subset of the parents, a combination of
+    their deltas with coefficients fitted per subset (alternating assignment and least squares).
+    Returns the energy left beyond `tolerance`, the coefficients and each coordinate's option
+    (0: zero, i: the i-th subset)."""
+    subsets = _subsets(parents.shape[1])
+    solution = _solve(parents, delta)
+    # Two starts: the dense fit's weights, and TIES's normalised mean (a parent alone kept
+    # whole, several averaged); alternation from one of them reaches the exact fit of a merge.
+    starts = (
+        {s: np.full(len(s), 1.0 / len(s)) for s in subsets},
+        {s: solution[list(s)] for s in subsets},
+    )
+    best: tuple[float, dict[tuple[int, ...], np.ndarray], np.ndarray] | None = None
+    for coefficients in starts:
+        previous = None
+        for iteration in range(SPARSE_ITERATIONS + 1):
+            predictions = np.stack(
+                [np.zeros_like(delta)] + [parents[:, list(s)] @ coefficients[s] for s in subsets],
+                axis=1,
+            )
+            miss = np.maximum(np.abs(delta[:, None] - predictions) - tolerance[:, None], 0.0) ** 2
+            assigned = miss.argmin(axis=1)
+            if iteration == SPARSE_ITERATIONS or (
+                previous is not None and np.array_equal(assigned, previous)
+            ):
+                break
+            previous = assigned
+            for option, subset in enumerate(subsets, start=1):
+                rows = assigned == option
+                if np.count_nonzero(rows) > len(subset):
+                    coefficients[subset] = _solve(parents[rows][:, list(subset)], delta[rows])
+        left = float(miss[np.arange(delta.size), assigned].sum())
+        if best is None or left < best[0]:
+            best = (left, coefficients, assigned)
+        if left == 0.0:
+            break  # every coordinate within rounding: the other start cannot do better
+    assert best is not None
+    return best
+
+
+def _sparse_fit(
+    target: Sketch,
+    parents: Sequence[Sketch],
+    base: Sketch,
+    names: Sequence[str],
+    shuffle: int | None = None,
+) -> _Fit | None:
+    """The sparse fit of `target` as `base` plus trimmed, sign-elected task vectors of `parents`
+    over `names`; `shuffle` permutes that parent's delta within each tensor (the null)."""
+    shares, raw, weights = [], [], []
+    zero = counted = 0
+    for name in names:
+        x = target.matrices[name].astype(np.float64)
+        origin = base.matrices[name].astype(np.float64)
+        delta = x - origin
+        energy = float(delta @ delta)
+        if energy == 0.0:
+            continue  # the tensor is the base's: nothing to explain
+        deltas = np.stack([p.matrices[name].astype(np.float64) - origin for p in parents], axis=1)
+        if shuffle is not None:
+            rng = np.random.default_rng(SHUFFLE_SEED)
+            deltas[:, shuffle] = rng.permutation(deltas[:, shuffle])
+        left, coefficients, assigned = _sparse_tensor(
+            delta, deltas, _tolerance(target.matrices[name], target.dtypes[name])
+        )
+        shares.append(left / energy)
+        raw.append(left / (float(x @ x) or 1.0))
+        weights.append(coefficients[tuple(range(len(parents)))])
+        zero += int(np.count_nonzero(assigned == 0))
+        counted += assigned.size
+    if not shares:
+        return None
+    stacked = np.array(weights)
+    return _Fit(
+        chosen=[p.id for p in parents],
+        residual=float(np.mean(raw)),
+        weights={p.id: float(np.median(stacked[:, i])) for i, p in enumerate(parents)},
+        per_tensor_residual=raw,
+        base=base.id,
+        evidence={
+            "method": "sparse",
+            "delta_share_unexplained": float(np.mean(shares)),
+            "share_at_base": round(zero / max(1, counted), 4),
+        },
+    )
+
+
+def _screen_names(names: Sequence[str], count: int) -> list[str]:
+    """`count` names spread over `names` (a merge is exact on every tensor; a hypothesis that is
+    not exact on a few is rejected before the rest are fitted)."""
+    if len(names) <= count:
+        return list(names)
+    step = len(names) / count
+    return [names[int((i + 0.5) * step)] for i in range(count)]
+
+
+def _exact(fit: _Fit | None, closest: float) -> bool:
+    """A sparse fit is exact when it leaves at most `SPARSE_MAX_SHARE` of the target's delta from
+    the base and of what the closest single candidate leaves (a distant base makes any delta
+    large; the closest candidate is the scale of what a merge must explain beyond one model)."""
+    return (
+        fit is not None
+        and fit.evidence["delta_share_unexplained"] <= SPARSE_MAX_SHARE
+        and fit.residual <= SPARSE_MAX_SHARE * closest
+    )
+
+
+def sparse_merge(
+    target: Sketch,
+    parents: Sequence[Sketch],
+    base: Sketch,
+    names: Sequence[str],
+    closest: Sketch,
+) -> _Fit | None:
+    """The sparse fit when it explains the target exactly and needs every parent, else None.
+    `closest` is the single candidate that explains the target best."""
+    for count in SPARSE_SCREENS:
+        screen = _screen_names(names, count)
+        reference = _fit(target, [closest], screen).residual
+        screened = _sparse_fit(target, parents, base, screen)
+        if not _exact(screened, reference):
+            return None
+    for index in range(len(parents)):
+        if _exact(_sparse_fit(target, parents, base, screen, shuffle=index), reference):
+            return None  # that parent's alignment adds nothing: it is not a parent
+    fit = _sparse_fit(target, parents, base, names) if len(screen) < len(names) else screened
+    return fit if _exact(fit, _fit(target, [closest], names).residual) else None
+
+
+def _repeated_share(target: Sketch, other: Sketch, names: Sequence[str]) -> float:
+    """Share of sampled coordinates where `target` holds `other`'s value (up to rounding)."""
+    same = total = 0
+    for name in names:
+        x, y = target.matrices[name], other.matrices[name]
+        close = np.abs(x.astype(np.float64) - y) <= _tolerance(x, target.dtypes[name])
+        same, total = same + int(np.count_nonzero(close)), total + x.size
+    return same / max(1, total)
+
+
+def _ancestors(model: str, parents_of: Mapping[str, Sequence[str]]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(parents_of.get(model, ()))
+    while stack:
+        parent = stack.pop()
+        if parent not in seen:
+            seen.add(parent)
+            stack.extend(parents_of.get(parent, ()))
+    return seen
+
+
+def find_sparse_merge(
+    target: Sketch,
+    pool: Sequence[Sketch],
+    singles: Sequence[_Fit],
+    names: Sequence[str],
+    parents_of: Mapping[str, Sequence[str]] | None = None,
+) -> _Fit | None:
+    """The best exact sparse fit with parents among the closest candidates and a base among
+    their known common ancestors and the candidates the target repeats most, or None."""
+    by_id = {c.id: c for c in pool}
+    leaders = [fit.chosen[0] for fit in singles[:SPARSE_LEADERS]]
+    screen = _screen_names(names, SPARSE_SCREENS[-1])
+    shared: dict[str, int] = {}
+    for leader in leaders:
+        for ancestor in _ancestors(leader, parents_of or {}):
+            if ancestor in by_id:
+                shared[ancestor] = shared.get(ancestor, 0) + 1
+    ordered = sorted(shared, key=lambda a: -shared[a])[:SPARSE_BASES]
+    repeated = sorted(pool, key=lambda c: -_repeated_share(target, c, screen))
+    ordered += [c.id for c in repeated if c.id not in ordered][:SPARSE_BASES]
+    for size in SPARSE_PARENTS:
+        found = []
+        for base in ordered:
+            for group in itertools.combinations([p for p in leaders if p != base], size):
+                fit = sparse_merge(
+                    target, [by_id[p] for p in group], by_id[base], names, by_id[leaders[0]]
+                )
+                if fit is not None:
+                    found.append(fit)
+        if found:
+            return min(found, key=lambda fit: fit.residual)
+    return None
+
+
+def explain(
+    target: Sketch,
+    candidates: Sequence[Sketch],
+    parents_of: Mapping[str, Sequence[str]] | None = None,
+) -> _Fit | None:
     """Forward selection: the smallest set of candidates whose per-tensor least-squares
-    combination explains the target, or None when no candidate explains it."""
+    combination explains the target, or an exact sparse merge when no combination does, or None
+    when no candidate explains it. Known ancestors of the candidates (`parents_of`) are tried
+    first as a sparse merge's base."""
     pool = [c for c in candidates if c.architecture == target.architecture and c.id != target.id]
     if not pool:
         return None
@@ -289,17 +538,21 @@ def explain(target: Sketch, candidates: Sequence[Sketch]) -> _Fit | None:
     for trial in sorted(pairs + extended, key=lambda fit: fit.residual)[:1]:
         if best.residual > EXACT_RESIDUAL and trial.residual <= best.residual * (1 - NEXT_MIN_GAIN):
             best = trial
-    if len(best.chosen) < 2:
-        return best
-    while len(best.chosen) < MAX_PARENTS and best.residual > EXACT_RESIDUAL:
-        chosen = [by_id[cid] for cid in best.chosen]
-        trials = [_fit(target, [*chosen, c], names) for c in pool if c.id not in best.chosen]
-        if not trials:
-            break
-        trial = min(trials, key=lambda fit: fit.residual)
-        if trial.residual > best.residual * (1 - NEXT_MIN_GAIN):
-            break
-        best = trial
+    if len(best.chosen) >= 2:
+        while len(best.chosen) < MAX_PARENTS and best.residual > EXACT_RESIDUAL:
+            chosen = [by_id[cid] for cid in best.chosen]
+            trials = [_fit(target, [*chosen, c], names) for c in pool if c.id not in best.chosen]
+            if not trials:
+                break
+            trial = min(trials, key=lambda fit: fit.residual)
+            if trial.residual > best.residual * (1 - NEXT_MIN_GAIN):
+                break
+            best = trial
+    if best.residual > EXACT_RESIDUAL:
+        # No combination is exact: a TIES or DARE merge is, coordinate by coordinate.
+        sparse = find_sparse_merge(target, pool, singles, names, parents_of)
+        if sparse is not None:
+            return sparse
     return best
 
 
@@ -334,6 +587,35 @@ def prefer_sources(
     return fit
 
 
+def _declared_fit(
+    target: Sketch,
+    known: Sequence[Sketch],
+    pool: Sequence[Sketch],
+    fit: _Fit | None,
+    names: Sequence[str],
+) -> _Fit:
+    """How well the declared parents explain the target: their least-squares combination, or a
+    sparse merge of them (a TIES card declares the base among its parents, mergekit's does; the
+    base the weights show is tried too)."""
+    stated = _fit(target, known, names)
+    if len(known) < 2:
+        return stated
+    by_id = {c.id: c for c in pool}
+    names_all = _shared_matrices(target, pool)
+    closest = min(pool, key=lambda c: _fit(target, [c], names_all).residual)
+    bases = [c.id for c in known]
+    if fit is not None and fit.base is not None and fit.base not in bases:
+        bases.append(fit.base)
+    for base in bases:
+        parents = [c for c in known if c.id != base]
+        if len(parents) not in SPARSE_PARENTS:
+            continue
+        sparse = sparse_merge(target, parents, by_id[base], names_all, closest)
+        if sparse is not None and sparse.residual < stated.residual:
+            stated = sparse
+    return stated
+
+
 def relate(
     target: Sketch,
     candidates: Sequence[Sketch],
@@ -360,14 +642,15 @@ def relate(
             score=float(found["equal"]),
             evidence={**found, "original": original.id},
         )
-    fit = explain(target, pool)
-    if fit is not None and parents_of:
+    fit = explain(target, pool, parents_of)
+    if fit is not None and fit.base is None and parents_of:
+        # A sparse fit is exact only with the models actually merged: nothing to simplify.
         fit = prefer_sources(target, fit, pool, parents_of)
     evidence: dict[str, Any] = {"candidates": len(pool)}
     known = [c for c in pool if c.id in set(declared)]
     if known:
         names = _shared_matrices(target, known)
-        stated = _fit(target, known, names) if names else None
+        stated = _declared_fit(target, known, pool, fit, names) if names else None
         supported = (
             stated is not None
             and stated.residual <= FIRST_MAX_RESIDUAL
@@ -378,7 +661,9 @@ def relate(
             "supported": supported,
             "residual": stated.residual if stated is not None else 1.0,
         }
-        if supported and stated is not None:
+        if supported and stated is not None and stated.base is not None:
+            fit = stated
+        elif supported and stated is not None:
             # Keep only the declared parents the fit actually uses.
             used = [c for c in known if abs(stated.weights[c.id]) >= MIN_MERGE_WEIGHT]
             fit = _fit(target, used or known, names)
@@ -390,9 +675,13 @@ def relate(
             score=1.0 - max(0.0, best),
             evidence={**evidence, "best_cosine": round(best, 4)},
         )
-    positive = [cid for cid in fit.chosen if fit.weights[cid] >= MIN_MERGE_WEIGHT]
-    base = [cid for cid in fit.chosen if fit.weights[cid] <= -MIN_MERGE_WEIGHT]
+    if fit.base is not None:
+        positive, base = list(fit.chosen), [fit.base]
+    else:
+        positive = [cid for cid in fit.chosen if fit.weights[cid] >= MIN_MERGE_WEIGHT]
+        base = [cid for cid in fit.chosen if fit.weights[cid] <= -MIN_MERGE_WEIGHT]
     explained = 1.0 - fit.residual
+    evidence |= fit.evidence
     evidence |= {
         "residual": fit.residual,
         "median_tensor_residual": float(np.median(fit.per_tensor_residual)),

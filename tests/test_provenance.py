@@ -338,3 +338,72 @@ def test_a_merge_of_merges_keeps_the_merges_when_their_parents_explain_less(fami
 
 def family_tensors(parts: dict, names: str) -> dict:
     return combine([(1 / len(names), parts[n]) for n in names])
+
+
+def ties(base: dict, parents: list[dict], density: float, weights: list[float]) -> dict:
+    """TIES as mergekit computes it: each task vector trimmed to its `density` largest
+    magnitudes, the sign elected by the weighted sum, the agreeing kept values averaged with
+    their weights."""
+    out = {}
+    for name, origin in base.items():
+        deltas = []
+        for parent, weight in zip(parents, weights, strict=True):
+            delta = parent[name] - origin
+            keep = max(1, int(density * delta.numel()))
+            threshold = delta.abs().flatten().kthvalue(delta.numel() - keep + 1).values
+            deltas.append(weight * torch.where(delta.abs() >= threshold, delta, 0.0))
+        stacked = torch.stack(deltas)
+        sign = torch.where(stacked.sum(0) >= 0, 1.0, -1.0)
+        agree = stacked.sign() == sign
+        divisor = (torch.tensor(weights).view(-1, *[1] * origin.dim()) * agree).sum(0)
+        mixed = (stacked * agree).sum(0) / torch.where(divisor == 0, 1.0, divisor)
+        out[name] = origin + mixed
+    return out
+
+
+def ties_family(family: Family, dtype=None) -> dict[str, torch.Tensor]:
+    """`base`, its fine-tunes `a`, `b` and `sibling`, and `merge`, a TIES merge of `a` and `b`
+    on `base` (returned) stored in `dtype`."""
+    base = random_weights(0)
+    a, b, sibling = step(base, 1, 0.3), step(base, 2, 0.3), step(base, 3, 0.3)
+    for name, tensors in {"base": base, "a": a, "b": b, "sibling": sibling}.items():
+        family.add(name, tensors)
+    merged = ties(base, [a, b], density=0.6, weights=[0.5, 0.5])
+    family.add("merge", merged, dtype)
+    return merged
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_a_ties_merge_names_both_parents_and_its_base(family, dtype):
+    ties_family(family, dtype)
+    relation = relate(family["merge"], family.pool("base", "a", "b", "sibling"))
+    assert relation.kind == MERGE_OF
+    assert sorted(relation.parents) == ["a", "b"]
+    assert relation.evidence["base"] == ["base"]
+    assert relation.evidence["method"] == "sparse"
+    weights = dict(zip(relation.parents, relation.weights, strict=True))
+    assert weights == {"a": pytest.approx(0.5, abs=0.01), "b": pytest.approx(0.5, abs=0.01)}
+
+
+def test_a_ties_merge_declaring_its_base_as_mergekit_does_is_supported(family):
+    ties_family(family)
+    relation = relate(
+        family["merge"], family.pool("base", "a", "b", "sibling"), declared=["base", "a", "b"]
+    )
+    assert relation.evidence["declared"]["supported"] is True
+    assert (relation.kind, sorted(relation.parents)) == (MERGE_OF, ["a", "b"])
+    assert relation.evidence["base"] == ["base"]
+
+
+def test_a_fine_tune_of_a_ties_merge_is_derived_from_the_merge(family):
+    merged = ties_family(family)
+    family.add("tuned", step(merged, 7, 0.1))
+    relation = relate(family["tuned"], family.pool("base", "a", "b", "sibling", "merge"))
+    assert (relation.kind, relation.parents) == (DERIVED_FROM, ("merge",))
+
+
+def test_a_fine_tune_of_one_parent_is_no_sparse_merge_with_its_sibling(family):
+    ties_family(family)
+    family.add("tuned", step(step(random_weights(0), 1, 0.3), 8, 0.1))
+    relation = relate(family["tuned"], family.pool("base", "a", "b", "sibling"))
+    assert (relation.kind, relation.parents) == (DERIVED_FROM, ("a",))
