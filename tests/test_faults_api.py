@@ -63,11 +63,13 @@ def fuzz_every_operation(schema, headers: dict[str, str]) -> list[str]:
     return tried
 
 
+@pytest.mark.slow
 def test_no_anonymous_input_makes_the_api_answer_5xx(api_schema, unthrottled):
     tried = fuzz_every_operation(api_schema, {})
     assert "POST /api/v1/submissions" in tried and "GET /api/v1/leaderboard" in tried
 
 
+@pytest.mark.slow
 def test_no_input_with_a_token_makes_the_api_answer_5xx(api_schema, bearer, unthrottled):
     tried = fuzz_every_operation(api_schema, bearer)
     assert len(tried) >= 9

@@ -100,6 +100,7 @@ def test_signup_logs_in(client):
     assert client.get("/accounts/profile/").status_code == 200
 
 
+@pytest.mark.slow
 def test_no_torch_in_web_process():
     """The web side must not import torch or lm-eval (they belong to the worker extra)."""
     import subprocess

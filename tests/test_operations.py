@@ -77,6 +77,7 @@ def test_check_deploy_fails_without_the_tls_proxy_setting(tmp_path):
     assert "security.W004" in done.stderr and "security.W008" in done.stderr
 
 
+@pytest.mark.slow
 def test_production_settings_behind_the_tls_proxy(tmp_path):
     env = _bare_env(tmp_path) | PRODUCTION | {"TRELLIS_SECRET_KEY": secrets.token_urlsafe(50)}
     code = (

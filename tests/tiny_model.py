@@ -3,11 +3,19 @@ model card: a repository that passes the submission checks and evaluates in seco
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 from tests.builders import card_text, default_card
 
 TINY_REPO_ID = "trellis-tests/tiny-llama"
+# Built weights and tokenizer, reused by every test process and run on this machine: training the
+# tokenizer and building the model took 6-12 s of each module that needed one. Keyed by this
+# file and the versions that shape the files, so a change to either builds anew.
+CACHE_ROOT = Path(__file__).resolve().parent.parent / "var" / "test-cache"
 
 
 def train_tokenizer(out: Path, vocab_size: int = 1024):
@@ -43,12 +51,39 @@ def train_tokenizer(out: Path, vocab_size: int = 1024):
 
 def build_tiny_repo(model_root: Path, repo_id: str = TINY_REPO_ID) -> Path:
     """`<model_root>/<repo_id>/`: safetensors weights, config, tokenizer and a pretrained
-    model's card (license, no parents needed)."""
+    model's card (license, no parents needed). A copy: tests may change their repository."""
+    path = model_root / repo_id
+    path.mkdir(parents=True, exist_ok=True)
+    for built in _built_weights().iterdir():
+        shutil.copy2(built, path / built.name)
+    card = default_card(repo_id, tags=["text-generation", "llama"])
+    (path / "README.md").write_text(card_text(card, name=repo_id))
+    return path
+
+
+@cache
+def _built_weights() -> Path:
+    from filelock import FileLock
+
+    versions = [metadata.version(name) for name in ("torch", "transformers", "tokenizers")]
+    key = hashlib.sha256("\n".join([Path(__file__).read_text(), *versions]).encode())
+    folder = CACHE_ROOT / f"tiny-llama-{key.hexdigest()[:16]}"
+    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist's processes ask at the same time: one builds, the others wait for it.
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "model.safetensors").is_file():
+            partial = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            _build_weights(partial)
+            partial.rename(folder)
+    return folder
+
+
+def _build_weights(path: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = model_root / repo_id
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True)
     tokenizer = train_tokenizer(path)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -65,6 +100,3 @@ def build_tiny_repo(model_root: Path, repo_id: str = TINY_REPO_ID) -> Path:
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
-    card = default_card(repo_id, tags=["text-generation", "llama"])
-    (path / "README.md").write_text(card_text(card, name=repo_id))
-    return path
