@@ -183,3 +183,41 @@ def test_a_signed_in_visitors_page_leaves_nothing_of_them_in_the_shared_cache(
     # And the other way round: the signed-in menu is drawn around a body cached anonymously.
     for url in pages:
         assert submitter.username in submitter_client.get(url).content.decode()
+
+
+@pytest.mark.django_db
+def test_pages_cut_from_the_cached_placement_are_the_pages_sql_ranks(anonymous_client, maintainer):
+    """Pages come from the order of every row, computed once per data version: the same rows,
+    ranks (ties included) and counts as the SQL window over one page, before and after a flag
+    hides a row."""
+    from leaderboard.public.query import parse_ranking_query
+    from leaderboard.public.selection import ranking
+
+    scores = [0.9, 0.8, 0.8, 0.7, 0.6, 0.6, 0.5]
+    repositories = [ranked(f"org/m{i}", score).repository for i, score in enumerate(scores)]
+
+    def pages_match(pages: int) -> None:
+        for page in range(1, pages + 1):
+            params = {"per_page": "2", "page": str(page)}
+            expected = ranking(parse_ranking_query(params))
+            html = anonymous_client.get("/", params).content.decode()
+            assert rows_in(html) == [row.model for row in expected.rows], page
+            ranks = re.findall(r'<tr data-model="[^"]+"[^>]*>\s*<td class="num">(\d+)</td>', html)
+            assert [int(rank) for rank in ranks] == [row.rank for row in expected.rows], page
+            api = anonymous_client.get("/api/v1/leaderboard", params).json()
+            assert [(row["model"], row["rank"]) for row in api["rows"]] == [
+                (row.model, row.rank) for row in expected.rows
+            ]
+            assert (api["count"], api["pages"]) == (expected.count, expected.pages)
+
+    pages_match(4)
+    flag(repositories[1], maintainer)
+    pages_match(3)
+    assert rows_in(anonymous_client.get("/", {"per_page": "2"}).content.decode()) == [
+        "org/m0",
+        "org/m2",
+    ]
+    past = anonymous_client.get("/", {"per_page": "2", "page": "4"})
+    assert (
+        past.status_code == 400 and "Page 4 is past the last page: 6 rows" in past.content.decode()
+    )

@@ -20,7 +20,12 @@ from leaderboard.evaluations.serializers import SubmissionDetailOut
 from leaderboard.problems import Refusal, error_responses
 from leaderboard.public import detail, serializers
 from leaderboard.public.cache import cached_response
-from leaderboard.public.etags import model_validator, ranking_validator, suites_validator
+from leaderboard.public.etags import (
+    data_version,
+    model_validator,
+    ranking_validator,
+    suites_validator,
+)
 from leaderboard.public.http import conditional, preflight, with_cors
 from leaderboard.public.query import (
     RankingQuery,
@@ -146,10 +151,6 @@ _CONDITIONAL_HEADERS = {
 }
 
 
-def _json(data: Any, status: int = 200) -> HttpResponse:
-    return HttpResponse(serializers.to_json(data), content_type="application/json", status=status)
-
-
 def _cors(run: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """CORS headers on every answer of a read route, refusals included (ninja's `decorate_view`
     wraps the operation outside its exception handling)."""
@@ -175,12 +176,14 @@ def _cors(run: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
 def leaderboard(request: HttpRequest) -> HttpResponse:
     query = parse_ranking_query(request.GET, paginate=False)
     # The body changes only when its data version (the ETag) does: built once per version,
-    # shared by every web process, gzip-compressed for clients that accept it.
+    # shared by every web process, gzip-compressed for clients that accept it; a page is cut
+    # from the order of every row, itself computed once per version.
+    data = data_version(query)
     return cached_response(
         request,
         "leaderboard",
-        ranking_validator(query, extra="api"),
-        lambda: serializers.leaderboard_json(ranking_for_api(query)),
+        ranking_validator(query, extra="api", data=data),
+        lambda: serializers.leaderboard_json(ranking_for_api(query, data_version=data.etag)),
         content_type="application/json",
     )
 
@@ -205,11 +208,16 @@ def model(request: HttpRequest, org: str, name: str) -> HttpResponse:
             404,
         )
     query = RankingQuery()  # every evaluation is listed; no suite version is singled out
-
-    def build() -> HttpResponse:
-        return _json(serializers.model_to_dict(detail.model_detail(repository, query)))
-
-    return conditional(request, model_validator(repository), build)
+    # Built once per version of the model's own data, shared by every web process.
+    return cached_response(
+        request,
+        f"model:{repository.pk}",
+        model_validator(repository),
+        lambda: serializers.to_json(
+            serializers.model_to_dict(detail.model_detail(repository, query))
+        ),
+        content_type="application/json",
+    )
 
 
 @decorate_view(_cors)

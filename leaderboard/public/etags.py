@@ -12,7 +12,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Max, Q, Sum
 from django.utils.dateparse import parse_datetime
 
 from evaluator.suites import SUITES_DIR
@@ -72,10 +72,20 @@ def ranking_stamps(suite: str, version: str | None) -> tuple[int, list[datetime 
     return int(count), [_stamp(stamp) for stamp in stamps]
 
 
-def ranking_validator(query: RankingQuery, *, extra: str = "") -> Validator:
-    """A ranking response's validator: `ranking_stamps` of its suite version, and the query."""
+def data_version(query: RankingQuery) -> Validator:
+    """What every ranking of the query's suite version is built from, whatever the filters:
+    `ranking_stamps` as a validator."""
     count, stamps = ranking_stamps(query.suite, query.version)
-    return _validator([ROW_SCHEMA_VERSION, extra, query_key(query), str(count)], stamps)
+    return _validator([ROW_SCHEMA_VERSION, str(count)], stamps)
+
+
+def ranking_validator(
+    query: RankingQuery, *, extra: str = "", data: Validator | None = None
+) -> Validator:
+    """A ranking response's validator: the data version of its suite version (`data`, read
+    when not given) and the query."""
+    data = data or data_version(query)
+    return _validator([data.etag, extra, query_key(query)], [data.last_modified])
 
 
 def model_page_version(repository: Repository, query: str, submission_id: int | None) -> str:
@@ -138,12 +148,17 @@ def suites_validator(body: str) -> Validator:
 
 
 def model_validator(repository: Repository) -> Validator:
-    """A model resource's validator, from its runs, submissions, edges and integrity events."""
+    """A model resource's validator, from its runs (their states and progress too: the body
+    lists them), submissions, edges and integrity events."""
     runs = EvaluationRun.objects.filter(submission__repository=repository).aggregate(
         n=Count("id"),
         finished=Count("id", filter=Q(state=RunState.FINISHED)),
         created=Max("created_at"),
         last=Max("finished_at"),
+        started=Max("started_at"),
+        beat=Max("heartbeat_at"),
+        done=Sum("progress_done"),
+        **{f"in_{state}": Count("id", filter=Q(state=state)) for state in RunState.values},
     )
     submissions = repository.submissions.aggregate(n=Count("id"), last=Max("created_at"))
     edges = LineageEdge.objects.filter(Q(child=repository) | Q(parent=repository)).aggregate(
@@ -158,6 +173,8 @@ def model_validator(repository: Repository) -> Validator:
             repository.status,
             str(runs["n"]),
             str(runs["finished"]),
+            str(runs["done"]),
+            *(str(runs[f"in_{state}"]) for state in RunState.values),
             str(submissions["n"]),
             str(edges["n"]),
         ],
@@ -166,6 +183,8 @@ def model_validator(repository: Repository) -> Validator:
             repository.status_updated_at,
             runs["created"],
             runs["last"],
+            runs["started"],
+            runs["beat"],
             submissions["last"],
             edges["last"],
             integrity,

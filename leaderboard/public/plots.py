@@ -213,7 +213,11 @@ def thin(scored: Sequence[Scored], limit: int) -> list[Scored]:
     width_y = (high_y - low_y) / side or 1.0
     cells: dict[tuple[int, int], Scored] = {}
     for s, log in zip(scored, logs, strict=True):
-        cell = (int((log - low_x) / width_x), int((s.score - low_y) / width_y))
+        # The largest value belongs to the last cell, not to one past it.
+        cell = (
+            min(side - 1, int((log - low_x) / width_x)),
+            min(side - 1, int((s.score - low_y) / width_y)),
+        )
         kept = cells.get(cell)
         if kept is None or abs(s.z or 0.0) > abs(kept.z or 0.0):
             cells[cell] = s

@@ -4,8 +4,10 @@ page of full rows) and the API (every row's stored JSON)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -18,6 +20,8 @@ from leaderboard.catalog.models import LineageStatus, Repository, RepositoryKind
 from leaderboard.integrity.models import Report, ReportStatus
 from leaderboard.integrity.status import path_text
 from leaderboard.problems import Refusal
+from leaderboard.public.cache import cached_bytes
+from leaderboard.public.etags import query_key
 from leaderboard.public.models import RankingEntry
 from leaderboard.public.query import SORT_COLUMNS, RankingQuery
 from leaderboard.public.row import ENTRY_COLUMNS, RankingRow, build_row
@@ -114,10 +118,17 @@ def filtered_entries(query: RankingQuery) -> QuerySet[RankingEntry]:
     return entries
 
 
-def select(query: RankingQuery, *, with_json: bool = False) -> Ranking[Placed]:
+def select(
+    query: RankingQuery, *, with_json: bool = False, data_version: str | None = None
+) -> Ranking[Placed]:
     """Count, rank, order and (when `query.page` is set) paginate with narrow rows; wide
     contents are read afterwards for the chosen ids only, so the database never sorts them.
     `with_json` reads every row's stored JSON along when there is no page (the full API).
+
+    With a `data_version` (etags.data_version), a page is cut from the placement of every row
+    of the query, computed once per data version and query and shared through the cache
+    (`placement`): paging through 10,000 rows costs one ranking per version, not a window over
+    thousands of rows per page.
 
     A page is ranked and filtered by lineage status in SQL (a window over the ordering index,
     stopped after the page). Every row at once is ranked here instead, with the status of the
@@ -130,6 +141,8 @@ def select(query: RankingQuery, *, with_json: bool = False) -> Ranking[Placed]:
             "version",
             f"Suite '{query.suite}' has no version '{query.version}'.",
         )
+    if query.page is not None and data_version is not None:
+        return _page_of_placement(query, view, data_version)
     entries = filtered_entries(query)
     # The few rows whose repository is flagged or tainted (status index), rather than a join
     # over every row; with a page, the total is one more index-only count.
@@ -175,6 +188,94 @@ def select(query: RankingQuery, *, with_json: bool = False) -> Ranking[Placed]:
         placed = _place_all(query, entries, ordered, key, with_json)
         count = len(placed)
     return Ranking(query, view, placed, count, hidden_flagged, hidden_tainted, page, pages)
+
+
+def _page_of_placement(query: RankingQuery, view: SuiteView, data_version: str) -> Ranking[Placed]:
+    assert query.page is not None
+    every = query.model_copy(update={"page": None})
+    key = f"{data_version}:{hashlib.sha256(query_key(every).encode()).hexdigest()[:32]}"
+    encoded = cached_bytes("placement", key, lambda: _encode_placement(select(every)))
+    placement = Placement(encoded)
+    pages = max(1, math.ceil(placement.count / query.per_page))
+    if query.page > pages:
+        raise Refusal.one(
+            "page_out_of_range",
+            "page",
+            f"Page {query.page} is past the last page: {placement.count} rows make {pages} "
+            f"page(s) of {query.per_page}; ask for a page from 1 to {pages}.",
+        )
+    start = (query.page - 1) * query.per_page
+    rows = placement.rows(start, start + query.per_page)
+    return Ranking(
+        query,
+        view,
+        rows,
+        placement.count,
+        placement.hidden_flagged,
+        placement.hidden_tainted,
+        query.page,
+        pages,
+    )
+
+
+# The placement's arrays: entry id, rank and repository id of each row, in ranking order.
+_ARRAYS = 3
+_ITEM = array("q").itemsize
+
+
+def _encode_placement(ranked: Ranking[Placed]) -> bytes:
+    """Every placed row of a ranking as bytes: a JSON header (counts, and the status and path
+    of the few rows that are not clean) and three arrays of 64-bit integers."""
+    rows = ranked.rows
+    header = {
+        "count": len(rows),
+        "hidden_flagged": ranked.hidden_flagged,
+        "hidden_tainted": ranked.hidden_tainted,
+        "live": {
+            str(index): [row.lineage_status, row.status_path]
+            for index, row in enumerate(rows)
+            if row.lineage_status != LineageStatus.CLEAN
+        },
+    }
+    head = json.dumps(header).encode()
+    columns = [
+        array("q", [row.entry_id for row in rows]),
+        array("q", [row.rank for row in rows]),
+        array("q", [row.repository_id for row in rows]),
+    ]
+    return len(head).to_bytes(4, "big") + head + b"".join(c.tobytes() for c in columns)
+
+
+class Placement:
+    """A decoded placement; `rows` reads only the slice it is asked for."""
+
+    def __init__(self, encoded: bytes) -> None:
+        size = int.from_bytes(encoded[:4], "big")
+        header = json.loads(encoded[4 : 4 + size])
+        self.count: int = header["count"]
+        self.hidden_flagged: int = header["hidden_flagged"]
+        self.hidden_tainted: int = header["hidden_tainted"]
+        self.live: dict[str, list[Any]] = header["live"]
+        self.data = memoryview(encoded)[4 + size :]
+
+    def _column(self, index: int, start: int, stop: int) -> array[int]:
+        offset = index * self.count * _ITEM
+        column = array("q")
+        column.frombytes(self.data[offset + start * _ITEM : offset + stop * _ITEM])
+        return column
+
+    def rows(self, start: int, stop: int) -> list[Placed]:
+        stop = min(stop, self.count)
+        if start >= stop:
+            return []
+        ids, ranks, repositories = (self._column(i, start, stop) for i in range(_ARRAYS))
+        placed = []
+        for offset, (entry_id, rank, repository_id) in enumerate(
+            zip(ids, ranks, repositories, strict=True)
+        ):
+            status, path = self.live.get(str(start + offset), (LineageStatus.CLEAN.value, []))
+            placed.append(Placed(entry_id, rank, repository_id, status, path))
+        return placed
 
 
 def _place_all(
@@ -260,10 +361,11 @@ def _contents(placed: Ranking[Placed], columns: tuple[str, ...]) -> dict[int, tu
     return {values[0]: values[1:] for values in entries.values_list("id", *columns)}
 
 
-def ranking(query: RankingQuery) -> Ranking[RankingRow]:
+def ranking(query: RankingQuery, *, data_version: str | None = None) -> Ranking[RankingRow]:
     """One row per evaluated submission of the query's suite version, filtered, sorted and
-    (when `query.page` is set) paginated, with how many rows the status filters hid."""
-    placed = select(query)
+    (when `query.page` is set) paginated, with how many rows the status filters hid. See
+    `select` for `data_version`."""
+    placed = select(query, data_version=data_version)
     contents = _contents(placed, ENTRY_COLUMNS)
     rows = [
         build_row(
@@ -283,9 +385,9 @@ def ranking(query: RankingQuery) -> Ranking[RankingRow]:
     return placed.with_rows(rows)
 
 
-def ranking_for_api(query: RankingQuery) -> Ranking[Placed]:
+def ranking_for_api(query: RankingQuery, *, data_version: str | None = None) -> Ranking[Placed]:
     """The same rows as `ranking`, as stored JSON plus live fields (see serializers)."""
-    placed = select(query, with_json=True)
+    placed = select(query, with_json=True, data_version=data_version)
     if placed.page is not None:
         stored = _contents(placed, ("row_json",))
         for p in placed.rows:

@@ -22,7 +22,13 @@ from leaderboard.integrity.reports import integrity_context
 from leaderboard.problems import Problem, Refusal
 from leaderboard.public import compare, detail, plots
 from leaderboard.public.cache import cached_bytes, cached_response
-from leaderboard.public.etags import model_page_version, query_key, ranking_validator, release
+from leaderboard.public.etags import (
+    data_version,
+    model_page_version,
+    query_key,
+    ranking_validator,
+    release,
+)
 from leaderboard.public.export import export
 from leaderboard.public.http import with_cors
 from leaderboard.public.licenses import PERMISSIVE, RESTRICTIVE
@@ -76,11 +82,12 @@ def _subset(params: QueryDict, names: tuple[str, ...]) -> QueryDict:
     return kept
 
 
-def _safe_ranking(query: RankingQuery) -> Ranking | None:
-    """The ranking, or None on a fresh install where no suite is known yet."""
+def _safe_ranking(query: RankingQuery, data: str | None = None) -> Ranking | None:
+    """The ranking, or None on a fresh install where no suite is known yet. With the data
+    version `data`, a page is cut from the placement of every row (selection.select)."""
     if query.version is None:
         return None
-    return ranking(query)
+    return ranking(query, data_version=data)
 
 
 def _filter_context(query: RankingQuery) -> dict[str, Any]:
@@ -209,8 +216,10 @@ def _fragment(namespace: str, version: str, template: str, context: Any) -> Safe
     return mark_safe(body.decode())
 
 
-def _ranking_context(query: RankingQuery, errors: list[Problem]) -> dict[str, Any]:
-    result = _safe_ranking(query)
+def _ranking_context(
+    query: RankingQuery, errors: list[Problem], data: str | None = None
+) -> dict[str, Any]:
+    result = _safe_ranking(query, data)
     context = _filter_context(query) | {"errors": errors, "sort_keys": list(SORT_COLUMNS)}
     if result is not None:
         context |= _table_context(result)
@@ -224,10 +233,14 @@ def ranking_page(request: HttpRequest) -> HttpResponse:
     if not errors:
         # The page is the same for every visitor: the ranking part comes from the cache, keyed
         # by the data version and the query; the menu, messages and queue line are per request.
-        version = ranking_validator(query, extra="ranking-page").etag
+        data = data_version(query)
+        version = ranking_validator(query, extra="ranking-page", data=data).etag
         try:
             fragment = _fragment(
-                "ranking", version, "public/_ranking.html", lambda: _ranking_context(query, [])
+                "ranking",
+                version,
+                "public/_ranking.html",
+                lambda: _ranking_context(query, [], data.etag),
             )
         except Refusal as refused:  # a page past the last one
             query, errors = default_query(), refused.problems
