@@ -82,7 +82,7 @@ def test_an_ingest_gives_every_public_page_a_new_body(
     assert rows_in(before["ranking"].content.decode()) == ["acme/first"]
     assert "No finished evaluation of this model on quick 1 yet" in before["model"].content.decode()
     # Served again from the cache: the data version (and the ranking's queue line); no row read.
-    for name, queries in (("ranking", 2), ("plots", 1), ("model", 4)):
+    for name, queries in (("ranking", 2), ("plots", 1), ("model", 2)):
         with django_assert_max_num_queries(queries):
             again = anonymous_client.get(pages[name]).content
         assert unmasked(again) == unmasked(before[name].content)
@@ -221,3 +221,30 @@ def test_pages_cut_from_the_cached_placement_are_the_pages_sql_ranks(anonymous_c
     assert (
         past.status_code == 400 and "Page 4 is past the last page: 6 rows" in past.content.decode()
     )
+
+
+@pytest.mark.django_db
+def test_the_model_resource_follows_its_runs_from_queued_to_progress(
+    anonymous_client, django_assert_max_num_queries
+):
+    submission = SubmissionFactory(repository__repo_id="acme/running")
+    run = RunFactory(submission=submission, state="queued", queue="gpu-small")
+    url = "/api/v1/models/acme/running"
+
+    def run_of(response) -> dict:
+        return response.json()["submissions"][0]["runs"][0]
+
+    queued = anonymous_client.get(url)
+    assert run_of(queued)["state"] == "queued"
+    # Served from the cache: the repository and its state in one query each.
+    with django_assert_max_num_queries(2):
+        assert anonymous_client.get(url).content == queued.content
+    runs.mark_started(run.pk, 1, "celery@gpu-box")
+    running = anonymous_client.get(url)
+    assert run_of(running)["state"] == "running" and running["ETag"] != queued["ETag"]
+    runs.record_progress(run.pk, 1, 3, 10)
+    progressed = anonymous_client.get(url)
+    assert run_of(progressed)["progress"]["done"] == 3
+    assert progressed["ETag"] != running["ETag"]
+    stale = anonymous_client.get(url, HTTP_IF_NONE_MATCH=running["ETag"])
+    assert stale.status_code == 200

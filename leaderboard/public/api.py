@@ -22,7 +22,7 @@ from leaderboard.public import detail, serializers
 from leaderboard.public.cache import cached_response
 from leaderboard.public.etags import (
     data_version,
-    model_validator,
+    model_state,
     ranking_validator,
     suites_validator,
 )
@@ -212,7 +212,7 @@ def model(request: HttpRequest, org: str, name: str) -> HttpResponse:
     return cached_response(
         request,
         f"model:{repository.pk}",
-        model_validator(repository),
+        model_state(repository),
         lambda: serializers.to_json(
             serializers.model_to_dict(detail.model_detail(repository, query))
         ),

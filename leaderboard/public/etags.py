@@ -12,16 +12,17 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Max
 from django.utils.dateparse import parse_datetime
 
 from evaluator.suites import SUITES_DIR
 from leaderboard.catalog.models import LineageEdge, Repository
-from leaderboard.evaluations.models import EvaluationRun, RunState
+from leaderboard.evaluations.models import EvaluationRun
 from leaderboard.integrity.models import AuditEntry
 from leaderboard.public.models import RankingEntry
 from leaderboard.public.query import RankingQuery
 from leaderboard.public.row import ROW_SCHEMA_VERSION
+from leaderboard.submissions.models import Submission
 
 # Bumped whenever the shape of the model resource changes: it is part of its ETag.
 MODEL_SCHEMA_VERSION = "2"
@@ -88,36 +89,6 @@ def ranking_validator(
     return _validator([data.etag, extra, query_key(query)], [data.last_modified])
 
 
-def model_page_version(repository: Repository, query: str, submission_id: int | None) -> str:
-    """The model page's data version: the repository's own row, the state of each of its
-    submissions and runs, and the newest status change, lineage edge and integrity event
-    anywhere (the page draws its neighbours' statuses and the decisions that taint it)."""
-    runs = list(
-        EvaluationRun.objects.filter(submission__repository=repository)
-        .order_by("id")
-        .values_list("id", "submission_id", "state", "finished_at")
-    )
-    repositories = Repository._meta.db_table
-    edges = LineageEdge._meta.db_table
-    audit = AuditEntry._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT (SELECT MAX(status_updated_at) FROM {repositories}),"
-            f" (SELECT MAX(id) FROM {edges}), (SELECT MAX(created_at) FROM {audit})"
-        )
-        status_change, edge, event = cursor.fetchone()
-    own = [
-        repository.pk,
-        repository.status,
-        repository.updated_at,
-        repository.status_updated_at,
-        list(repository.submissions.order_by("id").values_list("id", "state")),
-        runs,
-    ]
-    parts = [MODEL_SCHEMA_VERSION, query, str(submission_id), str(own), str(edge)]
-    return _validator(parts, [_stamp(status_change), _stamp(event)]).etag
-
-
 @cache
 def release() -> str:
     """What the rendered pages are built with: the templates, the project's code and the suite
@@ -147,46 +118,33 @@ def suites_validator(body: str) -> Validator:
     return Validator(etag=hashlib.sha256(body.encode()).hexdigest()[:32], last_modified=last)
 
 
-def model_validator(repository: Repository) -> Validator:
-    """A model resource's validator, from its runs (their states and progress too: the body
-    lists them), submissions, edges and integrity events."""
-    runs = EvaluationRun.objects.filter(submission__repository=repository).aggregate(
-        n=Count("id"),
-        finished=Count("id", filter=Q(state=RunState.FINISHED)),
-        created=Max("created_at"),
-        last=Max("finished_at"),
-        started=Max("started_at"),
-        beat=Max("heartbeat_at"),
-        done=Sum("progress_done"),
-        **{f"in_{state}": Count("id", filter=Q(state=state)) for state in RunState.values},
-    )
-    submissions = repository.submissions.aggregate(n=Count("id"), last=Max("created_at"))
-    edges = LineageEdge.objects.filter(Q(child=repository) | Q(parent=repository)).aggregate(
-        n=Count("id"), last=Max("created_at")
-    )
-    integrity = AuditEntry.objects.filter(target_id=repository.pk).aggregate(
-        last=Max("created_at")
-    )["last"]
-    return _validator(
-        [
-            MODEL_SCHEMA_VERSION,
-            repository.status,
-            str(runs["n"]),
-            str(runs["finished"]),
-            str(runs["done"]),
-            *(str(runs[f"in_{state}"]) for state in RunState.values),
-            str(submissions["n"]),
-            str(edges["n"]),
-        ],
-        [
-            repository.updated_at,
-            repository.status_updated_at,
-            runs["created"],
-            runs["last"],
-            runs["started"],
-            runs["beat"],
-            submissions["last"],
-            edges["last"],
-            integrity,
-        ],
-    )
+def model_state(repository: Repository) -> Validator:
+    """What the model page and the model resource are built from, in one round trip: the
+    repository's row, each of its submissions and runs (state, progress, heartbeat: the
+    resource lists them), and the newest status change, lineage edge and integrity event
+    anywhere (both draw the neighbours' statuses, count children and list reports)."""
+    runs = EvaluationRun._meta.db_table
+    submissions = Submission._meta.db_table
+    repositories = Repository._meta.db_table
+    edges = LineageEdge._meta.db_table
+    audit = AuditEntry._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 'run', r.id, r.state, r.progress_done, r.finished_at, r.heartbeat_at"
+            f" FROM {runs} r JOIN {submissions} s ON r.submission_id = s.id"
+            f" WHERE s.repository_id = %s"
+            f" UNION ALL SELECT 'submission', id, state, 0, created_at, NULL"
+            f" FROM {submissions} WHERE repository_id = %s"
+            f" UNION ALL SELECT 'everywhere', (SELECT MAX(id) FROM {edges}), '', 0,"
+            f" (SELECT MAX(status_updated_at) FROM {repositories}),"
+            f" (SELECT MAX(created_at) FROM {audit})"
+            f" ORDER BY 1, 2",
+            [repository.pk, repository.pk],
+        )
+        rows = cursor.fetchall()
+    parts = [MODEL_SCHEMA_VERSION, repository.status, str(repository.status_path)]
+    stamps = [repository.updated_at, repository.status_updated_at]
+    for kind, identity, state, progress, first, second in rows:
+        parts.append(f"{kind}:{identity}:{state}:{progress}")
+        stamps += [_stamp(first), _stamp(second)]
+    return _validator(parts, stamps)

@@ -3,6 +3,7 @@ the module that holds the content, and renders; a Refusal is shown with its prob
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,7 +25,7 @@ from leaderboard.public import compare, detail, plots
 from leaderboard.public.cache import cached_bytes, cached_response
 from leaderboard.public.etags import (
     data_version,
-    model_page_version,
+    model_state,
     query_key,
     ranking_validator,
     release,
@@ -216,6 +217,10 @@ def _fragment(namespace: str, version: str, template: str, context: Any) -> Safe
     return mark_safe(body.decode())
 
 
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
 def _ranking_context(
     query: RankingQuery, errors: list[Problem], data: str | None = None
 ) -> dict[str, Any]:
@@ -270,7 +275,7 @@ def model_page(request: HttpRequest, org: str, name: str) -> HttpResponse:
         # Maintainers see the model's signals (per role); a refused query is rare: both live.
         body = mark_safe(render_to_string("public/_model.html", context(), request=request))
     else:
-        version = model_page_version(repository, query_key(query), submission_id)
+        version = _digest(model_state(repository).etag, query_key(query), str(submission_id))
         body = _fragment("model", version, "public/_model.html", context)
     return render(
         request,
