@@ -176,3 +176,23 @@ def test_a_message_a_busy_worker_holds_is_not_sent_twice(broker, monkeypatch):
     assert runs.reconcile_runs().resent == []
     assert runs.reconcile_runs().resent == [lost.pk]
     assert [job["run_id"] for _, [job] in broker("gpu-small")] == [lost.pk]
+
+
+# --- a report that meets an outage ---------------------------------------------------------------
+
+
+def test_a_report_is_retried_through_an_outage_with_growing_delays_then_given_up():
+    from django.db import IntegrityError, InterfaceError, OperationalError
+
+    from evaluator.artifacts import StoreUnavailable
+
+    down = OperationalError("connection refused")
+    delays = [runs.report_retry_delay(down, retries) for retries in range(runs.REPORT_RETRIES)]
+    assert delays == [2, 4, 8, 16, 32, 64, 128, 256, 512, 600]
+    assert runs.report_retry_delay(down, runs.REPORT_RETRIES) is None
+    store_down = StoreUnavailable("the artifact store s3://x failed")
+    for outage in (InterfaceError("connection already closed"), store_down):
+        assert runs.report_retry_delay(outage, 0) == 2
+    # Not an outage: retrying cannot help, the error stands.
+    for error in (IntegrityError("duplicate key"), ValueError("bad"), KeyError("payload")):
+        assert runs.report_retry_delay(error, 0) is None

@@ -13,11 +13,12 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Count, F, Max, Q, QuerySet
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
+from evaluator.artifacts import StoreUnavailable
 from evaluator.vocabulary import failure_words
 from leaderboard.accounts.roles import is_maintainer
 from leaderboard.evaluations.artifacts import artifact_store
@@ -109,6 +110,22 @@ def mark_started(run_id: int, attempt: int, worker_hostname: str) -> bool:
     if claimed:
         _mirror_submission(run_id, None, RunState.RUNNING)
     return bool(claimed)
+
+
+# A report that could not be recorded because the database or the artifact store is down for a
+# while (a restart, a failover) says nothing about the run: it is recorded later, not lost. The
+# delays double from 2 s up to 10 minutes; ten retries wait about an hour and a half in all.
+REPORT_RETRIES = 10
+REPORT_RETRY_MAX_DELAY = 600
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, StoreUnavailable)
+
+
+def report_retry_delay(error: BaseException, retries: int) -> int | None:
+    """Seconds to wait before recording a worker's report again after `error`, or None when it
+    must not be retried: the error is not an outage, or `retries` retries were already made."""
+    if not isinstance(error, TRANSIENT_ERRORS) or retries >= REPORT_RETRIES:
+        return None
+    return min(2 ** (retries + 1), REPORT_RETRY_MAX_DELAY)
 
 
 def record_progress(run_id: int, attempt: int, done: int, total: int) -> bool:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeVar
 
-from celery import shared_task
+from celery import Task, shared_task
 
-from evaluator.artifacts import StoreUnavailable
 from evaluator.messages import (
     FAILURE_TASK,
     PROGRESS_TASK,
@@ -27,11 +26,15 @@ from evaluator.messages import (
     parse,
 )
 from leaderboard import flow
+from leaderboard.evaluations.runs import report_retry_delay
 
 logger = logging.getLogger(__name__)
 
 # Web-side tasks are short and idempotent; their limits are far below an evaluation's.
 WEB_TASK = {"ignore_result": True, "soft_time_limit": 240, "time_limit": 300}
+# The reports that carry an attempt's outcome are retried through an outage; the rule bounds
+# them (runs.report_retry_delay), not Celery's own count.
+REPORT_TASK = {**WEB_TASK, "bind": True, "max_retries": None}
 REJECTED = "rejected"
 
 M = TypeVar("M", bound=Message)
@@ -52,48 +55,67 @@ def _read(kind: type[M], raw: Any) -> M | None:
         return None
 
 
-@shared_task(name=STARTED_TASK, **WEB_TASK)
-def mark_started(message: dict[str, Any]) -> bool | str:
-    report = _read(Started, message)
-    if report is None:
-        return REJECTED
-    return flow.mark_started(report.run_id, report.attempt, report.worker)
+def _retried_on_outage(task: Task, error: Exception) -> Exception:
+    """The Celery retry for a report that met an outage (the rule: runs.report_retry_delay), or
+    the error itself when it is no outage or the retries are spent."""
+    delay = report_retry_delay(error, task.request.retries)
+    if delay is None:
+        return error
+    logger.warning(
+        "%s could not be recorded (%s); retry %d in %d s",
+        task.name,
+        type(error).__name__,
+        task.request.retries + 1,
+        delay,
+    )
+    return task.retry(exc=error, countdown=delay, throw=False)
+
+
+@shared_task(name=STARTED_TASK, **REPORT_TASK)
+def mark_started(self: Task, message: dict[str, Any]) -> bool | str:
+    try:
+        report = _read(Started, message)
+        if report is None:
+            return REJECTED
+        return flow.mark_started(report.run_id, report.attempt, report.worker)
+    except Exception as error:
+        raise _retried_on_outage(self, error) from None
 
 
 @shared_task(name=PROGRESS_TASK, **WEB_TASK)
 def record_progress(message: dict[str, Any]) -> bool | str:
+    # Not retried: the next progress report (or the result) supersedes a lost one.
     report = _read(Progress, message)
     if report is None:
         return REJECTED
     return flow.record_progress(report.run_id, report.attempt, report.done, report.total)
 
 
-# An artifact bucket that cannot be reached says nothing about the result: checked again later
-# (backoff up to 10 minutes, about an hour in all) rather than failed or dropped.
-@shared_task(
-    name=RESULT_TASK,
-    **WEB_TASK,
-    autoretry_for=(StoreUnavailable,),
-    retry_backoff=True,
-    retry_backoff_max=600,
-    max_retries=10,
-)
-def ingest_result(message: dict[str, Any]) -> str:
-    report = _read(Result, message)
-    if report is None:
-        return REJECTED
-    # The payload as the worker sent it: stored whole, unknown keys included.
-    return flow.ingest_result(report.run_id, report.attempt, message["payload"])
+# Retried through an outage of the database (a restart) or of the artifact bucket: the result of
+# hours of evaluation is recorded once they are back, not lost.
+@shared_task(name=RESULT_TASK, **REPORT_TASK)
+def ingest_result(self: Task, message: dict[str, Any]) -> str:
+    try:
+        report = _read(Result, message)
+        if report is None:
+            return REJECTED
+        # The payload as the worker sent it: stored whole, unknown keys included.
+        return flow.ingest_result(report.run_id, report.attempt, message["payload"])
+    except Exception as error:
+        raise _retried_on_outage(self, error) from None
 
 
-@shared_task(name=FAILURE_TASK, **WEB_TASK)
-def record_failure(message: dict[str, Any]) -> bool | str:
-    report = _read(Failure, message)
-    if report is None:
-        return REJECTED
-    return flow.record_failure(
-        report.run_id, report.attempt, report.code, report.message, report.log_tail
-    )
+@shared_task(name=FAILURE_TASK, **REPORT_TASK)
+def record_failure(self: Task, message: dict[str, Any]) -> bool | str:
+    try:
+        report = _read(Failure, message)
+        if report is None:
+            return REJECTED
+        return flow.record_failure(
+            report.run_id, report.attempt, report.code, report.message, report.log_tail
+        )
+    except Exception as error:
+        raise _retried_on_outage(self, error) from None
 
 
 @shared_task(name="evaluations.reconcile", **WEB_TASK)
