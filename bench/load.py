@@ -1,7 +1,9 @@
 """Load bench: concurrent readers of the public pages and the JSON API while submissions and
 reports arrive, against gunicorn with deploy/gunicorn.conf.py on PostgreSQL and Redis and the
 synthetic catalog. Not a test: it prints requests per second, p50/p95/p99 and errors per route,
-and checks that every accepted submission and report is in the database afterwards.
+each route's p95 against a baseline measured in the same run (a static file through the same
+server and client: what the machine, shared with other work, gives any request) and the load
+averages, and checks that every accepted submission and report is in the database afterwards.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/trellis_bench \\
     BENCH_REDIS_URL=redis://127.0.0.1:6379/8 \\
@@ -38,6 +40,7 @@ import gevent
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITER_INTERVAL = 20.0  # seconds between one writer's submissions (and between its reports)
+BASELINE = "baseline (static)"
 
 
 # --- preparing: runs in a subprocess with Django (no gevent there) ------------------------------
@@ -158,6 +161,13 @@ class Reader(HttpUser):
     @task(1)
     def api_model(self) -> None:
         self.client.get(f"/api/v1/models/{self._model()}", name="api model")
+
+    @task(1)
+    def baseline(self) -> None:
+        # The baseline measured in the same run: a static file (WhiteNoise, no database, no
+        # cache) through the same server and client. What it costs is what the machine, shared
+        # with other work, gives any request; the routes' ratios to it are what compare runs.
+        self.client.get("/static/css/trellis.css", name=BASELINE)
 
 
 class Writer(HttpUser):
@@ -302,7 +312,6 @@ def main() -> None:
             if gunicorn.poll() is not None or time.monotonic() > deadline:
                 sys.exit(f"gunicorn did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
-        workers = re.findall(r"Booting worker", log.read_text())
         STATE.update(prepared, writer_index=0, accepted={"submissions": 0, "reports": 0})
         Reader.wait_time = between(0.0, 2 * args.think)
         Writer.fixed_count = args.writers
@@ -310,6 +319,7 @@ def main() -> None:
             user_classes=[Reader, Writer], events=events, host=f"http://127.0.0.1:{port}"
         )
         runner = environment.create_local_runner()
+        load_before = os.getloadavg()
         started = time.time()
         runner.start(args.readers + args.writers, spawn_rate=max(10, args.readers))
         gevent.sleep(args.warmup)
@@ -318,8 +328,10 @@ def main() -> None:
         gevent.sleep(args.duration)
         runner.quit()
         seconds = time.monotonic() - measured_from
+        load_after = os.getloadavg()
         rows = report(environment, seconds)
         total = environment.stats.total
+        workers = re.findall(r"Booting worker", log.read_text())
     finally:
         os.killpg(gunicorn.pid, signal.SIGTERM)
         gunicorn.wait(timeout=60)
@@ -328,16 +340,23 @@ def main() -> None:
     print(
         f"\n{args.readers} readers (think {args.think} s), {args.writers} writers, "
         f"{seconds:.0f} s measured after {args.warmup:.0f} s warm-up, gunicorn "
-        f"{len(workers)} processes, {args.models} synthetic models\n"
+        f"{len(workers)} processes, {args.models} synthetic models; load average "
+        f"{' '.join(f'{v:.2f}' for v in load_before)} before, "
+        f"{' '.join(f'{v:.2f}' for v in load_after)} after ({os.cpu_count()} cores)\n"
     )
+    baseline = next((row for row in rows if row["route"] == BASELINE), None)
+    base_p95 = max(1, baseline["p95_ms"]) if baseline else 1
     header = (
         f"{'route':<20}{'reqs':>7}{'req/s':>8}{'p50':>7}{'p95':>7}{'p99':>7}{'err':>6}{'kB':>8}"
+        f"{'p95/base':>10}"
     )
     print(header)
     for row in rows:
+        row["p95_ratio"] = round(row["p95_ms"] / base_p95, 1)
         print(
             f"{row['route']:<20}{row['requests']:>7}{row['rps']:>8}{row['p50_ms']:>7}"
             f"{row['p95_ms']:>7}{row['p99_ms']:>7}{row['errors']:>6}{row['avg_kb']:>8}"
+            f"{row['p95_ratio']:>10}"
         )
     print(
         f"{'all':<20}{total.num_requests:>7}{round(total.num_requests / seconds, 1):>8}"
@@ -357,7 +376,13 @@ def main() -> None:
     for error in list(errors.values())[:10]:
         print(f"  error x{error.occurrences} {error.method} {error.name}: {error.error}")
     if args.json:
-        figures = {"args": vars(args), "routes": rows, "accepted": accepted, "recorded": recorded}
+        figures = {
+            "args": vars(args),
+            "load_average": {"before": load_before, "after": load_after},
+            "routes": rows,
+            "accepted": accepted,
+            "recorded": recorded,
+        }
         Path(args.json).write_text(json.dumps(figures, indent=2))
     import redis
 

@@ -329,8 +329,9 @@ def _with_supports(reports: Any) -> Any:
     )
 
 
-def integrity_context(repository: Repository) -> dict[str, Any]:
-    """Everything a page shows about a node's integrity (rendered by integrity/_panel.html)."""
+def integrity_context(repository: Repository, *, signals_too: bool = True) -> dict[str, Any]:
+    """Everything a page shows about a node's integrity (rendered by integrity/_panel.html).
+    `signals_too=False` leaves out the signals, which only maintainers see."""
     reports = list(_with_supports(repository.reports.all()).order_by("-created_at", "-id"))
     return {
         "repository": repository,
@@ -348,7 +349,7 @@ def integrity_context(repository: Repository) -> dict[str, Any]:
         "report_url": report_url(repository),
         "lineage_url": lineage_url(repository),
         # Shown to maintainers only (integrity/_panel.html).
-        "signal_items": signals.signals_of(repository),
+        "signal_items": signals.signals_of(repository) if signals_too else [],
         # The decision on the ancestor or dataset that taints it, on the moderation log.
         "taint_decisions": [
             (entry, log.entry_url(entry.pk)) for entry in log.tainting_decisions(repository)

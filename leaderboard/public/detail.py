@@ -132,11 +132,16 @@ def find_model(repo_id: str) -> Repository | None:
 
 
 def model_detail(
-    repository: Repository, query: RankingQuery, submission_id: int | None = None
+    repository: Repository,
+    query: RankingQuery,
+    submission_id: int | None = None,
+    *,
+    reports: bool = True,
 ) -> ModelDetail:
     """Everything the model page shows. The selected submission is `submission_id` when it
     belongs to the repository, else the one with the best average on the query's suite
-    version, else the newest."""
+    version, else the newest. `reports=False` leaves out the reports' records (the resource
+    lists them; the page shows them through the integrity panel)."""
     parents = [
         (edge.parent, edge.relation)
         for edge in LineageEdge.objects.filter(child=repository)
@@ -161,7 +166,9 @@ def model_detail(
         )
         for submission in submissions
     ]
-    detail = ModelDetail(repository, parents, children, by_submission, reports_on(repository))
+    detail = ModelDetail(
+        repository, parents, children, by_submission, reports_on(repository) if reports else []
+    )
     version = query.version or ""
     candidates = [s for s in by_submission if s.result_for(query.suite, version)]
     chosen = next((s for s in by_submission if s.submission.pk == submission_id), None)

@@ -268,10 +268,12 @@ def model_page(request: HttpRequest, org: str, name: str) -> HttpResponse:
     query, errors = _parse(_subset(request.GET, ("suite", "version", "normalized")), paginate=False)
     submission_id = _int_param(request.GET.get("submission"))
 
-    def context() -> dict[str, Any]:
-        return _model_context(repository, query, errors, submission_id)
+    maintainer = is_maintainer(request.user)
 
-    if errors or is_maintainer(request.user):
+    def context() -> dict[str, Any]:
+        return _model_context(repository, query, errors, submission_id, signals_too=maintainer)
+
+    if errors or maintainer:
         # Maintainers see the model's signals (per role); a refused query is rare: both live.
         body = mark_safe(render_to_string("public/_model.html", context(), request=request))
     else:
@@ -286,9 +288,14 @@ def model_page(request: HttpRequest, org: str, name: str) -> HttpResponse:
 
 
 def _model_context(
-    repository: Repository, query: RankingQuery, errors: list[Problem], submission_id: int | None
+    repository: Repository,
+    query: RankingQuery,
+    errors: list[Problem],
+    submission_id: int | None,
+    *,
+    signals_too: bool,
 ) -> dict[str, Any]:
-    model = detail.model_detail(repository, query, submission_id)
+    model = detail.model_detail(repository, query, submission_id, reports=False)
     selected = model.selected
     result = model.selected_result
     return {
@@ -303,7 +310,7 @@ def _model_context(
         if result and result.tasks
         else None,
         "lineage_figure": plots.figure_json(lineage_figure(repository, depth=2, max_nodes=60)),
-        "integrity": integrity_context(repository),
+        "integrity": integrity_context(repository, signals_too=signals_too),
         "compare_hint": f"{repository.repo_id},",
     }
 
