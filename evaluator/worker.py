@@ -16,6 +16,7 @@ from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Celery, Task
+from celery.signals import worker_ready, worker_shutting_down
 
 from evaluator.config import WorkerConfig
 from evaluator.messages import (
@@ -64,19 +65,31 @@ def report(message: Message) -> None:
     app.send_task(REPORT_TASKS[type(message)], args=[message.to_message()], queue=config.web_queue)
 
 
+# How often one attempt is sent again after its pool process died under it (killed by the OOM
+# killer, a crash in native code). The repeat is the same attempt; once these are spent the
+# message is acknowledged, the run falls silent and the reconciler queues it again as the next
+# attempt, up to TRELLIS_MAX_ATTEMPTS, then fails it with worker_lost: a job that kills its
+# worker every time costs (1 + LOST_POOL_RETRIES) x TRELLIS_MAX_ATTEMPTS tries, then drains.
+LOST_POOL_RETRIES = 1
+
+
 class EvaluationTask(Task):
-    """Late acknowledgement and reject-on-worker-lost: a worker killed mid-run leaves its message
-    to be re-delivered; the web side makes the repeat harmless."""
+    """Late acknowledgement: a worker killed mid-run leaves its message to be re-delivered (a
+    whole worker) or sends it again (a pool process, LOST_POOL_RETRIES times); the web side makes
+    the repeat harmless."""
 
     acks_late = True
     reject_on_worker_lost = True
+    retry_on_worker_lost = True
+    max_retries = LOST_POOL_RETRIES
+    default_retry_delay = 1
     ignore_result = True
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """The task ended without reporting: the pool killed it at the hard time limit (Celery
         calls this in the worker's main process then), or an exception escaped. Report it, so
-        the run fails now with its reason instead of being reaped later. A lost worker is not
-        reported: its message is re-delivered."""
+        the run fails now with its reason instead of being reaped later. A lost pool process is not
+        reported: its message is sent again or, the retries spent, the silent run is reaped."""
         ids = named_run(args[0]) if args else None
         if isinstance(exc, WorkerLostError) or ids is None:
             return
@@ -88,6 +101,29 @@ class EvaluationTask(Task):
         run_id, attempt = ids
         fields = {"code": code, "message": message, "log_tail": tail}
         report(Failure.model_validate({"run_id": run_id, "attempt": attempt, **fields}))
+
+
+# The consumer of this process's worker, once it is ready (for the stop below).
+_consumer: Any = None
+
+
+@worker_ready.connect
+def _remember_consumer(sender: Any, **kwargs: Any) -> None:
+    global _consumer
+    if getattr(sender, "app", None) is app:
+        _consumer = sender
+
+
+@worker_shutting_down.connect
+def _hand_back_on_stop(sender: Any, how: str = "", **kwargs: Any) -> None:
+    """SIGTERM (systemd, docker or make stopping the worker) ends the evaluation in progress at
+    once and leaves its message unacknowledged, so the broker hands it to the next worker as the
+    same attempt: Celery's warm shutdown would wait for the evaluation, hours, far past the unit's
+    60 s TimeoutStopSec, and then be killed with nothing handed back until the broker's
+    visibility timeout."""
+    if how == "Warm" and _consumer is not None:
+        logger.warning("stopping: the evaluation in progress goes back to the queue")
+        _consumer.cancel_active_requests()
 
 
 # Not shared: a process that imports this module (a test) must not give the web side's app

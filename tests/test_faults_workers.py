@@ -4,7 +4,7 @@ the whole GPU worker killed with SIGKILL, a GPU worker frozen with SIGSTOP. The 
 on are tested without processes in tests/test_faults.py; what happened is in docs/operations.md.
 
 The Redis of these tests is a private redis-server on a free port (the machine's shared one is
-never restarted)."""
+never restarted). The processes are started by tests/deployment.py."""
 
 from __future__ import annotations
 
@@ -12,11 +12,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,63 +23,13 @@ import pytest
 
 from leaderboard.evaluations.models import EvaluationRun, TaskScore
 from tests.conftest import service_unavailable
-from tests.test_evaluation_worker import (
-    LIMIT,
-    _database_url,
-    app_broker,
-    gpu_python,
-    wait_for,
-)
+from tests.deployment import Deployment, PrivateRedis, signal_tree, wait_ready
+from tests.test_evaluation_worker import LIMIT, app_broker, wait_for
+from tests.test_operations_brokers import rabbitmq_url  # noqa: F401 (a fixture)
 from tests.tiny_model import TINY_REPO_ID, build_tiny_repo
 
-ROOT = Path(__file__).resolve().parent.parent
 # The documented grace periods (deploy/systemd: TimeoutStopSec of each unit).
 GRACE = {"web": 300.0, "gpu": 60.0}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, without persistence, that can be restarted empty."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = _free_port()
-        self.folder = folder
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> PrivateRedis:
-        command = [
-            shutil.which("redis-server") or "redis-server", "--port", str(self.port),
-            "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.folder),
-        ]  # fmt: skip
-        log = (self.folder / "redis.log").open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.1)
-        raise RuntimeError("the private redis-server did not start")
-
-    def shutdown_nosave(self) -> None:
-        subprocess.run(
-            ["redis-cli", "-p", str(self.port), "shutdown", "nosave"],
-            capture_output=True,
-            timeout=20,
-        )
-        assert self.process is not None
-        self.process.wait(timeout=20)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture
@@ -103,97 +50,12 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-class Deployment:
-    """The worker processes of one deployment on one broker: web-side workers (the test
-    database; optionally with beat embedded, as `make worker` runs it) and GPU workers (no
-    database settings at all)."""
+def delete_queues(url: str, queues: list[str]) -> None:
+    from kombu import Connection
 
-    def __init__(self, broker_url: str, tmp_path: Path, models: Path, **env: str) -> None:
-        suffix = uuid.uuid4().hex[:8]
-        self.suffix = suffix
-        self.web_queue, self.gpu_queue = f"trellis-{suffix}", f"gpu-small-{suffix}"
-        self.tmp_path = tmp_path
-        self.artifact_root = tmp_path / "artifacts"
-        self.artifact_root.mkdir(parents=True, exist_ok=True)
-        common = {
-            "CELERY_BROKER_URL": broker_url,
-            "TRELLIS_WEB_QUEUE": self.web_queue,
-            "TRELLIS_QUEUE_SMALL": self.gpu_queue,
-            "TRELLIS_ARTIFACT_ROOT": str(self.artifact_root),
-            "TRELLIS_VAR_DIR": str(tmp_path / "var"),
-            "TRELLIS_MODEL_ROOT": str(models),
-            # Short evaluations: two documents per task (the web side builds the jobs, also
-            # those it sends again), no contamination reference sets.
-            "TRELLIS_EVAL_LIMIT": str(LIMIT),
-            "TRELLIS_REFERENCE_ITEMS": "0",
-            **env,
-        }
-        self.web_env = {
-            **os.environ,
-            **common,
-            "CELERY_RESULT_BACKEND": "cache+memory://",
-            "TRELLIS_MODEL_SOURCE": "local",
-            "TRELLIS_DB_CONN_MAX_AGE": "0",
-            "DATABASE_URL": _database_url(),
-        }
-        no_database = ("DATABASE_URL", "DJANGO_SETTINGS_MODULE", "PGHOST", "PGUSER", "PGPASSWORD")
-        self.gpu_env = {k: v for k, v in os.environ.items() if k not in no_database} | common
-        self.processes: list[tuple[subprocess.Popen, Path]] = []
-
-    def _start(self, command: list[str], env: dict[str, str], name: str) -> subprocess.Popen:
-        log = self.tmp_path / f"{name}-{len(self.processes)}.log"
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
-        )
-        self.processes.append((process, log))
-        return process
-
-    def web(self, *, beat: bool = False) -> subprocess.Popen:
-        command = [
-            sys.executable, "-m", "celery", "-A", "leaderboard", "worker",
-            f"--queues={self.web_queue}", f"--hostname=web-{self.suffix}-{len(self.processes)}@%h",
-            "--pool=prefork", "--concurrency=1", "--loglevel=INFO",
-        ]  # fmt: skip
-        if beat:
-            command += ["-B", f"--schedule={self.tmp_path / 'celerybeat-schedule'}"]
-        return self._start(command, self.web_env, "web")
-
-    def gpu(self) -> subprocess.Popen:
-        command = [
-            gpu_python(), "-m", "celery", "-A", "evaluator.worker", "worker",
-            f"--queues={self.gpu_queue}", f"--hostname=gpu-{self.suffix}-{len(self.processes)}@%h",
-            "--pool=prefork", "--concurrency=1", "--loglevel=INFO",
-        ]  # fmt: skip
-        return self._start(command, self.gpu_env, "gpu")
-
-    def log_of(self, process: subprocess.Popen) -> Path:
-        return next(log for p, log in self.processes if p is process)
-
-    @property
-    def logs(self) -> list[Path]:
-        return [log for _, log in self.processes]
-
-    def stop_all(self) -> None:
-        for process, _ in self.processes:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGCONT)  # a frozen one must be able to stop
-                process.send_signal(signal.SIGTERM)
-        for process, _ in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def wait_ready(deployment: Deployment, process: subprocess.Popen, timeout: float = 120) -> None:
-    log = deployment.log_of(process)
-
-    def ready() -> bool:
-        assert process.poll() is None, log.read_text()[-3000:]
-        return " ready." in log.read_text()
-
-    wait_for(ready, timeout, f"{log.name} to be ready", [log])
+    with Connection(url) as conn:
+        for queue in queues:
+            conn.default_channel.queue_delete(queue)
 
 
 # --- 0. stopping is clean ------------------------------------------------------------------------
@@ -217,16 +79,21 @@ def _exit_times(processes: dict[str, subprocess.Popen], limit: float) -> dict[st
 
 
 @pytest.mark.worker
-@pytest.mark.parametrize("broker", ["filesystem", "redis"])
+@pytest.mark.parametrize("broker", ["filesystem", "redis", "rabbitmq"])
 @pytest.mark.django_db(transaction=True)
 def test_sigterm_stops_idle_workers_within_their_grace_every_time(
-    broker, tmp_path, private_redis, tiny_models
+    broker, tmp_path, private_redis, tiny_models, request
 ):
-    """20 rounds: a web-side worker with beat embedded (as `make worker` runs it) and a GPU
-    worker start, the web side runs a reconciler pass (so the stop comes just after a task
-    finished, with beat still sending), then both get SIGTERM. Each must be gone well inside
-    its unit's TimeoutStopSec, with exit status 0."""
-    url = private_redis.url if broker == "redis" else "filesystem://"
+    """TRELLIS_FAULT_ROUNDS (20) rounds: a web-side worker with beat embedded (as `make worker`
+    runs it) and a GPU worker start, the web side runs a reconciler pass (so the stop comes just
+    after a task finished, with beat still sending), then both get SIGTERM. Each must be gone
+    well inside its unit's TimeoutStopSec, with exit status 0. RabbitMQ is the machine's own
+    (tests/test_operations_brokers.py); each deployment's queues are deleted afterwards."""
+    url = {
+        "filesystem": "filesystem://",
+        "redis": private_redis.url,
+        "rabbitmq": request.getfixturevalue("rabbitmq_url") if broker == "rabbitmq" else "",
+    }[broker]
     times: dict[str, list[float]] = {"web": [], "gpu": []}
     for batch in range(-(-ROUNDS // BATCH)):
         # Beat every 5 s: a reconciler pass has just run, or is being sent, when SIGTERM comes.
@@ -265,6 +132,8 @@ def test_sigterm_stops_idle_workers_within_their_grace_every_time(
         finally:
             for deployment in deployments:
                 deployment.stop_all()
+                if broker == "rabbitmq":
+                    delete_queues(url, [deployment.web_queue, deployment.gpu_queue])
     print(f"SIGTERM to exit (s), {broker}: {times}")
     assert len(times["web"]) == len(times["gpu"]) >= ROUNDS
     assert max(times["gpu"]) < GRACE["gpu"] and max(times["web"]) < GRACE["gpu"], times
@@ -357,15 +226,6 @@ def test_redis_restarted_without_data_every_run_finishes_once(
 QUICK_REAPER = {"TRELLIS_HEARTBEAT_TIMEOUT": "30", "TRELLIS_RECONCILE_INTERVAL": "5"}
 
 
-def signal_tree(process: subprocess.Popen, sig: int) -> None:
-    """`sig` to a worker and its pool processes at once, as a host losing power or a frozen VM."""
-    import psutil
-
-    parent = psutil.Process(process.pid)
-    for child in [parent, *parent.children(recursive=True)]:
-        os.kill(child.pid, sig)
-
-
 def the(run: EvaluationRun) -> EvaluationRun:
     return EvaluationRun.objects.get(pk=run.pk)
 
@@ -445,3 +305,220 @@ def test_a_frozen_worker_is_reaped_and_its_late_result_changes_nothing(
     assert (after.state, after.attempt, after.worker) == ("finished", 2, finished.worker)
     assert after.payload == finished.payload and after.finished_at == finished.finished_at
     assert sorted(TaskScore.objects.filter(run=run).values_list("task", "value")) == scores
+
+
+# --- 0. SIGTERM to a GPU worker mid-run ----------------------------------------------------------
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_sigterm_to_a_gpu_worker_mid_run_hands_its_run_back_within_the_grace(
+    tmp_path, private_redis, tiny_models, settings
+):
+    """A GPU worker gets SIGTERM while it evaluates: it exits (status 0) well inside its unit's
+    TimeoutStopSec, the message goes back to the queue, and a worker started afterwards finishes
+    the same attempt once (default settings: no reaper, no new attempt)."""
+    deployment = Deployment(private_redis.url, tmp_path, tiny_models)
+    try:
+        web, first = deployment.web(beat=True), deployment.gpu()
+        wait_ready(deployment, web)
+        wait_ready(deployment, first)
+        with runs_sent_through(private_redis.url, settings, deployment, tiny_models):
+            [run] = new_runs(1)
+            wait_for(lambda: the(run).state == "running", 300, "the run to start", deployment.logs)
+            first_start = the(run).started_at
+            exits = _exit_times({"gpu": first}, GRACE["gpu"])
+            assert first.returncode == 0, deployment.log_of(first).read_text()[-3000:]
+            deployment.gpu()  # a restarted worker (hostname index 2)
+            wait_for(
+                lambda: the(run).started_at != first_start, 300, "the run again", deployment.logs
+            )
+            wait_for(
+                lambda: the(run).state in ("finished", "failed"), 900, "the end", deployment.logs
+            )
+    finally:
+        deployment.stop_all()
+    run.refresh_from_db()
+    assert (run.state, run.attempt) == ("finished", 1), (run.failure_reason, run.log_tail)
+    assert run.worker.startswith(f"gpu-{deployment.suffix}-2@")  # the restarted worker
+    suite_tasks = TaskScore.objects.filter(run=run).values_list("task", flat=True)
+    assert len(suite_tasks) == len(set(suite_tasks)) > 0  # one set of scores
+    assert exits["gpu"] < GRACE["gpu"], exits
+    print(
+        f"the GPU worker exited {exits['gpu']:.1f} s after SIGTERM mid-run; run finished as "
+        f"attempt 1 on the restarted worker"
+    )
+
+
+# --- 1. a job that kills its worker every time ---------------------------------------------------
+
+
+def pool_child(process: subprocess.Popen) -> int | None:
+    import psutil
+
+    children = psutil.Process(process.pid).children()
+    return children[0].pid if children else None
+
+
+def broker_holds(url: str, queue: str) -> int:
+    """Messages for `queue` still in Redis: waiting on it (every priority list) or taken and not
+    yet acknowledged (kombu's `unacked` hash)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    waiting = sum(client.llen(key) for key in client.scan_iter(f"{queue}*"))
+    unacked = [raw for raw in client.hvals("unacked") if queue.encode() in raw]
+    return waiting + len(unacked)
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_job_that_kills_its_worker_every_time_fails_as_worker_lost_and_the_queue_drains(
+    tmp_path, private_redis, tiny_models, settings
+):
+    """Each time the doomed run starts, its pool process is killed (as the OOM killer would):
+    each attempt is sent again once (LOST_POOL_RETRIES), then reaped and queued as the next
+    attempt, and after TRELLIS_MAX_ATTEMPTS (2 here) it fails with worker_lost. Nothing is left
+    in the broker for it, and the run queued behind it finishes."""
+    from evaluator.worker import LOST_POOL_RETRIES
+
+    settings.TRELLIS_HEARTBEAT_TIMEOUT = 30
+    settings.TRELLIS_MAX_ATTEMPTS = 2
+    deployment = Deployment(
+        private_redis.url, tmp_path, tiny_models, **QUICK_REAPER, TRELLIS_MAX_ATTEMPTS="2"
+    )
+    kills: list[tuple[int, int]] = []  # (attempt, pool pid) of each kill
+    try:
+        web, gpu = deployment.web(beat=True), deployment.gpu()
+        wait_ready(deployment, web)
+        wait_ready(deployment, gpu)
+        with runs_sent_through(private_redis.url, settings, deployment, tiny_models):
+            doomed, behind = new_runs(2)
+            started = time.monotonic()
+            seen = None
+
+            def kill_each_start() -> bool:
+                nonlocal seen
+                run = the(doomed)
+                if run.state == "running" and run.started_at != seen:
+                    pid = pool_child(gpu)
+                    assert pid is not None
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append((run.attempt, pid))
+                    seen = run.started_at
+                return run.state == "failed" and the(behind).state in ("finished", "failed")
+
+            wait_for(kill_each_start, 1500, "the doomed run to fail", deployment.logs)
+            ended_after = time.monotonic() - started
+            held = broker_holds(private_redis.url, deployment.gpu_queue)
+    finally:
+        deployment.stop_all()
+    doomed.refresh_from_db()
+    behind.refresh_from_db()
+    assert (doomed.state, doomed.failure_code, doomed.attempt) == ("failed", "worker_lost", 2)
+    assert doomed.failure_reason.endswith("(attempt 2 of 2)."), doomed.failure_reason
+    # Every start of the doomed run was killed, attempt 1 then attempt 2. Each message of an
+    # attempt is tried 1 + LOST_POOL_RETRIES times; a retry that waited behind the other run
+    # may find its attempt already reaped (it then starts nothing, evaluated in vain), and a
+    # reconciler pass that gets no answer from a busy worker sends an attempt a second time.
+    attempts = [attempt for attempt, _ in kills]
+    assert attempts == sorted(attempts) and attempts[0] == 1 and attempts[-1] == 2, kills
+    assert len(kills) <= 2 * (1 + LOST_POOL_RETRIES) * 2, kills
+    assert TaskScore.objects.filter(run=doomed).count() == 0
+    assert held == 0
+    assert behind.state == "finished", (behind.failure_reason, behind.log_tail)
+    assert TaskScore.objects.filter(run=behind).count() > 0
+    print(f"pool processes killed at attempts {attempts}; worker_lost after {ended_after:.0f} s")
+
+
+# --- 5. a pickle canary ---------------------------------------------------------------------------
+
+
+class Canary:
+    """Unpickled, it creates the file `path` (what a hostile pytorch_model.bin could do)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.path), "w"))
+
+
+def canary_weights(repo: Path, canary: Path) -> None:
+    import pickle
+
+    (repo / "pytorch_model.bin").write_bytes(pickle.dumps(Canary(canary)))
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_pickle_canary_is_refused_and_never_unpickled(
+    tmp_path, private_redis, settings, submitter, anonymous_client
+):
+    """A pytorch_model.bin whose unpickling would create a file: alone, the submission is refused
+    (pickle_weights) and a GPU worker given the job anyway fails it as unsafe_weights; beside a
+    valid model.safetensors, the evaluation runs on the safetensors. The file never appears."""
+    import pickle
+
+    from leaderboard.accounts.models import ApiToken
+    from leaderboard.evaluations.runs import create_run_for
+    from tests.factories import RepositoryFactory, SubmissionFactory
+
+    # The canary is live: unpickling it here creates its file.
+    live = tmp_path / "live-canary"
+    pickle.loads(pickle.dumps(Canary(live)))
+    assert live.exists()
+
+    canary = tmp_path / "canary-was-unpickled"
+    models = tmp_path / "models"
+    pickled = build_tiny_repo(models, "canary/pickle-only")
+    (pickled / "model.safetensors").unlink()
+    canary_weights(pickled, canary)
+    beside = build_tiny_repo(models, "canary/beside-safetensors")
+    canary_weights(beside, canary)
+
+    deployment = Deployment(private_redis.url, tmp_path, models)
+    try:
+        web, gpu = deployment.web(), deployment.gpu()
+        with runs_sent_through(private_redis.url, settings, deployment, models):
+            _, token = ApiToken.issue(submitter)
+            response = anonymous_client.post(
+                "/api/v1/submissions",
+                {"repo_id": "canary/pickle-only", "precision": "float32"}
+                | {"model_type": "pretrained"},
+                content_type="application/json",
+                HTTP_AUTHORIZATION=f"Bearer {token}",
+            )
+            assert response.status_code == 400, response.content
+            [error] = response.json()["errors"]
+            assert error["code"] == "pickle_weights", error
+            assert "(pytorch_model.bin)" in error["message"]
+
+            wait_ready(deployment, web)
+            wait_ready(deployment, gpu)
+            # The web checks bypassed: the worker refuses on its own.
+            refused, evaluated = (
+                create_run_for(
+                    SubmissionFactory(repository=RepositoryFactory(repo_id=repo_id)),
+                    suite_name="quick",
+                )
+                for repo_id in ("canary/pickle-only", "canary/beside-safetensors")
+            )
+            wait_for(
+                lambda: {the(refused).state, the(evaluated).state} <= {"finished", "failed"},
+                900,
+                "both runs to end",
+                deployment.logs,
+            )
+    finally:
+        deployment.stop_all()
+    refused.refresh_from_db()
+    evaluated.refresh_from_db()
+    assert (refused.state, refused.failure_code) == ("failed", "unsafe_weights")
+    assert "It has only pytorch_model.bin." in refused.failure_reason
+    assert evaluated.state == "finished", (evaluated.failure_reason, evaluated.log_tail)
+    assert TaskScore.objects.filter(run=evaluated).count() > 0
+    assert not canary.exists()
