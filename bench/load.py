@@ -236,6 +236,20 @@ def _in_subprocess(function: str, env: dict[str, str], *args: Any) -> Any:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _cpu_seconds(group: int) -> float:
+    """CPU seconds used so far by the processes of process group `group` (the web server):
+    what a request costs the server whatever share of the machine it gets."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group:  # pgrp
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _percentile(entry: Any, fraction: float) -> int:
     return int(entry.get_response_time_percentile(fraction)) if entry.num_requests else 0
 
@@ -325,7 +339,9 @@ def main() -> None:
         gevent.sleep(args.warmup)
         environment.stats.reset_all()
         measured_from = time.monotonic()
+        cpu_from = _cpu_seconds(gunicorn.pid)
         gevent.sleep(args.duration)
+        server_cpu = _cpu_seconds(gunicorn.pid) - cpu_from
         runner.quit()
         seconds = time.monotonic() - measured_from
         load_after = os.getloadavg()
@@ -363,6 +379,11 @@ def main() -> None:
         f"{_percentile(total, 0.5):>7}{_percentile(total, 0.95):>7}"
         f"{_percentile(total, 0.99):>7}{total.num_failures:>6}"
     )
+    print(
+        f"\nserver CPU {server_cpu:.1f} s in {seconds:.0f} s ({server_cpu / seconds:.2f} of "
+        f"{os.cpu_count()} cores), {1000 * server_cpu / max(1, total.num_requests):.1f} ms "
+        "per request (gunicorn's processes; PostgreSQL and Redis not counted)"
+    )
     accepted = STATE["accepted"]
     lost_submissions = accepted["submissions"] - recorded["submissions"]
     lost_reports = accepted["reports"] - recorded["reports"]
@@ -379,6 +400,7 @@ def main() -> None:
         figures = {
             "args": vars(args),
             "load_average": {"before": load_before, "after": load_after},
+            "server_cpu_seconds": server_cpu,
             "routes": rows,
             "accepted": accepted,
             "recorded": recorded,

@@ -248,3 +248,25 @@ def test_the_model_resource_follows_its_runs_from_queued_to_progress(
     assert progressed["ETag"] != running["ETag"]
     stale = anonymous_client.get(url, HTTP_IF_NONE_MATCH=running["ETag"])
     assert stale.status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_status_change_off_the_ranking_keeps_its_version(
+    anonymous_client, django_assert_max_num_queries
+):
+    """A submission's new repository (or any repository with no row in the suite version)
+    changes no ranking: the pages stay cached; a ranked model's status change does not."""
+    from django.utils import timezone
+
+    from tests.factories import report, repository
+
+    alpha = ranked("org/alpha", 0.6).repository
+    first = anonymous_client.get("/api/v1/leaderboard")
+    page = anonymous_client.get("/")
+    repository("org/just-submitted", status_updated_at=timezone.now())
+    assert anonymous_client.get("/api/v1/leaderboard")["ETag"] == first["ETag"]
+    with django_assert_max_num_queries(2):
+        assert unmasked(anonymous_client.get("/").content) == unmasked(page.content)
+    report(alpha)
+    assert anonymous_client.get("/api/v1/leaderboard")["ETag"] != first["ETag"]
+    assert '<span class="badge under-review"' in anonymous_client.get("/").content.decode()

@@ -56,8 +56,10 @@ def _stamp(value: object) -> datetime | None:
 
 def ranking_stamps(suite: str, version: str | None) -> tuple[int, list[datetime | None]]:
     """One round trip: the row count and newest row of a suite version, the newest
-    lineage-status change and the newest integrity event (every filing, joining and decision
-    writes an audit entry, and the log is append-only)."""
+    lineage-status change among its ranked repositories (walked down the status-change index
+    until the first ranked one: a submission's new repository changes no ranking) and the
+    newest integrity event (every filing, joining and decision writes an audit entry, and the
+    log is append-only)."""
     entries = RankingEntry._meta.db_table
     repositories = Repository._meta.db_table
     audit = AuditEntry._meta.db_table
@@ -65,9 +67,12 @@ def ranking_stamps(suite: str, version: str | None) -> tuple[int, list[datetime 
         of_version = f"FROM {entries} WHERE suite_name = %s AND suite_version = %s"
         cursor.execute(
             f"SELECT (SELECT COUNT(*) {of_version}), (SELECT MAX(updated_at) {of_version}),"
-            f" (SELECT MAX(status_updated_at) FROM {repositories}),"
+            f" (SELECT r.status_updated_at FROM {repositories} r"
+            f" WHERE r.status_updated_at IS NOT NULL AND EXISTS (SELECT 1 FROM {entries} e"
+            f" WHERE e.repository_id = r.id AND e.suite_name = %s AND e.suite_version = %s)"
+            f" ORDER BY r.status_updated_at DESC LIMIT 1),"
             f" (SELECT MAX(created_at) FROM {audit})",
-            [suite, version, suite, version],
+            [suite, version, suite, version, suite, version],
         )
         count, *stamps = cursor.fetchone()
     return int(count), [_stamp(stamp) for stamp in stamps]
