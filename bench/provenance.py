@@ -2,8 +2,9 @@
 
 Builds a family of models with known lineage, fingerprints each from its safetensors files and
 asks the relation finder (`evaluator.provenance`) what each model is, using only older models as
-candidates, found through the LSH index. Prints precision and recall per relation kind and the
-time and bytes read per model.
+candidates, found through the LSH index. Prints precision and recall per relation kind and, per
+model, the fingerprint's time (`ms`) and bytes read, the candidates the index proposed and the
+time the finder took (`rel ms`).
 
 The family, built from a root model (the tiny Llama of the tests, pretrained here for 150 steps
 on ARC-Easy questions, with `--fast`; else also the demo model SmolLM2-135M-Instruct rebuilt from
@@ -441,7 +442,7 @@ def _ratio(num: int, den: int) -> float:
 def report(members: list[Member], scores: dict) -> tuple[float, float]:
     print(
         f"{'model':34} {'truth':13} {'found':13} {'parents found':52} "
-        f"{'ms':>6} {'KB read':>8} {'req':>5} {'cand':>5}"
+        f"{'ms':>6} {'KB read':>8} {'req':>5} {'cand':>5} {'rel ms':>6}"
     )
     for m in members:
         found = m.found
@@ -455,7 +456,8 @@ def report(members: list[Member], scores: dict) -> tuple[float, float]:
         print(
             f"{m.id:34} {m.kind:13} {found.kind:13} {parents[:52]:52} "
             f"{m.seconds * 1000:6.0f} {m.bytes_read / 1024:8.0f} {m.requests:5d} "
-            f"{m.extra['candidates']:>2}/{m.extra['older']:<2}"
+            f"{m.extra['candidates']:>2}/{m.extra['older']:<2} "
+            f"{m.extra['relate_seconds'] * 1000:6.0f}"
         )
     print()
     print(f"{'relation':14} {'precision':>9} {'recall':>7} {'tp':>4} {'fp':>4} {'fn':>4}")

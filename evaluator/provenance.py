@@ -419,11 +419,15 @@ def _screen_names(names: Sequence[str], count: int) -> list[str]:
 def _exact(fit: _Fit | None, closest: float) -> bool:
     """A sparse fit is exact when it leaves at most `SPARSE_MAX_SHARE` of the target's delta from
     the base and of what the closest single candidate leaves (a distant base makes any delta
-    large; the closest candidate is the scale of what a merge must explain beyond one model)."""
+    large; the closest candidate is the scale of what a merge must explain beyond one model),
+    and every parent enters with a material positive weight (TIES and DARE add task vectors; an
+    exact fit that subtracts one re-expresses the merge through models that contain its
+    parents)."""
     return (
         fit is not None
         and fit.evidence["delta_share_unexplained"] <= SPARSE_MAX_SHARE
         and fit.residual <= SPARSE_MAX_SHARE * closest
+        and min(fit.weights.values()) >= MIN_MERGE_WEIGHT
     )
 
 
@@ -470,6 +474,26 @@ def _ancestors(model: str, parents_of: Mapping[str, Sequence[str]]) -> set[str]:
     return seen
 
 
+def _closest_deltas(
+    target: Sketch, pool: Sequence[Sketch], base: Sketch, names: Sequence[str]
+) -> list[str]:
+    """Candidates other than `base` by the cosine of their delta from `base` with the target's:
+    a sparse merge's delta keeps a large part of each parent's."""
+    scores = []
+    for candidate in pool:
+        if candidate.id == base.id:
+            continue
+        cosines = []
+        for name in names:
+            origin = base.matrices[name].astype(np.float64)
+            x = target.matrices[name].astype(np.float64) - origin
+            y = candidate.matrices[name].astype(np.float64) - origin
+            denominator = float(np.linalg.norm(x) * np.linalg.norm(y))
+            cosines.append(float(x @ y) / denominator if denominator else 0.0)
+        scores.append((float(np.mean(cosines)), candidate.id))
+    return [cid for score, cid in sorted(scores, reverse=True) if score > 0]
+
+
 def find_sparse_merge(
     target: Sketch,
     pool: Sequence[Sketch],
@@ -477,26 +501,30 @@ def find_sparse_merge(
     names: Sequence[str],
     parents_of: Mapping[str, Sequence[str]] | None = None,
 ) -> _Fit | None:
-    """The best exact sparse fit with parents among the closest candidates and a base among
-    their known common ancestors and the candidates the target repeats most, or None."""
+    """The best exact sparse fit, or None: bases among the known common ancestors of the closest
+    candidates and the candidates whose values the target repeats most; for each base, parents
+    among the candidates whose deltas from it are closest to the target's; pairs before
+    triples."""
     by_id = {c.id: c for c in pool}
-    leaders = [fit.chosen[0] for fit in singles[:SPARSE_LEADERS]]
+    closest = by_id[singles[0].chosen[0]]
     screen = _screen_names(names, SPARSE_SCREENS[-1])
     shared: dict[str, int] = {}
-    for leader in leaders:
-        for ancestor in _ancestors(leader, parents_of or {}):
+    for fit in singles[:SPARSE_LEADERS]:
+        for ancestor in _ancestors(fit.chosen[0], parents_of or {}):
             if ancestor in by_id:
                 shared[ancestor] = shared.get(ancestor, 0) + 1
     ordered = sorted(shared, key=lambda a: -shared[a])[:SPARSE_BASES]
     repeated = sorted(pool, key=lambda c: -_repeated_share(target, c, screen))
     ordered += [c.id for c in repeated if c.id not in ordered][:SPARSE_BASES]
+    leaders = {
+        base: _closest_deltas(target, pool, by_id[base], screen)[:SPARSE_LEADERS]
+        for base in ordered
+    }
     for size in SPARSE_PARENTS:
         found = []
         for base in ordered:
-            for group in itertools.combinations([p for p in leaders if p != base], size):
-                fit = sparse_merge(
-                    target, [by_id[p] for p in group], by_id[base], names, by_id[leaders[0]]
-                )
+            for group in itertools.combinations(leaders[base], size):
+                fit = sparse_merge(target, [by_id[p] for p in group], by_id[base], names, closest)
                 if fit is not None:
                     found.append(fit)
         if found:
