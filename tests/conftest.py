@@ -92,7 +92,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
     yield
     marker = item.get_closest_marker("django_db")
-    if marker is None or not marker.kwargs.get("serialized_rollback"):
+    # After the last test the test database is gone and the connection names the real one.
+    if nextitem is None or marker is None or not marker.kwargs.get("serialized_rollback"):
         return
     from django.db import connection
     from pytest_django.plugin import blocking_manager_key
