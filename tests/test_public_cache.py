@@ -136,3 +136,36 @@ def test_web_processes_share_bodies_through_redis(settings, redis_url):
         assert (plain.content, build.calls) == (BODY.encode(), 1)
     finally:
         caches["default"].clear()
+
+
+def test_a_body_missing_everywhere_is_built_once_while_others_wait_for_it():
+    import threading
+    import time
+
+    started = threading.Event()
+
+    class Slow(Builder):
+        def __call__(self) -> str:
+            started.set()
+            time.sleep(0.3)
+            return super().__call__()
+
+    build = Slow()
+    first = threading.Thread(target=lambda: cache.cached_bytes("slow", "v1", build))
+    first.start()
+    assert started.wait(5)
+    # The second request finds the first one's lock and waits for its body.
+    assert cache.cached_bytes("slow", "v1", build) == BODY.encode()
+    first.join(5)
+    assert build.calls == 1
+
+
+def test_a_failed_build_frees_its_lock_for_the_next_request():
+    def broken() -> str:
+        raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError):
+        cache.cached_bytes("failing", "v1", broken)
+    build = Builder()
+    assert cache.cached_bytes("failing", "v1", build) == BODY.encode()
+    assert build.calls == 1

@@ -44,11 +44,12 @@ LOCAL_BYTES = 64 * 1024 * 1024
 MIN_COMPRESS = 1024
 GZIP_LEVEL = 6
 # A build holds its lock at most this long (a crashed builder frees it by expiry); the others
-# poll the shared cache for its body every BUILD_POLL seconds, for up to BUILD_WAIT, and then
-# build it themselves.
+# poll the shared cache for its body, first after BUILD_POLL seconds and then at doubling
+# intervals up to BUILD_POLL_MAX, for up to BUILD_WAIT, and then build it themselves.
 BUILD_LOCK_SECONDS = 30
 BUILD_WAIT = 10.0
 BUILD_POLL = 0.02
+BUILD_POLL_MAX = 0.2
 
 Representation = tuple[str, bytes]  # (content encoding, bytes)
 
@@ -188,11 +189,15 @@ def _wait_for(key: str, lock: str) -> Representation | None:
     """The body another request is building, once it is in the shared cache (None: the
     builder failed and freed its lock, or BUILD_WAIT went by)."""
     deadline = time.monotonic() + BUILD_WAIT
+    pause = BUILD_POLL
     while time.monotonic() < deadline:
-        time.sleep(BUILD_POLL)
+        time.sleep(pause)
         found = _shared_get(key)
         if found is not None or not _shared_has(lock):
             return found
+        # Backing off: under load a build takes long, and a dozen waiters polling every 20 ms
+        # cost the machine more than the build.
+        pause = min(pause * 2, BUILD_POLL_MAX)
     return None
 
 
