@@ -269,6 +269,7 @@ def test_a_missing_object_is_a_404_not_an_error(settings, bucket, client):
 # --- backup and restore cover the bucket ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_copy_command_moves_a_folder_into_a_bucket_once(bucket, tmp_path):
     folder = FolderStore(tmp_path / "folder")
     written = [write_artifact(folder, run, load_suite("quick", "1"), ROWS) for run in (1, 2)]

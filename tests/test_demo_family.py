@@ -25,6 +25,7 @@ def _parents(member: str) -> dict[str, str]:
     return {edge.parent.repo_id: edge.relation for edge in edges.select_related("parent")}
 
 
+@pytest.mark.slow
 def test_demo_family_registers_the_bench_family_with_honest_cards_and_queues_it(model_root):
     out = StringIO()
     call_command("demo_family", *command_options(), stdout=out)

@@ -93,6 +93,7 @@ print(sorted(m for m in sys.modules if m.startswith(("django.conf", "django.db")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", [True, False], ids=["django-absent", "django-installed"])
 def test_the_gpu_worker_app_imports_neither_django_nor_leaderboard(block):
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE",)}

@@ -31,6 +31,7 @@ def task_table(suite: suites.Suite) -> list[tuple]:
     ]
 
 
+@pytest.mark.slow
 def test_importing_suites_and_messages_imports_no_torch_lm_eval_or_django():
     code = (
         "import sys, evaluator.suites, evaluator.messages, evaluator.data;"

@@ -99,6 +99,7 @@ def test_setup_installs_chromium_where_it_can():
     assert "apt-get install -y --no-install-recommends chromium" in planned
 
 
+@pytest.mark.slow
 def test_the_demo_quiets_progress_bars_and_the_root_warning():
     """What the demo's processes see: no tqdm flood, no Celery superuser warning (the demo
     data and the real commands are left out: `env` stands in for the web server)."""

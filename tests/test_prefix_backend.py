@@ -57,6 +57,7 @@ def unique_tokens(sequences: list[list[int]]) -> int:
     return len({tuple(seq[: i + 1]) for seq in sequences for i in range(len(seq))})
 
 
+@pytest.mark.slow
 def test_the_backend_is_registered_with_lm_evals_model_registry():
     from lm_eval.api.registry import get_model
 
