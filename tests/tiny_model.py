@@ -14,39 +14,10 @@ from tests.builders import card_text, default_card
 TINY_REPO_ID = "trellis-tests/tiny-llama"
 # Built weights and tokenizer, reused by every test process and run on this machine: training the
 # tokenizer and building the model took 6-12 s of each module that needed one. Keyed by this
-# file and the versions that shape the files, so a change to either builds anew.
-CACHE_ROOT = Path(__file__).resolve().parent.parent / "var" / "test-cache"
-
-
-def train_tokenizer(out: Path, vocab_size: int = 1024):
-    """A byte-level BPE tokenizer trained on the local mirror's ARC-Easy questions."""
-    import datasets
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from evaluator.data import default_mirror_root
-
-    arc = datasets.load_from_disk(str(default_mirror_root() / "ai2_arc/ARC-Easy/validation"))
-    texts = [row["question"] + " " + " ".join(row["choices"]["text"]) for row in arc]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    special = "<|endoftext|>"
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=special,
-        eos_token=special,
-        unk_token=special,
-        pad_token=special,
-    )
-    fast.save_pretrained(out)
-    return fast
+# file, evaluator/family.py and the versions that shape the files: a change builds anew.
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_ROOT = ROOT / "var" / "test-cache"
+FAMILY_SOURCE = ROOT / "evaluator" / "family.py"
 
 
 def build_tiny_repo(model_root: Path, repo_id: str = TINY_REPO_ID) -> Path:
@@ -66,7 +37,8 @@ def _built_weights() -> Path:
     from filelock import FileLock
 
     versions = [metadata.version(name) for name in ("torch", "transformers", "tokenizers")]
-    key = hashlib.sha256("\n".join([Path(__file__).read_text(), *versions]).encode())
+    sources = [Path(__file__), FAMILY_SOURCE]  # this recipe and the tokenizer's
+    key = hashlib.sha256("\n".join([*(p.read_text() for p in sources), *versions]).encode())
     folder = CACHE_ROOT / f"tiny-llama-{key.hexdigest()[:16]}"
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
     # pytest-xdist's processes ask at the same time: one builds, the others wait for it.
@@ -84,7 +56,10 @@ def _build_weights(path: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path.mkdir(parents=True)
-    tokenizer = train_tokenizer(path)
+    from evaluator.data import default_mirror_root
+    from evaluator.family import train_tokenizer
+
+    tokenizer = train_tokenizer(path, default_mirror_root())
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
