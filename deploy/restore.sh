@@ -30,7 +30,7 @@ if [ "$tables" != "0" ]; then
 fi
 if [ -f "$source_dir/artifacts.tar.gz" ]; then
   if [ -n "$bucket" ]; then
-    if [ -n "$(store list "$bucket" | head -n 1)" ]; then
+    if [ -n "$(store list "$bucket")" ]; then
       echo "refusing: the artifact store $bucket is not empty; restore into an empty one" >&2
       exit 2
     fi

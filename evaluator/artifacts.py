@@ -290,8 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.command == "list":
-        for name in open_store(args.store).names():
-            print(name)
+        try:
+            for name in open_store(args.store).names():
+                print(name)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     source, destination = open_store(args.source), open_store(args.destination)
     if args.into_empty and not destination.is_empty():
