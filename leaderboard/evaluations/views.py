@@ -12,6 +12,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -95,7 +96,7 @@ def requeue(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_GET
-def artifact(request: HttpRequest, pk: int) -> HttpResponse:
+def artifact(request: HttpRequest, pk: int) -> HttpResponseBase:
     """Streams the per-sample details (compressed JSON lines) of a finished run from the
     artifact store (a folder, or a bucket that needs not be reachable by the browser)."""
     run = get_object_or_404(EvaluationRun, pk=pk, state=RunState.FINISHED)
