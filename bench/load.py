@@ -388,8 +388,10 @@ def main() -> None:
         "per request (gunicorn's processes; PostgreSQL and Redis not counted)"
     )
     accepted = STATE["accepted"]
-    lost_submissions = accepted["submissions"] - recorded["submissions"]
-    lost_reports = accepted["reports"] - recorded["reports"]
+    # More recorded than accepted: requests in flight when the run stopped, whose answers the
+    # bench no longer waited for (they were stored all the same).
+    lost_submissions = max(0, accepted["submissions"] - recorded["submissions"])
+    lost_reports = max(0, accepted["reports"] - recorded["reports"])
     print(
         f"\naccepted submissions {accepted['submissions']}, recorded {recorded['submissions']} "
         f"(with {recorded['runs']} queued runs); accepted reports {accepted['reports']}, "
