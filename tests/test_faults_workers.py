@@ -79,6 +79,7 @@ def _exit_times(processes: dict[str, subprocess.Popen], limit: float) -> dict[st
 
 
 @pytest.mark.worker
+@pytest.mark.slow
 @pytest.mark.parametrize("broker", ["filesystem", "redis", "rabbitmq"])
 @pytest.mark.django_db(transaction=True)
 def test_sigterm_stops_idle_workers_within_their_grace_every_time(
