@@ -125,10 +125,10 @@ def select(
     contents are read afterwards for the chosen ids only, so the database never sorts them.
     `with_json` reads every row's stored JSON along when there is no page (the full API).
 
-    With a `data_version` (etags.data_version), a page is cut from the placement of every row
-    of the query, computed once per data version and query and shared through the cache
-    (`placement`): paging through 10,000 rows costs one ranking per version, not a window over
-    thousands of rows per page.
+    With a `data_version` (etags.data_version), a page after the first is cut from the
+    placement of every row of the query, computed once per data version and query and shared
+    through the cache (`placement`): paging through 10,000 rows costs one ranking per version,
+    not a window over thousands of rows per page.
 
     A page is ranked and filtered by lineage status in SQL (a window over the ordering index,
     stopped after the page). Every row at once is ranked here instead, with the status of the
@@ -141,7 +141,8 @@ def select(
             "version",
             f"Suite '{query.suite}' has no version '{query.version}'.",
         )
-    if query.page is not None and data_version is not None:
+    # The first page is an index walk that stops after it: cheaper than placing every row.
+    if query.page is not None and query.page > 1 and data_version is not None:
         return _page_of_placement(query, view, data_version)
     entries = filtered_entries(query)
     # The few rows whose repository is flagged or tainted (status index), rather than a join
