@@ -524,9 +524,9 @@ def find_sparse_merge(
         found = []
         for base in ordered:
             for group in itertools.combinations(leaders[base], size):
-                fit = sparse_merge(target, [by_id[p] for p in group], by_id[base], names, closest)
-                if fit is not None:
-                    found.append(fit)
+                trial = sparse_merge(target, [by_id[p] for p in group], by_id[base], names, closest)
+                if trial is not None:
+                    found.append(trial)
         if found:
             return min(found, key=lambda fit: fit.residual)
     return None
