@@ -340,15 +340,23 @@ def family_tensors(parts: dict, names: str) -> dict:
     return combine([(1 / len(names), parts[n]) for n in names])
 
 
-def ties(base: dict, parents: list[dict], density: float, weights: list[float]) -> dict:
+def ties(
+    base: dict, parents: list[dict], density: float, weights: list[float], dare: bool = False
+) -> dict:
     """TIES as mergekit computes it: each task vector trimmed to its `density` largest
     magnitudes, the sign elected by the weighted sum, the agreeing kept values averaged with
-    their weights."""
+    their weights. `dare`: DARE-TIES, values dropped at random instead and the kept ones
+    rescaled by 1 / density."""
+    generator = torch.Generator().manual_seed(5)
     out = {}
     for name, origin in base.items():
         deltas = []
         for parent, weight in zip(parents, weights, strict=True):
             delta = parent[name] - origin
+            if dare:
+                kept = torch.rand(delta.shape, generator=generator) < density
+                deltas.append(weight * torch.where(kept, delta / density, 0.0))
+                continue
             keep = max(1, int(density * delta.numel()))
             threshold = delta.abs().flatten().kthvalue(delta.numel() - keep + 1).values
             deltas.append(weight * torch.where(delta.abs() >= threshold, delta, 0.0))
@@ -407,3 +415,14 @@ def test_a_fine_tune_of_one_parent_is_no_sparse_merge_with_its_sibling(family):
     family.add("tuned", step(step(random_weights(0), 1, 0.3), 8, 0.1))
     relation = relate(family["tuned"], family.pool("base", "a", "b", "sibling"))
     assert (relation.kind, relation.parents) == (DERIVED_FROM, ("a",))
+
+
+def test_a_dare_ties_merge_names_both_parents_and_its_base(family):
+    base = random_weights(0)
+    a, b, sibling = step(base, 1, 0.3), step(base, 2, 0.3), step(base, 3, 0.3)
+    for name, tensors in {"base": base, "a": a, "b": b, "sibling": sibling}.items():
+        family.add(name, tensors)
+    family.add("merge", ties(base, [a, b], density=0.5, weights=[0.7, 0.3], dare=True))
+    relation = relate(family["merge"], family.pool("base", "a", "b", "sibling"))
+    assert (relation.kind, sorted(relation.parents)) == (MERGE_OF, ["a", "b"])
+    assert relation.evidence["base"] == ["base"]
