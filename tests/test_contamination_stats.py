@@ -83,6 +83,9 @@ def test_basic_bootstrap_p():
     # mean 1.0; one of four rounds at or above 2.0.
     assert basic_bootstrap_p(np.array([0.0, 0.5, 1.5, 2.0])) == pytest.approx(1 / 5)
     assert basic_bootstrap_p(np.full(99, 1.0)) == pytest.approx(1 / 100)
+    # Almost every round exactly 0 and the mean a hair above it: no evidence, though only one
+    # round reaches twice the mean.
+    assert basic_bootstrap_p(np.array([0.0] * 98 + [0.05])) == pytest.approx(98 / 100)
 
 
 def test_paired_differential_detects_a_constant_gain():
