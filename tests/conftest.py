@@ -71,8 +71,13 @@ def require_marker(marker: str, what: str) -> None:
 # data migration made), so a later test loading the serialized snapshot collided with them
 # ("duplicate key ... django_content_type") or missed the group: the outcome depended on the
 # order of files. So every transactional test is serialized (it starts from the snapshot), and
-# the snapshot is loaded again once it has emptied the tables, because under pytest-xdist's
-# --dist loadfile a plain test can run after it in the same process.
+# after it the tables are emptied again without post_migrate and the snapshot loaded, because:
+# - under pytest-xdist's --dist loadfile a plain test can run after it in the same process;
+# - Django keeps the snapshot on the connection object, and a test driving Playwright's sync API
+#   (greenlets) gets a new connection object without it, so Django's own flush after such a test
+#   re-creates content types under new keys and its next setup skips the snapshot.
+
+_snapshot: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -88,20 +93,34 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.django_db(**options), append=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _migrated_snapshot(request: pytest.FixtureRequest) -> None:
+    """The serialized snapshot, read once from the connection that made it."""
+    if any(_is_serialized(item) for item in request.session.items):
+        request.getfixturevalue("django_db_setup")
+        from django.db import connections
+
+        _snapshot["default"] = getattr(connections["default"], "_test_serialized_contents", "")
+
+
+def _is_serialized(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("django_db")
+    return marker is not None and bool(marker.kwargs.get("serialized_rollback"))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
     yield
-    marker = item.get_closest_marker("django_db")
     # After the last test the test database is gone and the connection names the real one.
-    if nextitem is None or marker is None or not marker.kwargs.get("serialized_rollback"):
+    if nextitem is None or not _is_serialized(item) or not _snapshot.get("default"):
         return
-    from django.db import connection
+    from django.core.management import call_command
+    from django.db import connections
     from pytest_django.plugin import blocking_manager_key
 
-    snapshot = getattr(connection, "_test_serialized_contents", None)
-    if snapshot:
-        with item.config.stash[blocking_manager_key].unblock():
-            connection.creation.deserialize_db_from_string(snapshot)
+    with item.config.stash[blocking_manager_key].unblock():
+        call_command("flush", verbosity=0, interactive=False, inhibit_post_migrate=True)
+        connections["default"].creation.deserialize_db_from_string(_snapshot["default"])
 
 
 def _guard_processes(popen_init: Callable[..., None]) -> Callable[..., None]:
