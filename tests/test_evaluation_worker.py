@@ -343,10 +343,12 @@ def app_broker(url: str):
 
     def reset() -> None:
         # kombu keeps connection and producer pools per broker URL process-wide: drop them
-        # all, then the app builds new ones for the current URL.
+        # all, then each app (the web side's, and the GPU worker's that in-process tests run)
+        # builds new ones for the current URL instead of acquiring from a closed pool.
         pools.reset()
-        app._pool = None
-        app.amqp._producer_pool = None
+        for celery_app in (app, worker.app):
+            celery_app._pool = None
+            celery_app.amqp._producer_pool = None
 
     saved = os.environ.get("CELERY_BROKER_URL"), app.conf.broker_transport_options
     os.environ["CELERY_BROKER_URL"] = url

@@ -301,6 +301,10 @@ def test_ranking_and_model_pages_at_scale(page, at_scale):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "ranking.png"), full_page=False)
     settle(page, lambda: page.click("#page-next"))
+    # CI once read the count before the swap showed page 2 (URL unchanged): wait for it.
+    page.wait_for_function(
+        "() => document.querySelector('#ranking-count').innerText.startsWith('Showing 51')"
+    )
     assert page.inner_text("#ranking-count").startswith("Showing 51\u2013100 of 400 rows")
     assert not set(rows(page)) & set(first_page)
     assert "page=2" in page.url
