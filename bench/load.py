@@ -19,7 +19,7 @@ per-minute throttles."""
 from __future__ import annotations
 
 # locust patches the standard library for gevent: it must come first.
-from locust import HttpUser, between, constant_throughput, events, task  # isort: skip
+from locust import FastHttpUser, between, constant_throughput, events, task  # isort: skip
 from locust.env import Environment  # isort: skip
 
 import argparse
@@ -120,7 +120,7 @@ def count_recorded(repos: list[str], targets: list[str], since: float) -> dict[s
 STATE: dict[str, Any] = {}
 
 
-class Reader(HttpUser):
+class Reader(FastHttpUser):
     """A person reading: ranking pages (plain, filtered, searched, paged), the plots, a model
     page and the JSON API."""
 
@@ -173,7 +173,7 @@ class Reader(HttpUser):
         self.client.get("/static/css/trellis.css", name=BASELINE)
 
 
-class Writer(HttpUser):
+class Writer(FastHttpUser):
     """A maintainer's script submitting models and filing reports, inside the throttles."""
 
     fixed_count = 0  # set at start
@@ -332,8 +332,11 @@ def main() -> None:
         STATE.update(prepared, writer_index=0, accepted={"submissions": 0, "reports": 0})
         Reader.wait_time = between(0.0, 2 * args.think)
         Writer.fixed_count = args.writers
+        # Without writers, only readers: locust would still start one Writer (fixed_count 0).
         environment = Environment(
-            user_classes=[Reader, Writer], events=events, host=f"http://127.0.0.1:{port}"
+            user_classes=[Reader, Writer] if args.writers else [Reader],
+            events=events,
+            host=f"http://127.0.0.1:{port}",
         )
         runner = environment.create_local_runner()
         load_before = os.getloadavg()

@@ -196,17 +196,21 @@ def test_pages_cut_from_the_cached_placement_are_the_pages_sql_ranks(anonymous_c
     scores = [0.9, 0.8, 0.8, 0.7, 0.6, 0.6, 0.5]
     repositories = [ranked(f"org/m{i}", score).repository for i, score in enumerate(scores)]
 
-    def pages_match(pages: int) -> None:
+    def pages_match(pages: int, **shown: str) -> None:
         for page in range(1, pages + 1):
-            params = {"per_page": "2", "page": str(page)}
+            params = {"per_page": "2", "page": str(page), **shown}
             expected = ranking(parse_ranking_query(params))
             html = anonymous_client.get("/", params).content.decode()
             assert rows_in(html) == [row.model for row in expected.rows], page
             ranks = re.findall(r'<tr data-model="[^"]+"[^>]*>\s*<td class="num">(\d+)</td>', html)
             assert [int(rank) for rank in ranks] == [row.rank for row in expected.rows], page
             api = anonymous_client.get("/api/v1/leaderboard", params).json()
-            assert [(row["model"], row["rank"]) for row in api["rows"]] == [
-                (row.model, row.rank) for row in expected.rows
+            assert [
+                (row["model"], row["rank"], row["lineage_status"], row["taint_path"])
+                for row in api["rows"]
+            ] == [
+                (row.model, row.rank, row.lineage_status, row.taint_path or None)
+                for row in expected.rows
             ]
             assert (api["count"], api["pages"]) == (expected.count, expected.pages)
 
@@ -221,6 +225,14 @@ def test_pages_cut_from_the_cached_placement_are_the_pages_sql_ranks(anonymous_c
     assert (
         past.status_code == 400 and "Page 4 is past the last page: 6 rows" in past.content.decode()
     )
+    # Shown, a flagged row past the first page keeps its status and explaining path.
+    flag(repositories[4], maintainer)
+    pages_match(4, show_flagged="1")
+    shown = anonymous_client.get(
+        "/api/v1/leaderboard", {"per_page": "2", "page": "3", "show_flagged": "1"}
+    ).json()["rows"][0]
+    assert (shown["model"], shown["lineage_status"]) == ("org/m4", "flagged")
+    assert "org/m4" in shown["taint_path"]
 
 
 @pytest.mark.django_db

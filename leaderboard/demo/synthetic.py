@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from leaderboard.catalog.models import (
@@ -180,6 +180,7 @@ def seed(count: int, *, rng_seed: int = 0, now: datetime | None = None) -> Seede
         scores = _scores(models, runs, suites, rng)
         TaskScore.objects.bulk_create(scores, batch_size=_BATCH)
         ranked = refresh_entries_for([s.pk for s in submissions])
+    _analyze()
     return Seeded(
         models=len(models),
         datasets=len(datasets),
@@ -189,6 +190,20 @@ def seed(count: int, *, rng_seed: int = 0, now: datetime | None = None) -> Seede
         ranked=ranked,
         seconds=time.perf_counter() - started,
     )
+
+
+def _analyze() -> None:
+    """Refresh the planner's statistics of the tables a bulk seed filled. Until autovacuum
+    comes by (minutes later) PostgreSQL plans on the empty tables' statistics: the ranking's
+    data-version query took 100-380 ms instead of 2 on 10,000 fresh rows, every request."""
+    if connection.vendor != "postgresql":
+        return
+    tables = [
+        model._meta.db_table
+        for model in (Repository, LineageEdge, Submission, EvaluationRun, TaskScore, RankingEntry)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {', '.join(tables)}")
 
 
 def _plan(

@@ -21,7 +21,7 @@ from leaderboard.integrity.models import Report, ReportStatus
 from leaderboard.integrity.status import path_text
 from leaderboard.problems import Refusal
 from leaderboard.public.cache import cached_bytes
-from leaderboard.public.etags import query_key
+from leaderboard.public.etags import query_key, release
 from leaderboard.public.models import RankingEntry
 from leaderboard.public.query import SORT_COLUMNS, RankingQuery
 from leaderboard.public.row import ENTRY_COLUMNS, RankingRow, build_row
@@ -194,7 +194,8 @@ def select(
 def _page_of_placement(query: RankingQuery, view: SuiteView, data_version: str) -> Ranking[Placed]:
     assert query.page is not None
     every = query.model_copy(update={"page": None})
-    key = f"{data_version}:{hashlib.sha256(query_key(every).encode()).hexdigest()[:32]}"
+    # The release is in the key as in every cached page's: a new release may encode it anew.
+    key = f"{release()}:{data_version}:{hashlib.sha256(query_key(every).encode()).hexdigest()[:32]}"
     encoded = cached_bytes("placement", key, lambda: _encode_placement(select(every)))
     placement = Placement(encoded)
     pages = max(1, math.ceil(placement.count / query.per_page))
@@ -207,6 +208,18 @@ def _page_of_placement(query: RankingQuery, view: SuiteView, data_version: str) 
         )
     start = (query.page - 1) * query.per_page
     rows = placement.rows(start, start + query.per_page)
+    # The explaining paths of the page's few rows that are not clean, read for them alone:
+    # kept in the placement they made every page decode the paths of thousands of rows.
+    not_clean = [row.repository_id for row in rows if row.lineage_status != LineageStatus.CLEAN]
+    if not_clean:
+        paths = dict(
+            Repository.objects.filter(pk__in=not_clean).values_list(
+                "id", Cast("status_path", TextField())
+            )
+        )
+        for row in rows:
+            if row.repository_id in paths:
+                row.status_path = _path(paths[row.repository_id])
     return Ranking(
         query,
         view,
@@ -219,36 +232,36 @@ def _page_of_placement(query: RankingQuery, view: SuiteView, data_version: str) 
     )
 
 
-# The placement's arrays: entry id, rank and repository id of each row, in ranking order.
-_ARRAYS = 3
+# The placement's arrays: entry id, rank, repository id and lineage status (an index into
+# _STATUSES) of each row, in ranking order.
+_ARRAYS = 4
 _ITEM = array("q").itemsize
+_STATUSES = [status.value for status in LineageStatus]
 
 
 def _encode_placement(ranked: Ranking[Placed]) -> bytes:
-    """Every placed row of a ranking as bytes: a JSON header (counts, and the status and path
-    of the few rows that are not clean) and three arrays of 64-bit integers."""
+    """Every placed row of a ranking as bytes: a JSON header (the counts) and four arrays of
+    64-bit integers. Nothing per row is JSON: a page decodes only its own slice."""
     rows = ranked.rows
     header = {
         "count": len(rows),
         "hidden_flagged": ranked.hidden_flagged,
         "hidden_tainted": ranked.hidden_tainted,
-        "live": {
-            str(index): [row.lineage_status, row.status_path]
-            for index, row in enumerate(rows)
-            if row.lineage_status != LineageStatus.CLEAN
-        },
     }
     head = json.dumps(header).encode()
+    status_code = {status: code for code, status in enumerate(_STATUSES)}
     columns = [
         array("q", [row.entry_id for row in rows]),
         array("q", [row.rank for row in rows]),
         array("q", [row.repository_id for row in rows]),
+        array("q", [status_code[row.lineage_status] for row in rows]),
     ]
     return len(head).to_bytes(4, "big") + head + b"".join(c.tobytes() for c in columns)
 
 
 class Placement:
-    """A decoded placement; `rows` reads only the slice it is asked for."""
+    """A decoded placement; `rows` reads only the slice it is asked for, with empty paths (the
+    caller reads the paths of the rows that are not clean)."""
 
     def __init__(self, encoded: bytes) -> None:
         size = int.from_bytes(encoded[:4], "big")
@@ -256,7 +269,6 @@ class Placement:
         self.count: int = header["count"]
         self.hidden_flagged: int = header["hidden_flagged"]
         self.hidden_tainted: int = header["hidden_tainted"]
-        self.live: dict[str, list[Any]] = header["live"]
         self.data = memoryview(encoded)[4 + size :]
 
     def _column(self, index: int, start: int, stop: int) -> array[int]:
@@ -269,14 +281,13 @@ class Placement:
         stop = min(stop, self.count)
         if start >= stop:
             return []
-        ids, ranks, repositories = (self._column(i, start, stop) for i in range(_ARRAYS))
-        placed = []
-        for offset, (entry_id, rank, repository_id) in enumerate(
-            zip(ids, ranks, repositories, strict=True)
-        ):
-            status, path = self.live.get(str(start + offset), (LineageStatus.CLEAN.value, []))
-            placed.append(Placed(entry_id, rank, repository_id, status, path))
-        return placed
+        ids, ranks, repositories, statuses = (self._column(i, start, stop) for i in range(_ARRAYS))
+        return [
+            Placed(entry_id, rank, repository_id, _STATUSES[status], [])
+            for entry_id, rank, repository_id, status in zip(
+                ids, ranks, repositories, statuses, strict=True
+            )
+        ]
 
 
 def _place_all(
