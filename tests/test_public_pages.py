@@ -46,6 +46,17 @@ def test_ranking_page_lists_rows_with_explained_headers(anonymous_client):
     assert "cdn" not in html.lower()
 
 
+def test_ranking_rows_escape_what_a_submitter_wrote(anonymous_client):
+    """The rows are written in Python (public/table.py), not by the template: what a card
+    declares is escaped as the template escaped it."""
+    ranked("org/merged", 0.6, license='<b onmouseover="x()">mine</b>', merge_method="<i>slerp</i>")
+    html = anonymous_client.get("/").content.decode()
+    assert '<td title="unknown">&lt;b onmouseover=&quot;x()&quot;&gt;mine&lt;/b&gt;</td>' in html
+    assert '<span class="badge merge" title="Merge (&lt;i&gt;slerp&lt;/i&gt;)">merge</span>' in html
+    assert "<b onmouseover" not in html and "<i>slerp" not in html
+    assert '<td class="num energy">—</td>' in html
+
+
 def test_htmx_request_gets_only_the_swappable_part(anonymous_client):
     ranked("org/alpha", 0.6)
     response = anonymous_client.get("/?sort=model&dir=desc", HTTP_HX_REQUEST="true")

@@ -38,6 +38,7 @@ from leaderboard.public.query import SORT_COLUMNS, RankingQuery, default_query, 
 from leaderboard.public.sanitize import render_card
 from leaderboard.public.selection import Ranking, flags_by_repository, plotted, ranking
 from leaderboard.public.suites import suite_names, versions_of
+from leaderboard.public.table import ranking_rows
 from leaderboard.submissions.models import ModelType, Precision
 
 SORT_LABELS = {
@@ -151,6 +152,8 @@ def _table_context(result: Ranking) -> dict[str, Any]:
         "task_headers": task_headers,
         "tail_headers": tail,
         "rows": rows,
+        # Written in Python (public/table.py): the template loop was most of a page's time.
+        "rows_html": ranking_rows(rows),
         "pages": pages,
         "reveal_flagged": query.querystring(show_flagged=True, page=None),
         "reveal_tainted": query.querystring(show_tainted=True, page=None),
