@@ -10,7 +10,7 @@ from typing import Any
 from django.contrib.humanize.templatetags.humanize import intcomma
 from django.template.defaultfilters import floatformat
 from django.utils.safestring import SafeString, mark_safe
-from django.utils.timezone import template_localtime
+from django.utils.timezone import localtime
 
 from leaderboard.public.templatetags.public_tags import params, score
 
@@ -75,7 +75,7 @@ def ranking_rows(items: list[dict[str, Any]]) -> SafeString:
     for item in items:
         row = item["row"]
         synthetic = " synthetic" if row.is_synthetic else ""
-        submitted = template_localtime(row.submitted_at) if row.submitted_at else None
+        submitted = localtime(row.submitted_at) if row.submitted_at else None
         cells = "".join(
             f'<td class="num" title="{_e(cell["title"])}">{_e(cell["text"])}</td>'
             for cell in item["cells"]
