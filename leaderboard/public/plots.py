@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
+import numpy as np
 import plotly.io as pio
 from django.utils.safestring import SafeString, mark_safe
 from plotly.colors import get_colorscale
@@ -104,8 +105,13 @@ def zscores(rows: Sequence[PlotRow], normalized: bool) -> list[Scored]:
     result = []
     for bucket, members in by_bucket.items():
         values = [score for _row, score in members]
-        spread = statistics.pstdev(values) if len(values) >= MIN_BUCKET else 0.0
-        mean = statistics.fmean(values)
+        mean = math.fsum(values) / len(values)
+        # fsum rather than statistics.pstdev's exact fractions (40 ms over 10,000 rows).
+        spread = (
+            math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+            if len(values) >= MIN_BUCKET
+            else 0.0
+        )
         for row, score in members:
             z = (score - mean) / spread if spread > 0 else None
             result.append(Scored(row, score, bucket, z))
@@ -255,16 +261,17 @@ def _score_label(normalized: bool) -> str:
 def task_correlation(rows: Sequence[PlotRow], view: SuiteView) -> Figure:
     """Pearson correlation of task scores across the shown models."""
     keys = view.task_keys
-    columns = [[row.scores.get(key) for row in rows] for key in keys]
+    # One array, NaN where a row has no score: 15 pairs of tasks over 10,000 rows in pure
+    # Python took 0.4 s of every rebuild of /plots/.
+    table = np.array(
+        [[row.scores.get(key, math.nan) for key in keys] for row in rows], dtype=float
+    ).reshape(len(rows), len(keys))
+    scored = ~np.isnan(table)
     matrix: list[list[float | None]] = [[None] * len(keys) for _ in keys]
-    for i, column in enumerate(columns):
+    for i in range(len(keys)):
         for j in range(i, len(keys)):
-            pairs = [
-                (x, y)
-                for x, y in zip(column, columns[j], strict=True)
-                if x is not None and y is not None
-            ]
-            matrix[i][j] = matrix[j][i] = _pearson(pairs)
+            both = scored[:, i] & scored[:, j]
+            matrix[i][j] = matrix[j][i] = _pearson(table[both, i], table[both, j])
     heatmap = {
         "type": "heatmap",
         "z": matrix,
@@ -284,20 +291,11 @@ def task_correlation(rows: Sequence[PlotRow], view: SuiteView) -> Figure:
     return figure
 
 
-def _pearson(pairs: list[tuple[float, float]]) -> float | None:
-    # Two plain passes: statistics.correlation's exact sums cost 50 ms a pair of tasks over
-    # 10,000 rows, for digits the chart never shows.
-    if len(pairs) < 3:
+def _pearson(xs: np.ndarray, ys: np.ndarray) -> float | None:
+    if len(xs) < 3:
         return None
-    n = len(pairs)
-    mean_x = sum(x for x, _ in pairs) / n
-    mean_y = sum(y for _, y in pairs) / n
-    sxx = syy = sxy = 0.0
-    for x, y in pairs:
-        dx, dy = x - mean_x, y - mean_y
-        sxx += dx * dx
-        syy += dy * dy
-        sxy += dx * dy
+    dx, dy = xs - xs.mean(), ys - ys.mean()
+    sxx, syy, sxy = float(dx @ dx), float(dy @ dy), float(dx @ dy)
     if sxx <= 0 or syy <= 0:  # a constant column
         return None
     return round(max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy))), 4)
