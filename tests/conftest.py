@@ -200,9 +200,11 @@ def _fresh_rate_limits():
     from django.core.cache import cache
 
     from leaderboard.public.cache import forget_local_copies
+    from leaderboard.public.selection import forget_plot_rows
 
     cache.clear()
     forget_local_copies()  # cached responses too: each test has its own database
+    forget_plot_rows()
 
 
 def service_unavailable(what: str, error: Exception) -> None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from django.db.models import Count, F, FloatField, QuerySet, TextField, Window
@@ -21,7 +23,7 @@ from leaderboard.integrity.models import Report, ReportStatus
 from leaderboard.integrity.status import path_text
 from leaderboard.problems import Refusal
 from leaderboard.public.cache import cached_bytes
-from leaderboard.public.etags import query_key, release
+from leaderboard.public.etags import query_key, ranking_stamps, release
 from leaderboard.public.models import RankingEntry
 from leaderboard.public.query import SORT_COLUMNS, RankingQuery
 from leaderboard.public.row import ENTRY_COLUMNS, RankingRow, build_row
@@ -475,7 +477,8 @@ _PLOT_FIELDS = ("entry_id", "repository_id", "model", "parameters", *_PLOT_COLUM
 
 def plotted(query: RankingQuery) -> Ranking[PlotRow]:
     """Every row `query` shows (its page ignored), narrow and unordered, with how many the
-    status filters hid: two queries, the few repositories that are not clean and the rows."""
+    status filters hid: the rows as read once per version of the suite version's rows (see
+    `_plot_rows`), and the few repositories that are not clean, read now."""
     view = suite_view(query.suite, query.version or "")
     if view is None:
         raise Refusal.one(
@@ -490,32 +493,18 @@ def plotted(query: RankingQuery) -> Ranking[PlotRow]:
             id__in=entries.values("repository_id"),
         ).values_list("id", "status", Cast("status_path", TextField()))
     }
-    clean = (LineageStatus.CLEAN.value, None)
     hidden = set(query.hidden_statuses)
     hidden_counts = {LineageStatus.FLAGGED.value: 0, LineageStatus.TAINTED.value: 0}
-    shown: list[tuple[Any, ...]] = []
-    statuses: list[tuple[str, str | None]] = []
-    score_texts: list[str] = []
-    # The scores as text, parsed here in one document: the JSON field's own conversion costs
-    # ten times more, and 10,000 small parses three times more.
-    for values in entries.values_list(*_PLOT_COLUMNS, Cast("scores", TextField())):
-        status, path = lineage.get(values[1], clean)
+    rows: list[PlotRow] = []
+    for row in _plot_rows(query, entries):
+        if row.repository_id not in lineage:
+            rows.append(row)
+            continue
+        status, path = lineage[row.repository_id]
         if status in hidden:
             hidden_counts[status] += 1
-            continue
-        shown.append(values[:-1])
-        statuses.append((status, path))
-        score_texts.append(values[-1])
-    scores = json.loads(f"[{','.join(score_texts)}]")
-    rows = [
-        PlotRow(
-            **dict(zip(_PLOT_FIELDS, values, strict=True)),
-            scores=row_scores,
-            lineage_status=status,
-            status_path_text=path,
-        )
-        for values, row_scores, (status, path) in zip(shown, scores, statuses, strict=True)
-    ]
+        else:
+            rows.append(replace(row, lineage_status=status, status_path_text=path))
     return Ranking(
         query,
         view,
@@ -526,6 +515,56 @@ def plotted(query: RankingQuery) -> Ranking[PlotRow]:
         None,
         1,
     )
+
+
+# The plotted rows of recent (rows version, filters), clean and without flags, per process:
+# a filed report or a decision changes statuses, not rows, and re-reading 10,000 rows was
+# half of rebuilding /plots/ after each. Never mutated: `plotted` replaces the rows it
+# changes, and so does whoever sets their flags.
+_PLOT_ROWS: OrderedDict[str, tuple[PlotRow, ...]] = OrderedDict()
+_PLOT_ROWS_KEPT = 8
+_PLOT_ROWS_LOCK = threading.Lock()
+
+
+def forget_plot_rows() -> None:
+    """Drop this process's plotted rows (tests: each has its own database)."""
+    with _PLOT_ROWS_LOCK:
+        _PLOT_ROWS.clear()
+
+
+def _plot_rows(query: RankingQuery, entries: QuerySet[RankingEntry]) -> tuple[PlotRow, ...]:
+    # Rows are only ever written by deleting and re-creating them with a new `updated_at`
+    # (public/projection.py), so the count and the newest stamp say whether any changed.
+    count, stamps = ranking_stamps(query.suite, query.version)
+    filters = query.model_copy(
+        update={"page": None, "sort": "average", "show_flagged": True, "show_tainted": True}
+    )
+    key = f"{release()}:{count}:{stamps[0]}:{query_key(filters)}"
+    with _PLOT_ROWS_LOCK:
+        found = _PLOT_ROWS.get(key)
+        if found is not None:
+            _PLOT_ROWS.move_to_end(key)
+            return found
+    read = entries.values_list(*_PLOT_COLUMNS, Cast("scores", TextField()))
+    values = list(read)
+    # The scores as text, parsed here in one document: the JSON field's own conversion costs
+    # ten times more, and 10,000 small parses three times more.
+    scores = json.loads(f"[{','.join(row[-1] for row in values)}]")
+    clean = LineageStatus.CLEAN.value
+    rows = tuple(
+        PlotRow(
+            **dict(zip(_PLOT_FIELDS, row[:-1], strict=True)),
+            scores=row_scores,
+            lineage_status=clean,
+            status_path_text=None,
+        )
+        for row, row_scores in zip(values, scores, strict=True)
+    )
+    with _PLOT_ROWS_LOCK:
+        _PLOT_ROWS[key] = rows
+        while len(_PLOT_ROWS) > _PLOT_ROWS_KEPT:
+            _PLOT_ROWS.popitem(last=False)
+    return rows
 
 
 def flags_by_repository(repository_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:

@@ -4,6 +4,7 @@ the module that holds the content, and renders; a Refusal is shown with its prob
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -404,11 +405,14 @@ def _plots_context(query: RankingQuery, errors: list[Problem]) -> dict[str, Any]
         key=lambda s: -abs(s.z or 0.0),
     )
     flags = flags_by_repository(s.row.repository_id for s in outliers[:25])
-    for s in outliers[:25]:
-        s.row.flags = flags.get(s.row.repository_id, [])
+    # New rows: the plotted ones are shared between builds (selection._plot_rows).
+    listed = [
+        replace(s, row=replace(s.row, flags=flags.get(s.row.repository_id, [])))
+        for s in outliers[:25]
+    ]
     return context | {
         "threshold": threshold,
-        "outliers": outliers[:25],
+        "outliers": listed,
         "outlier_count": len(outliers),
         "ranking_link": query.querystring(page=None),
         "figures": [
