@@ -18,7 +18,13 @@ preload_app = True
 # Artifact downloads stream from disk (sendfile); nothing else takes long.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = 30
-keepalive = 5
+# No keep-alive: a gthread worker accepts every connection it can, and a kept-alive connection
+# stays with the worker that accepted it, so a client (or nginx's upstream pool) holding a few
+# connections sent most requests to one worker while the others idled. Measured with
+# bench/load.py (50 readers on kept-alive connections): one worker at 75-81% of a core, the
+# others at 5-10%, ranking p95 0.8-0.9 s; closed after each response, the five shared the load
+# and ranking p95 was 100-130 ms. A connection on loopback or the compose network costs little.
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "0"))
 # Recycle workers now and then so a slow leak never becomes an outage.
 max_requests = 2000
 max_requests_jitter = 200
