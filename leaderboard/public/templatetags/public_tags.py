@@ -1,4 +1,4 @@
-"""Number formats of the public pages: sizes as 1.2B/135M, scores with two decimals."""
+"""Template filters of the public pages: number formats (public/formats.py), message links."""
 
 from __future__ import annotations
 
@@ -8,28 +8,12 @@ from django import template
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
+from leaderboard.public.formats import params, score, signed
+
 register = template.Library()
-
-
-@register.filter
-def params(count: int | None) -> str:
-    if count is None:
-        return "—"
-    for bound, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if count >= bound:
-            value = count / bound
-            return f"{value:.1f}{suffix}" if value < 100 else f"{value:.0f}{suffix}"
-    return str(count)
-
-
-@register.filter
-def score(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
-@register.filter
-def signed(value: float | None) -> str:
-    return "—" if value is None else f"{value:+.2f}"
+register.filter("params", params)
+register.filter("score", score)
+register.filter("signed", signed)
 
 
 # Trellis pages a message may name (a duplicate submission's page, a model's page).
