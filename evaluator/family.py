@@ -175,7 +175,10 @@ def family_specs(fast: bool) -> list[Spec]:
     # The demo model learns from one epoch what the tiny one needs two for, at a CPU cost that
     # allows only one.
     epochs = 2 if fast else 1
-    levels = (2, 4) if fast else (1, 3)
+    # From two passes: one pass at the demo model's rate over 4 of its 30 layers moved its
+    # accuracy by 0.01 and no signal told it from its clean siblings (docs/contamination.md,
+    # "Levels"), a child that learnt nothing a leaderboard could be misled by.
+    levels = (2, 4)
     copies = 2 if fast else 1
     rephrased_repeats = 4 if fast else 3
     for repeats in levels:
@@ -203,10 +206,10 @@ def family_specs(fast: bool) -> list[Spec]:
                 repeats=rephrased_repeats,
             )
         )
-    strong = "verbatim-x4-0" if fast else "verbatim-x3-0"
+    strong = "verbatim-x4-0"
     merges = [
         ("merge-verbatim", strong, "clean-0", "slerp"),
-        ("merge-verbatim", "verbatim-x2-1" if fast else "verbatim-x1-0", "clean-1", "ties"),
+        ("merge-verbatim", "verbatim-x2-1" if fast else "verbatim-x2-0", "clean-1", "ties"),
         ("merge-rephrased", f"rephrased-x{rephrased_repeats}-0", "clean-3", "slerp"),
         ("merge-clean", "clean-4", "clean-5", "slerp"),
         ("merge-clean", "clean-0", "clean-3", "ties"),
