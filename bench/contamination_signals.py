@@ -55,7 +55,14 @@ from evaluator.reference import arc_item, mirror_docs, score_items, score_task_r
 
 # The web side's default thresholds, fixed before any run (fewer resamples, same decisions).
 THRESHOLDS = stats.Thresholds(bootstrap=400, permutations=999)
-SIGNALS = ("constat_sibling", "constat_perturbed", "differential", "min_k_pp", "jump")
+SIGNALS = (
+    "constat_sibling",
+    "constat_perturbed",
+    "differential",
+    "family",
+    "min_k_pp",
+    "jump",
+)
 
 
 # --- Measuring ------------------------------------------------------------------------------------
@@ -101,8 +108,11 @@ def signals(
 ) -> dict[str, Any]:
     """Per signal, the smallest p-value of the model's findings and whether any fired, from the
     functions the web side runs after an ingest (`evaluator.contamination`)."""
-    spec = family[name]
-    parents = spec.parents or ([] if spec.kind == "base" else ["base"])
+    parents_of = {n: s.parents or ([] if s.kind == "base" else ["base"]) for n, s in family.items()}
+    parents = parents_of[name]
+    relatives = stats.nearest_relatives(
+        name, parents_of, [m for m in population if m != name], THRESHOLDS.min_relatives
+    )
     findings = stats.reference_findings(
         [data[name]],
         [[data[m]] for m in population if m != name],
@@ -110,6 +120,7 @@ def signals(
         THRESHOLDS,
     )
     findings += stats.lineage_findings([data[name]], {p: [data[p]] for p in parents}, THRESHOLDS)
+    findings += stats.family_findings([data[name]], {r: [data[r]] for r in relatives}, THRESHOLDS)
     findings += stats.score_findings(
         _scores(data[name]), {p: _scores(data[p]) for p in parents}, {}, THRESHOLDS
     )
@@ -126,9 +137,11 @@ def signals(
 def _signal_of(finding: stats.Finding) -> str:
     if finding.kind == "performance_vs_reference":
         return f"constat_{finding.evidence['reference']}"
-    return {"lineage_differential": "differential", "score_jump": "jump"}.get(
-        finding.kind, finding.kind
-    )
+    return {
+        "lineage_differential": "differential",
+        "family_differential": "family",
+        "score_jump": "jump",
+    }.get(finding.kind, finding.kind)
 
 
 def decide(result: dict[str, Any], signal: str) -> bool:
@@ -247,14 +260,14 @@ def report(family: dict[str, Spec], data: dict[str, dict[str, Any]]) -> dict[str
     print()
     print(
         "per model: benchmark accuracy, delta, p-values (constat sibling, constat perturbed, "
-        "differential, min-k%++, jump), effect size"
+        "differential, family, min-k%++, jump), effect size (differential, family)"
     )
     for name, result in results.items():
         print(
             f"  {name:28s} acc {data[name]['benchmark']['accuracy']:.2f} "
             f"delta {result['constat_sibling_statistic']:+.3f} "
             + " ".join(f"{result[s]:.4f}" for s in SIGNALS)
-            + f"  effect {result['differential_statistic']:+.2f}"
+            + f"  effect {result['differential_statistic']:+.2f} {result['family_statistic']:+.2f}"
         )
     return summary
 

@@ -11,7 +11,10 @@ stored scores; none of them flags anything, they are read by a maintainer:
 2. `lineage_differential`: the per-item gain in log-likelihood of question + gold answer from a
    declared parent to the child, on the benchmark items against the same gain on reference
    items. Permutation test (paired sign flips when the reference items are copies of the
-   benchmark items, label shuffles otherwise) and a standardised effect size.
+   benchmark items, label shuffles otherwise) and a standardised effect size. The same test
+   against the family (`family_findings`): the per-item median of the nearest relatives
+   (`nearest_relatives`) in place of the parent, for the child that barely moved from its parent
+   while its siblings all drifted the other way.
 3. `min_k_plus_plus`: the Min-K%++ membership score of one text (Zhang et al., ICLR 2025) from
    per-token log-probabilities and the mean and variance of the log-probabilities over the
    vocabulary at each position; child against parent with `lineage_differential`.
@@ -31,6 +34,10 @@ Array = np.ndarray[Any, Any]
 
 # ConStat needs a curve: fewer reference models than this and the test is not run.
 MIN_REFERENCE_MODELS = 5
+# The family differential compares with the median of this many relatives at least: with two,
+# one contaminated sibling would be half the baseline, and each relative's own difference needs
+# two others to be read against.
+MIN_RELATIVES = 3
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_PERMUTATIONS = 4000
 
@@ -235,6 +242,53 @@ def lineage_differential(
     )
 
 
+def nearest_relatives(
+    model: Any,
+    parents_of: Mapping[Any, Sequence[Any]],
+    candidates: Sequence[Any],
+    minimum: int,
+    limit: int = 50,
+) -> list[Any]:
+    """The candidates closest to `model` in its family: the other children of its declared
+    parents, and only when they are fewer than `minimum`, the descendants of its grandparents,
+    and so on up. Never the model's own ancestors or descendants (they share its training, or
+    inherit it). Nearest first, at most `limit`; empty when even the whole family is too small."""
+    children_of: dict[Any, list[Any]] = {}
+    for child, parents in parents_of.items():
+        for parent in parents:
+            children_of.setdefault(parent, []).append(child)
+    own_descendants = _reachable(model, children_of)
+    level = set(parents_of.get(model, ()))
+    ancestors: set[Any] = set()
+    allowed = set(candidates)
+    found: list[Any] = []
+    seen: set[Any] = set()
+    while level:
+        ancestors |= level
+        excluded = ancestors | own_descendants | {model}
+        family: set[Any] = set()
+        for ancestor in level:
+            family |= _reachable(ancestor, children_of)
+        new = sorted((family - excluded - seen) & allowed, key=str)
+        found += new
+        seen.update(new)
+        if len(found) >= minimum:
+            return found[:limit]
+        level = {p for a in level for p in parents_of.get(a, ())} - ancestors
+    return []
+
+
+def _reachable(start: Any, edges: Mapping[Any, Sequence[Any]]) -> set[Any]:
+    seen: set[Any] = set()
+    stack = list(edges.get(start, ()))
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(edges.get(node, ()))
+    return seen
+
+
 # --- 3. Min-K%++ ---------------------------------------------------------------------------------
 
 
@@ -357,6 +411,8 @@ def roc_auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
 KINDS = {
     "performance_vs_reference": "Scores above what its reference-set scores predict (ConStat)",
     "lineage_differential": "Gained more likelihood on the benchmark items than on reference items",
+    "family_differential": "Gained more likelihood on the benchmark items than its nearest "
+    "relatives did, against reference items",
     "min_k_pp": "Min-K%++ membership score rose more on the benchmark items than on reference ones",
     "score_jump": "One task jumped above every declared parent while the others did not move",
     "size_outlier": "A score far out of its size bucket",
@@ -377,6 +433,7 @@ class Thresholds:
     calm_z: float = 1.0  # the median jump of the other tasks may not exceed this
     bucket_z: float = 4.0  # robust z-score within the size bucket
     min_population: int = MIN_REFERENCE_MODELS
+    min_relatives: int = MIN_RELATIVES  # the family differential's smallest family
     bootstrap: int = DEFAULT_BOOTSTRAP
     permutations: int = DEFAULT_PERMUTATIONS
 
@@ -525,6 +582,140 @@ def lineage_findings(
                         figure=_gain_figure(task, parent_name, bench_gain, ref_gain, field_name),
                     )
                 )
+    return findings
+
+
+def student_t_sf(t: float, df: int) -> float:
+    """P(T >= t) for Student's t with `df` (a positive integer) degrees of freedom, exactly:
+    the finite series for integer df (Abramowitz and Stegun 26.7.3 and 26.7.4)."""
+    if df < 1:
+        raise ValueError("Student's t needs at least one degree of freedom")
+    if math.isnan(t):
+        return 1.0
+    if math.isinf(t):
+        return 0.0 if t > 0 else 1.0
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    if df % 2:
+        term = total = 1.0
+        for k in range(1, (df - 1) // 2):
+            term *= c2 * (2 * k) / (2 * k + 1)
+            total += term
+        inside = (
+            2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * total if df > 1 else 0))
+        )
+    else:
+        term = total = 1.0
+        for k in range(1, df // 2):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            total += term
+        inside = math.sin(theta) * total
+    tail = max(0.0, (1.0 - inside) / 2)
+    return tail if t >= 0 else 1.0 - tail
+
+
+def _family_difference(
+    mine: tuple[Array, Array], others: Sequence[tuple[Array, Array]]
+) -> tuple[Array, Array]:
+    """Per item, a model's values minus the median of `others`' (benchmark, reference)."""
+    median_b = np.median(np.array([o[0] for o in others]), axis=0)
+    median_r = np.median(np.array([o[1] for o in others]), axis=0)
+    return mine[0] - median_b, mine[1] - median_r
+
+
+def family_findings(
+    model: References,
+    relatives: Mapping[str, References],
+    thresholds: Thresholds = Thresholds(),
+) -> list[Finding]:
+    """The likelihood differential against the family rather than the parent: per item, the
+    model's log-likelihood of question + gold answer minus the median of its nearest relatives'
+    (`nearest_relatives`, drawn from the same unsuspected population as ConStat's curve), on the
+    benchmark items against the same on the reference items. Every fine-tune of a parent loses or
+    gains some likelihood on the benchmark's kind of text; its siblings lose or gain it too, so a
+    child that learnt the items stands out from them even when it barely moved from its parent.
+
+    Siblings also differ by how hard they were trained, which moves that difference by more than
+    the items' noise: the difference D is therefore tested twice, over items (permutation, as
+    the parent test) and over models, against each relative's own D read against the others
+    (Student's t prediction interval, k - 1 degrees of freedom). The p-value is the larger."""
+    findings = []
+    field_name = "text_logprob"
+    for task, entry in _by_task(model).items():
+        peers = {name: _by_task(refs).get(task) for name, refs in relatives.items()}
+        found = {name: theirs for name, theirs in peers.items() if theirs is not None}
+        ref_name = (
+            "sibling"
+            if entry.get("sibling") and all(t.get("sibling") for t in found.values())
+            else "perturbed"
+        )
+        mine = (
+            np.asarray(entry["benchmark"].get(field_name) or [], dtype=float),
+            np.asarray((entry.get(ref_name) or {}).get(field_name) or [], dtype=float),
+        )
+        matching = {
+            name: (
+                np.asarray(theirs["benchmark"][field_name], dtype=float),
+                np.asarray(theirs[ref_name][field_name], dtype=float),
+            )
+            for name, theirs in found.items()
+            if len(theirs["benchmark"].get(field_name) or []) == mine[0].size
+            and len((theirs.get(ref_name) or {}).get(field_name) or []) == mine[1].size
+        }
+        if len(matching) < max(3, thresholds.min_relatives) or min(m.size for m in mine) < 2:
+            continue
+        bench_gain, ref_gain = _family_difference(mine, list(matching.values()))
+        paired = ref_name == "perturbed"
+        items = lineage_differential(
+            bench_gain, ref_gain, paired=paired, n_permutations=thresholds.permutations
+        )
+        theirs = []
+        for name, values in matching.items():
+            b, r = _family_difference(values, [v for n, v in matching.items() if n != name])
+            theirs.append(float(b.mean() - r.mean()))
+        family_mean, family_sd, k = (
+            float(np.mean(theirs)),
+            float(np.std(theirs, ddof=1)),
+            len(theirs),
+        )
+        excess = items.difference - family_mean
+        scale = family_sd * math.sqrt(1 + 1 / k)
+        t = excess / scale if scale > 0 else (math.inf if excess > 0 else -math.inf)
+        p_models = student_t_sf(t, k - 1)
+        p_value = max(items.p_value, p_models)
+        findings.append(
+            Finding(
+                kind="family_differential",
+                task=task,
+                statistic=t,
+                p_value=p_value,
+                threshold=thresholds.alpha,
+                fired=p_value < thresholds.alpha and excess >= thresholds.min_difference,
+                evidence={
+                    "statistic": "t of the difference against the relatives' own differences",
+                    "relatives": sorted(matching)[:20],
+                    "relatives_compared": k,
+                    "reference": ref_name,
+                    "benchmark_gain": items.benchmark_gain,
+                    "reference_gain": items.reference_gain,
+                    "difference": items.difference,
+                    "relatives_mean_difference": family_mean,
+                    "relatives_sd_difference": family_sd,
+                    "excess": excess,
+                    "t": t,
+                    "p_items": items.p_value,
+                    "p_models": p_models,
+                    "min_difference": thresholds.min_difference,
+                    "paired": items.paired,
+                    "benchmark_items": items.n_benchmark,
+                    "reference_items": items.n_reference,
+                    "measure": field_name,
+                },
+                figure=_gain_figure(
+                    task, "the family's median", bench_gain.tolist(), ref_gain.tolist(), field_name
+                ),
+            )
+        )
     return findings
 
 

@@ -269,6 +269,7 @@ TRELLIS_CONTAMINATION_MIN_DIFFERENCE = env_float("TRELLIS_CONTAMINATION_MIN_DIFF
 TRELLIS_CONTAMINATION_JUMP_Z = env_float("TRELLIS_CONTAMINATION_JUMP_Z", 3.0)
 TRELLIS_CONTAMINATION_BUCKET_Z = env_float("TRELLIS_CONTAMINATION_BUCKET_Z", 4.0)
 TRELLIS_CONTAMINATION_MIN_POPULATION = env_int("TRELLIS_CONTAMINATION_MIN_POPULATION", 5, minimum=2)
+TRELLIS_CONTAMINATION_MIN_RELATIVES = env_int("TRELLIS_CONTAMINATION_MIN_RELATIVES", 3, minimum=2)
 
 # --- Model sources (catalog/sources): the Hub's address and how long one Hub call may take -----
 # Empty: huggingface_hub's default (https://huggingface.co).

@@ -253,3 +253,33 @@ def test_a_score_far_out_of_its_size_bucket_is_a_signal(family):
     assert not any(
         s.kind == "size_outlier" for s in flow.assess_contamination(_run_of(family["clean-2"]).pk)
     )
+
+
+def test_a_child_that_kept_what_its_siblings_lost_opens_a_family_signal(maintainer):
+    """Fine-tuning cost every sibling 0.4 nats on the benchmark's items and 0.1 on the reference
+    items; the quiet child learnt the items back, so it moved as little on both as its parent:
+    the test against the parent sees nothing, the family test does, and names the relatives.
+    The flagged sibling is not one of them (relatives come from the unsuspected models)."""
+    rng = np.random.default_rng(13)
+    base_refs = _references(rng, 0.35)
+    base = ranked("org/base", 0.35, payload={"references": base_refs})
+    children = {}
+    for name, gain, ref_gain in (
+        ("sib-0", -0.4, -0.1),
+        ("sib-1", -0.4, -0.1),
+        ("sib-2", -0.4, -0.1),
+        ("sib-flagged", 2.0, -0.1),
+        ("quiet", -0.1, -0.1),
+    ):
+        refs = _references(rng, 0.35, base_refs, gain=gain, ref_gain=ref_gain)
+        children[name] = ranked(f"org/{name}", 0.35, payload={"references": refs})
+        edge(children[name].repository, base.repository)
+    flag(children["sib-flagged"].repository, maintainer)
+    created = flow.assess_contamination(_run_of(children["quiet"]).pk)
+    family_signals = [s for s in created if s.kind == "family_differential"]
+    assert len(family_signals) == 1 and not any(s.kind == "lineage_differential" for s in created)
+    evidence = family_signals[0].evidence
+    assert evidence["difference"] == pytest.approx(0.3, abs=0.05)
+    assert evidence["relatives"] == ["org/sib-0", "org/sib-1", "org/sib-2"]
+    for sibling in ("sib-0", "sib-1"):
+        assert flow.assess_contamination(_run_of(children[sibling]).pk) == []

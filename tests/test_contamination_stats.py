@@ -173,9 +173,12 @@ def test_bonferroni_and_roc_auc():
 
 from evaluator.contamination import (  # noqa: E402
     Thresholds,
+    family_findings,
     lineage_findings,
+    nearest_relatives,
     reference_findings,
     score_findings,
+    student_t_sf,
 )
 
 FAST = Thresholds(bootstrap=300, permutations=499)
@@ -282,3 +285,123 @@ def test_a_large_effect_of_a_negligible_gain_does_not_fire():
     assert diff.p_value < 0.01 and diff.statistic > 1.0
     assert diff.evidence["difference"] == pytest.approx(0.012, abs=0.003)
     assert not diff.fired
+
+
+def _family(rng, strengths=(1.0, 1.0, 1.0, 1.0), n=200):
+    """A parent and its children: fine-tuning at strength s costs a child about 0.4 s nats on the
+    benchmark items' kind of text and 0.1 s on the reference items', item by item alike, plus
+    its own noise."""
+    parent = _entry(rng, 0.4, n=n)
+    drift_b, drift_r = rng.normal(-0.4, 0.3, n), rng.normal(-0.1, 0.3, n)
+
+    def child(strength):
+        entry = _entry(rng, 0.4, n=n)
+        for part, drift in (("benchmark", drift_b), ("sibling", drift_r)):
+            base = np.array(parent[part]["text_logprob"])
+            noise = rng.normal(0, 0.15, n)
+            entry[part]["text_logprob"] = (base + strength * drift + noise).tolist()
+        return entry
+
+    return parent, [child(s) for s in strengths]
+
+
+def test_student_t_tail_matches_the_tables():
+    # Values of scipy.stats.t.sf, exact to the last digits.
+    cases = [(1, 1.0, 0.25), (2, 2.92, 0.0499995777813536), (5, 3.365, 0.00999923625287086)]
+    cases += [(7, -1.2, 0.8654140315863967), (4, 10.0, 0.0002810018113579955)]
+    cases += [(12, 2.5, 0.01395769978566262), (3, 0.0, 0.5)]
+    for df, t, expected in cases:
+        assert student_t_sf(t, df) == pytest.approx(expected, rel=1e-9)
+    assert student_t_sf(math.inf, 3) == 0.0 and student_t_sf(-math.inf, 3) == 1.0
+    with pytest.raises(ValueError):
+        student_t_sf(1.0, 0)
+
+
+def test_family_differential_finds_the_child_that_lost_less_than_its_siblings():
+    rng = np.random.default_rng(9)
+    parent, (contaminated, *siblings) = _family(rng)
+    # It learnt the items as much as fine-tuning cost the others: no gain over its parent.
+    contaminated["benchmark"]["text_logprob"] = [
+        v + 0.3 for v in contaminated["benchmark"]["text_logprob"]
+    ]
+    against_parent = lineage_findings([contaminated], {"p": [parent]}, FAST)[0]
+    assert not against_parent.fired
+    relatives = {f"s{i}": [s] for i, s in enumerate(siblings)}
+    (finding,) = family_findings([contaminated], relatives, FAST)
+    assert finding.kind == "family_differential" and finding.fired
+    assert finding.evidence["difference"] == pytest.approx(0.3, abs=0.05)
+    assert finding.evidence["relatives_compared"] == 3
+    assert finding.evidence["p_items"] == pytest.approx(1 / 500)
+    assert finding.evidence["p_models"] < 0.01 and finding.p_value == pytest.approx(1 / 500)
+    # Each clean sibling against the others (and the contaminated one): nothing fires.
+    for i, clean in enumerate(siblings):
+        others = {k: v for k, v in relatives.items() if k != f"s{i}"}
+        others["c"] = [contaminated]
+        assert not family_findings([clean], others, FAST)[0].fired
+    # Two relatives are too few for a family: no finding, rather than a guess.
+    assert family_findings([contaminated], dict(list(relatives.items())[:2]), FAST) == []
+
+
+def test_family_differential_reads_a_lightly_trained_sibling_against_the_family_spread():
+    # Siblings trained at different strengths: the lightest lost least on the benchmark items,
+    # so over items alone it stands out (p at its floor); over models it is one of a spread.
+    rng = np.random.default_rng(11)
+    _, children = _family(rng, strengths=(0.3, 0.8, 1.0, 1.2, 1.5, 2.0, 1.0))
+    *clean, contaminated = children
+    light, *others = clean
+    (finding,) = family_findings([light], {f"s{i}": [c] for i, c in enumerate(others)}, FAST)
+    assert finding.evidence["p_items"] == pytest.approx(1 / 500)
+    assert finding.evidence["excess"] > 0.1
+    assert finding.evidence["p_models"] > 0.05 and not finding.fired
+    # A child trained like the middle sibling that also learnt the items: far outside the spread.
+    contaminated["benchmark"]["text_logprob"] = [
+        v + 0.8 for v in contaminated["benchmark"]["text_logprob"]
+    ]
+    (finding,) = family_findings([contaminated], {f"s{i}": [c] for i, c in enumerate(clean)}, FAST)
+    assert finding.fired and finding.evidence["p_models"] < 0.01
+
+
+def test_family_differential_falls_back_to_paired_perturbed_copies():
+    rng = np.random.default_rng(10)
+    parent, children = _family(rng)
+    for entry in (parent, *children):
+        entry["perturbed"]["text_logprob"] = entry["benchmark"]["text_logprob"][:]
+        del entry["sibling"]
+    children[0]["benchmark"]["text_logprob"] = [
+        v + 0.5 for v in children[0]["benchmark"]["text_logprob"]
+    ]
+    (finding,) = family_findings(
+        [children[0]], {f"s{i}": [c] for i, c in enumerate(children[1:])}, FAST
+    )
+    assert finding.evidence["reference"] == "perturbed" and finding.evidence["paired"]
+    assert finding.evidence["difference"] == pytest.approx(0.5)
+    assert finding.fired
+
+
+def test_nearest_relatives_are_siblings_first_then_cousins_never_ancestors_or_descendants():
+    parents_of = {
+        "a": ["root"],
+        "b": ["root"],
+        "a1": ["a"],
+        "a2": ["a"],
+        "a3": ["a"],
+        "a1x": ["a1"],
+        "b1": ["b"],
+        "merge": ["a1", "b1"],
+    }
+    everyone = sorted({*parents_of, "root"})
+    assert nearest_relatives("a1", parents_of, everyone, minimum=2) == ["a2", "a3"]
+    # Not enough siblings: the grandparent's other descendants join, siblings still first; the
+    # model's own child (a1x) and the merge it went into are never its relatives.
+    assert nearest_relatives("a1", parents_of, everyone, minimum=3) == ["a2", "a3", "b", "b1"]
+    # A merge's nearest family: its parents' other descendants (the parents themselves excluded).
+    assert nearest_relatives("merge", parents_of, everyone, minimum=1) == ["a1x"]
+    assert nearest_relatives("merge", parents_of, everyone, minimum=3) == [
+        "a1x",
+        "a2",
+        "a3",
+    ]
+    # Only candidates count (the unsuspected population), and a family too small gives none.
+    assert nearest_relatives("a1", parents_of, ["a2", "b"], minimum=2) == ["a2", "b"]
+    assert nearest_relatives("root", parents_of, everyone, minimum=1) == []
+    assert nearest_relatives("a1", parents_of, ["a2"], minimum=2) == []

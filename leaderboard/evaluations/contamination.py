@@ -16,12 +16,14 @@ from evaluator.contamination import (
     Finding,
     Score,
     Thresholds,
+    family_findings,
     lineage_findings,
+    nearest_relatives,
     reference_findings,
     score_findings,
 )
 from evaluator.suites import UnknownSuite, load_suite
-from leaderboard.catalog.models import LineageEdge, LineageStatus, Repository
+from leaderboard.catalog.models import LineageEdge, LineageStatus, Repository, RepositoryKind
 from leaderboard.evaluations.models import EvaluationRun, RunState, TaskScore
 
 
@@ -34,6 +36,7 @@ def thresholds() -> Thresholds:
         jump_z=settings.TRELLIS_CONTAMINATION_JUMP_Z,
         bucket_z=settings.TRELLIS_CONTAMINATION_BUCKET_Z,
         min_population=settings.TRELLIS_CONTAMINATION_MIN_POPULATION,
+        min_relatives=settings.TRELLIS_CONTAMINATION_MIN_RELATIVES,
     )
 
 
@@ -46,6 +49,7 @@ class Assessment:
     findings: list[Finding] = field(default_factory=list)
     population: int = 0
     parents_tested: list[str] = field(default_factory=list)
+    relatives: list[str] = field(default_factory=list)
 
 
 def _newest_per_repository(runs: Any) -> dict[int, EvaluationRun]:
@@ -53,6 +57,18 @@ def _newest_per_repository(runs: Any) -> dict[int, EvaluationRun]:
     for run in runs.order_by("submission__repository_id", "-finished_at", "-pk"):
         newest.setdefault(run.submission.repository_id, run)
     return newest
+
+
+def _relatives(repository: Repository, candidates: list[int], minimum: int) -> list[int]:
+    """The nearest relatives of `repository` among `candidates` in the models' lineage (a shared
+    training dataset does not make a family): `evaluator.contamination.nearest_relatives`."""
+    parents_of: dict[int, list[int]] = {}
+    edges = LineageEdge.objects.filter(
+        parent__kind=RepositoryKind.MODEL, child__kind=RepositoryKind.MODEL
+    ).values_list("child_id", "parent_id")
+    for child, parent in edges:
+        parents_of.setdefault(child, []).append(parent)
+    return nearest_relatives(repository.pk, parents_of, candidates, minimum)
 
 
 def _scores(run: EvaluationRun) -> dict[str, Score]:
@@ -106,9 +122,20 @@ def assess(run_id: int, size_bucket: Callable[[int], str] | None = None) -> Asse
     except UnknownSuite:
         chance = {}
     limits = thresholds()
+    measured = {
+        pk: refs
+        for pk, other in others.items()
+        if (refs := (other.payload or {}).get("references"))
+    }
+    relative_refs = {
+        others[pk].submission.repository.repo_id: measured[pk]
+        for pk in _relatives(repository, list(measured), limits.min_relatives)
+    }
+    result.relatives = sorted(relative_refs)
     result.findings = (
         reference_findings(mine, population, chance, limits)
         + lineage_findings(mine, parent_refs, limits)
+        + family_findings(mine, relative_refs, limits)
         + score_findings(
             _scores(run), {names[pk]: _scores(p) for pk, p in parent_runs.items()}, buckets, limits
         )
