@@ -199,12 +199,11 @@ def _fast_password_hashing(settings):
 def _fresh_rate_limits():
     from django.core.cache import cache
 
-    from leaderboard.public.cache import forget_local_copies
-    from leaderboard.public.selection import forget_plot_rows
+    import leaderboard.public.selection  # noqa: F401  (registers its copies)
+    from leaderboard.public.process import forget_process_copies
 
     cache.clear()
-    forget_local_copies()  # cached responses too: each test has its own database
-    forget_plot_rows()
+    forget_process_copies()  # cached bodies, rows and versions too: each test has its own database
 
 
 def service_unavailable(what: str, error: Exception) -> None:

@@ -71,6 +71,21 @@ def test_the_size_scatter_of_many_rows_draws_one_row_per_cell_and_every_outlier(
     assert set(rows["customdata"]) <= {f"org/row-{index:02d}" for index in range(40)}
 
 
+def test_the_listed_outliers_carry_the_ranking_rows_badges(anonymous_client):
+    for index in range(12):
+        ranked(f"org/row-{index:02d}", 0.40 + (index % 5) / 100, parameter_count=7 * 10**9)
+    ranked(
+        "org/jump<b>",
+        0.95,
+        parameter_count=7 * 10**9,
+        merge_method="ties & more",
+        model_type="merge",
+    )
+    html = anonymous_client.get("/plots/").content.decode()
+    listed = html.split("org/jump&lt;b&gt;</a>", 1)[1].split("</td>", 1)[0]
+    assert listed == '<span class="badge merge" title="Merge (ties &amp; more)">merge</span>'
+
+
 def test_a_box_carries_the_statistics_plotly_would_compute():
     box = plots._box("chat (5 rows)", [3.0, 1.0, 4.0, 100.0, 2.0])
     assert {

@@ -34,6 +34,7 @@ from django.utils.cache import patch_vary_headers
 
 from leaderboard.public.etags import Validator
 from leaderboard.public.http import conditional
+from leaderboard.public.process import kept_per_process
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class _LocalCopies:
 _local = _LocalCopies(LOCAL_BYTES)
 
 
+@kept_per_process
 def forget_local_copies() -> None:
     """Drop this process's copies (tests; the shared cache is untouched)."""
     _local.clear()

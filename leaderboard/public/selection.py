@@ -25,6 +25,7 @@ from leaderboard.problems import Refusal
 from leaderboard.public.cache import cached_bytes
 from leaderboard.public.etags import query_key, ranking_stamps, release
 from leaderboard.public.models import RankingEntry
+from leaderboard.public.process import kept_per_process
 from leaderboard.public.query import SORT_COLUMNS, RankingQuery
 from leaderboard.public.row import ENTRY_COLUMNS, RankingRow, build_row
 from leaderboard.public.suites import SuiteView, suite_view
@@ -214,11 +215,7 @@ def _page_of_placement(query: RankingQuery, view: SuiteView, data_version: str) 
     # kept in the placement they made every page decode the paths of thousands of rows.
     not_clean = [row.repository_id for row in rows if row.lineage_status != LineageStatus.CLEAN]
     if not_clean:
-        paths = dict(
-            Repository.objects.filter(pk__in=not_clean).values_list(
-                "id", Cast("status_path", TextField())
-            )
-        )
+        paths = {pk: path for pk, (_status, path) in _not_clean(not_clean).items()}
         for row in rows:
             if row.repository_id in paths:
                 row.status_path = _path(paths[row.repository_id])
@@ -292,6 +289,18 @@ class Placement:
         ]
 
 
+def _not_clean(repository_ids: Any) -> dict[int, tuple[str, str | None]]:
+    """Repository id -> (status, its explaining path as JSON text, parsed only where shown) of
+    the models among `repository_ids` (ids, or a subquery of them) that are not clean. Read per
+    request: statuses change without the rows changing."""
+    return {
+        repository_id: (status, path)
+        for repository_id, status, path in Repository.objects.filter(
+            kind=RepositoryKind.MODEL, status__in=NOT_CLEAN, id__in=repository_ids
+        ).values_list("id", "status", Cast("status_path", TextField()))
+    }
+
+
 def _place_all(
     query: RankingQuery,
     entries: QuerySet[RankingEntry],
@@ -301,14 +310,7 @@ def _place_all(
 ) -> list[Placed]:
     """Every row of `ordered` that the status filters show, with its competition rank ("1, 2,
     2, 4") by `key` among them, as SQL RANK() gives a page."""
-    lineage = {
-        repository_id: (status, path)
-        for repository_id, status, path in Repository.objects.filter(
-            kind=RepositoryKind.MODEL,
-            status__in=NOT_CLEAN,
-            id__in=entries.values("repository_id"),
-        ).values_list("id", "status", Cast("status_path", TextField()))
-    }
+    lineage = _not_clean(entries.values("repository_id"))
     clean = (LineageStatus.CLEAN.value, None)
     hidden = set(query.hidden_statuses)
     columns = ["id", "repository_id", key, *(["row_json"] if with_json else [])]
@@ -485,14 +487,7 @@ def plotted(query: RankingQuery) -> Ranking[PlotRow]:
             "unknown_version", "version", f"Suite '{query.suite}' has no version '{query.version}'."
         )
     entries = filtered_entries(query)
-    lineage = {
-        repository_id: (status, path)
-        for repository_id, status, path in Repository.objects.filter(
-            kind=RepositoryKind.MODEL,
-            status__in=NOT_CLEAN,
-            id__in=entries.values("repository_id"),
-        ).values_list("id", "status", Cast("status_path", TextField()))
-    }
+    lineage = _not_clean(entries.values("repository_id"))
     hidden = set(query.hidden_statuses)
     hidden_counts = {LineageStatus.FLAGGED.value: 0, LineageStatus.TAINTED.value: 0}
     rows: list[PlotRow] = []
@@ -526,6 +521,7 @@ _PLOT_ROWS_KEPT = 8
 _PLOT_ROWS_LOCK = threading.Lock()
 
 
+@kept_per_process
 def forget_plot_rows() -> None:
     """Drop this process's plotted rows (tests: each has its own database)."""
     with _PLOT_ROWS_LOCK:
@@ -536,8 +532,15 @@ def _plot_rows(query: RankingQuery, entries: QuerySet[RankingEntry]) -> tuple[Pl
     # Rows are only ever written by deleting and re-creating them with a new `updated_at`
     # (public/projection.py), so the count and the newest stamp say whether any changed.
     count, stamps = ranking_stamps(query.suite, query.version)
+    # Each row carries both averages, so raw and normalized plots share one copy.
     filters = query.model_copy(
-        update={"page": None, "sort": "average", "show_flagged": True, "show_tainted": True}
+        update={
+            "page": None,
+            "sort": "average",
+            "normalized": False,
+            "show_flagged": True,
+            "show_tainted": True,
+        }
     )
     key = f"{release()}:{count}:{stamps[0]}:{query_key(filters)}"
     with _PLOT_ROWS_LOCK:

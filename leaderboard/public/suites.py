@@ -8,6 +8,8 @@ import functools
 import logging
 from dataclasses import dataclass
 
+from leaderboard.public.process import kept_per_process
+
 logger = logging.getLogger(__name__)
 
 
@@ -91,6 +93,7 @@ def _stored_only_versions() -> dict[str, tuple[str, ...]]:
     return {name: tuple(found) for name, found in stored.items()}
 
 
+@kept_per_process
 def forget_stored_versions() -> None:
     _stored_only_versions.cache_clear()
 

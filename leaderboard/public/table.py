@@ -22,7 +22,9 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _badges(row: Any) -> str:
+def row_badges(row: Any) -> str:
+    """The badges of one row (verified, synthetic, merge, its open and confirmed flags), escaped:
+    the ranking rows and the plots' outliers both show them (`public_tags.row_badges`)."""
     parts = []
     if row.verified:
         parts.append(
@@ -85,7 +87,7 @@ def ranking_rows(items: list[dict[str, Any]]) -> SafeString:
             f'class="status-{_e(row.lineage_status)}{synthetic}">\n'
             f'      <td class="num">{_e(row.rank)}</td>\n'
             f'      <td class="model"><a href="{_e(row.url)}">{_e(row.model)}</a> '
-            f"{_badges(row)}</td>\n"
+            f"{row_badges(row)}</td>\n"
             f"      <td>{_e(row.model_type)}</td>\n"
             f'      <td class="num" title="{_e(intcomma(row.parameters))} parameters">'
             f"{_e(params(row.parameters))}</td>\n"

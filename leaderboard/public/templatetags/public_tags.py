@@ -8,12 +8,19 @@ from django import template
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
+from leaderboard.public import table
 from leaderboard.public.formats import params, score, signed
 
 register = template.Library()
 register.filter("params", params)
 register.filter("score", score)
 register.filter("signed", signed)
+
+
+@register.simple_tag
+def row_badges(row: object) -> SafeString:
+    """A ranking row's badges, written once in `public.table` (which escapes what it writes)."""
+    return mark_safe(table.row_badges(row))
 
 
 # Trellis pages a message may name (a duplicate submission's page, a model's page).
