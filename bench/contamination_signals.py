@@ -219,6 +219,10 @@ def export(family: dict[str, Spec], data: dict[str, dict[str, Any]]) -> str:
     return json.dumps(out, sort_keys=True)
 
 
+def _share(decisions: list[bool]) -> float:
+    return sum(decisions) / len(decisions) if decisions else math.nan
+
+
 def report(family: dict[str, Spec], data: dict[str, dict[str, Any]]) -> dict[str, float]:
     population = [n for n, s in family.items() if not s.contaminated]
     results = {name: signals(name, family, data, population) for name in family}
@@ -247,10 +251,10 @@ def report(family: dict[str, Spec], data: dict[str, dict[str, Any]]) -> dict[str
         print(f"{signal:18s} " + " ".join(f"{c:>16s}" for c in cells) + f"   {auc:.3f}")
         if signal == "combined":
             contaminated = [n for n in family if family[n].contaminated]
+            # A partial run (--only) may hold no model of one side: its share is nan.
             summary = {
-                "detection": sum(decide(results[n], signal) for n in contaminated)
-                / len(contaminated),
-                "fpr": sum(decide(results[n], signal) for n in clean) / len(clean),
+                "detection": _share([decide(results[n], signal) for n in contaminated]),
+                "fpr": _share([decide(results[n], signal) for n in clean]),
                 "auc": auc,
             }
             for kind in ("verbatim", "merge-verbatim", "rephrased", "merge-rephrased"):
