@@ -89,26 +89,27 @@ def mark_started(run_id: int, attempt: int, worker_hostname: str) -> bool:
     """A worker began the attempt. A re-delivery (the first worker died) starts it afresh; a
     run reaped as worker_lost comes back to life when its message shows up after all."""
     now = timezone.now()
-    claimed = (
-        EvaluationRun.objects.filter(pk=run_id, attempt=attempt)
-        .filter(
-            Q(state__in=[RunState.QUEUED, RunState.RUNNING])
-            | Q(state=RunState.FAILED, failure_code="worker_lost")
+    with transaction.atomic():
+        claimed = (
+            EvaluationRun.objects.filter(pk=run_id, attempt=attempt)
+            .filter(
+                Q(state__in=[RunState.QUEUED, RunState.RUNNING])
+                | Q(state=RunState.FAILED, failure_code="worker_lost")
+            )
+            .update(
+                state=RunState.RUNNING,
+                worker=worker_hostname[:200],
+                started_at=now,
+                heartbeat_at=now,
+                progress_done=0,
+                progress_total=0,
+                failure_code="",
+                failure_reason="",
+                log_tail="",
+            )
         )
-        .update(
-            state=RunState.RUNNING,
-            worker=worker_hostname[:200],
-            started_at=now,
-            heartbeat_at=now,
-            progress_done=0,
-            progress_total=0,
-            failure_code="",
-            failure_reason="",
-            log_tail="",
-        )
-    )
-    if claimed:
-        _mirror_submission(run_id, None, RunState.RUNNING)
+        if claimed:
+            _mirror_submission(run_id, None, RunState.RUNNING)
     return bool(claimed)
 
 
@@ -143,19 +144,22 @@ def record_failure(run_id: int, attempt: int, code: str, message: str, log_tail:
     """The attempt failed. Never overrides a finished run: a duplicate delivery that failed
     does not undo the one that succeeded."""
     reason = _reason_text(code, message)
-    claimed = (
-        EvaluationRun.objects.filter(pk=run_id, attempt=attempt)
-        .exclude(state=RunState.FINISHED)
-        .update(
-            state=RunState.FAILED,
-            failure_code=code[:40],
-            failure_reason=reason,
-            log_tail=log_tail[-20_000:],
-            finished_at=timezone.now(),
+    # One commit with the submission's state: a reader never sees the run failed and its
+    # submission still running (a polling client did, between two autocommits).
+    with transaction.atomic():
+        claimed = (
+            EvaluationRun.objects.filter(pk=run_id, attempt=attempt)
+            .exclude(state=RunState.FINISHED)
+            .update(
+                state=RunState.FAILED,
+                failure_code=code[:40],
+                failure_reason=reason,
+                log_tail=log_tail[-20_000:],
+                finished_at=timezone.now(),
+            )
         )
-    )
-    if claimed:
-        _mirror_submission(run_id, None, RunState.FAILED)
+        if claimed:
+            _mirror_submission(run_id, None, RunState.FAILED)
     return bool(claimed)
 
 
@@ -477,18 +481,20 @@ def _reap_silent_runs(now: datetime) -> tuple[list[int], list[int]]:
             if code == "worker_lost"
             else f"Still running after the hard limit of {int(time_limit.total_seconds())} s."
         )
-        claimed = (
-            EvaluationRun.objects.filter(pk=run.pk, attempt=run.attempt, state=RunState.RUNNING)
-            .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True))
-            .update(
-                state=RunState.FAILED,
-                failure_code=code,
-                failure_reason=_reason_text(code, message),
-                finished_at=now,
+        with transaction.atomic():
+            claimed = (
+                EvaluationRun.objects.filter(pk=run.pk, attempt=run.attempt, state=RunState.RUNNING)
+                .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True))
+                .update(
+                    state=RunState.FAILED,
+                    failure_code=code,
+                    failure_reason=_reason_text(code, message),
+                    finished_at=now,
+                )
             )
-        )
+            if claimed:
+                _mirror_submission(run.pk, run.submission_id, RunState.FAILED)
         if claimed:
-            _mirror_submission(run.pk, run.submission_id, RunState.FAILED)
             reaped.append(run.pk)
     return reaped, retried
 
