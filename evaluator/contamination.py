@@ -614,6 +614,45 @@ def student_t_sf(t: float, df: int) -> float:
     return tail if t >= 0 else 1.0 - tail
 
 
+@dataclass(frozen=True)
+class LineFit:
+    """A point against the line fitted through the others (`predicted_above`)."""
+
+    expected: float  # the line's y at the point's x
+    excess: float  # y - expected
+    slope: float
+    intercept: float
+    residual_sd: float
+    df: int
+    t: float
+    p_value: float  # one-sided, H0: the point lies on the others' line
+
+
+def predicted_above(xs: Sequence[float], ys: Sequence[float], x: float, y: float) -> LineFit:
+    """Does (x, y) lie above the least-squares line through (xs, ys)? Student's t of its
+    residual with the prediction interval's standard error (k - 2 degrees of freedom); with
+    every x equal (no slope to fit) against their mean (k - 1)."""
+    px, py = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    k = px.size
+    if k < 3:
+        raise NotEnoughData("a line through the others needs at least 3 of them")
+    sxx = float(((px - px.mean()) ** 2).sum())
+    if sxx > 1e-12 * max(1.0, float((px**2).sum())):
+        slope = float(((px - px.mean()) * (py - py.mean())).sum() / sxx)
+        df = k - 2
+        leverage = 1 + 1 / k + (x - px.mean()) ** 2 / sxx
+    else:
+        slope, df, leverage = 0.0, k - 1, 1 + 1 / k
+    intercept = float(py.mean() - slope * px.mean())
+    residuals = py - (intercept + slope * px)
+    residual_sd = math.sqrt(float((residuals**2).sum()) / df)
+    expected = intercept + slope * x
+    excess = y - expected
+    scale = residual_sd * math.sqrt(leverage)
+    t = excess / scale if scale > 0 else (math.inf if excess > 0 else -math.inf)
+    return LineFit(expected, excess, slope, intercept, residual_sd, df, t, student_t_sf(t, df))
+
+
 def _family_difference(
     mine: tuple[Array, Array], others: Sequence[tuple[Array, Array]]
 ) -> tuple[Array, Array]:
@@ -628,17 +667,14 @@ def family_findings(
     relatives: Mapping[str, References],
     thresholds: Thresholds = Thresholds(),
 ) -> list[Finding]:
-    """The likelihood differential against the family rather than the parent: per item, the
-    model's log-likelihood of question + gold answer minus the median of its nearest relatives'
-    (`nearest_relatives`, drawn from the same unsuspected population as ConStat's curve), on the
-    benchmark items against the same on the reference items. Every fine-tune of a parent loses or
-    gains some likelihood on the benchmark's kind of text; its siblings lose or gain it too, so a
-    child that learnt the items stands out from them even when it barely moved from its parent.
-
-    Siblings also differ by how hard they were trained, which moves that difference by more than
-    the items' noise: the difference D is therefore tested twice, over items (permutation, as
-    the parent test) and over models, against each relative's own D read against the others
-    (Student's t prediction interval, k - 1 degrees of freedom). The p-value is the larger."""
+    """The likelihood differential read against the family rather than the parent, after
+    ConStat's idea applied to likelihoods: per model, the mean gain in log-likelihood of question
+    + gold answer over the per-item median of the nearest relatives (`nearest_relatives`, drawn
+    from the same unsuspected population as ConStat's curve), on the reference items (x) and on
+    the benchmark items (y). Across the relatives the two lie on a line, because a sibling trained
+    harder gains (or loses) more on both; a model that learnt the test items sits above the line
+    the relatives draw at its own x, even when it barely moved from its parent, and however hard
+    it was trained. `predicted_above` gives the t and p-value of its height over the line."""
     findings = []
     field_name = "text_logprob"
     for task, entry in _by_task(model).items():
@@ -669,51 +705,46 @@ def family_findings(
         items = lineage_differential(
             bench_gain, ref_gain, paired=paired, n_permutations=thresholds.permutations
         )
-        theirs = []
-        for name, values in matching.items():
-            b, r = _family_difference(values, [v for n, v in matching.items() if n != name])
-            theirs.append(float(b.mean() - r.mean()))
-        family_mean, family_sd, k = (
-            float(np.mean(theirs)),
-            float(np.std(theirs, ddof=1)),
-            len(theirs),
+        # Each relative's mean gains against the same per-item medians: one point per model.
+        points = []
+        for values in matching.values():
+            b, r = _family_difference(values, list(matching.values()))
+            points.append((float(r.mean()), float(b.mean())))
+        fit = predicted_above(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            items.reference_gain,
+            items.benchmark_gain,
         )
-        excess = items.difference - family_mean
-        scale = family_sd * math.sqrt(1 + 1 / k)
-        t = excess / scale if scale > 0 else (math.inf if excess > 0 else -math.inf)
-        p_models = student_t_sf(t, k - 1)
-        p_value = max(items.p_value, p_models)
         findings.append(
             Finding(
                 kind="family_differential",
                 task=task,
-                statistic=t,
-                p_value=p_value,
+                statistic=fit.t,
+                p_value=fit.p_value,
                 threshold=thresholds.alpha,
-                fired=p_value < thresholds.alpha and excess >= thresholds.min_difference,
+                fired=fit.p_value < thresholds.alpha and fit.excess >= thresholds.min_difference,
                 evidence={
-                    "statistic": "t of the difference against the relatives' own differences",
+                    "statistic": "t of the benchmark gain above the family's line",
                     "relatives": sorted(matching)[:20],
-                    "relatives_compared": k,
+                    "relatives_compared": len(points),
                     "reference": ref_name,
                     "benchmark_gain": items.benchmark_gain,
                     "reference_gain": items.reference_gain,
-                    "difference": items.difference,
-                    "relatives_mean_difference": family_mean,
-                    "relatives_sd_difference": family_sd,
-                    "excess": excess,
-                    "t": t,
+                    "expected_benchmark_gain": fit.expected,
+                    "excess": fit.excess,
+                    "slope": fit.slope,
+                    "residual_sd": fit.residual_sd,
+                    "degrees_of_freedom": fit.df,
+                    "t": fit.t,
                     "p_items": items.p_value,
-                    "p_models": p_models,
                     "min_difference": thresholds.min_difference,
                     "paired": items.paired,
                     "benchmark_items": items.n_benchmark,
                     "reference_items": items.n_reference,
                     "measure": field_name,
                 },
-                figure=_gain_figure(
-                    task, "the family's median", bench_gain.tolist(), ref_gain.tolist(), field_name
-                ),
+                figure=_family_figure(task, points, fit, items, field_name),
             )
         )
     return findings
@@ -808,6 +839,50 @@ def _curve_figure(
             "title": {"text": f"{task}: benchmark against {ref_name} score"},
             "xaxis": {"title": {"text": f"{ref_name} accuracy"}},
             "yaxis": {"title": {"text": "benchmark accuracy"}},
+            "height": 280,
+            "margin": {"l": 50, "r": 10, "t": 40, "b": 40},
+        },
+    }
+
+
+def _family_figure(
+    task: str,
+    points: Sequence[tuple[float, float]],
+    fit: LineFit,
+    items: Differential,
+    measure: str,
+) -> dict[str, Any]:
+    xs = [p[0] for p in points] + [items.reference_gain]
+    ends = [min(xs), max(xs)]
+    return {
+        "data": [
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": "relatives",
+                "x": [round(p[0], 4) for p in points],
+                "y": [round(p[1], 4) for p in points],
+            },
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": "expected",
+                "x": [round(v, 4) for v in ends],
+                "y": [round(fit.intercept + fit.slope * v, 4) for v in ends],
+            },
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": "this model",
+                "x": [round(items.reference_gain, 4)],
+                "y": [round(items.benchmark_gain, 4)],
+                "marker": {"color": "#c0392b", "size": 10},
+            },
+        ],
+        "layout": {
+            "title": {"text": f"{task}: {measure} against the family's median"},
+            "xaxis": {"title": {"text": "gain on the reference items"}},
+            "yaxis": {"title": {"text": "gain on the benchmark items"}},
             "height": 280,
             "margin": {"l": 50, "r": 10, "t": 40, "b": 40},
         },

@@ -279,7 +279,7 @@ def test_a_child_that_kept_what_its_siblings_lost_opens_a_family_signal(maintain
     family_signals = [s for s in created if s.kind == "family_differential"]
     assert len(family_signals) == 1 and not any(s.kind == "lineage_differential" for s in created)
     evidence = family_signals[0].evidence
-    assert evidence["difference"] == pytest.approx(0.3, abs=0.05)
+    assert evidence["excess"] == pytest.approx(0.3, abs=0.1)
     assert evidence["relatives"] == ["org/sib-0", "org/sib-1", "org/sib-2"]
     for sibling in ("sib-0", "sib-1"):
         assert flow.assess_contamination(_run_of(children[sibling]).pk) == []

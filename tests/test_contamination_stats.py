@@ -176,6 +176,7 @@ from evaluator.contamination import (  # noqa: E402
     family_findings,
     lineage_findings,
     nearest_relatives,
+    predicted_above,
     reference_findings,
     score_findings,
     student_t_sf,
@@ -317,22 +318,48 @@ def test_student_t_tail_matches_the_tables():
         student_t_sf(1.0, 0)
 
 
-def test_family_differential_finds_the_child_that_lost_less_than_its_siblings():
+def test_a_point_above_the_line_of_the_others():
+    # Checked against scipy.stats.linregress and scipy.stats.t.sf.
+    fit = predicted_above([0, 1, 2, 3, 4], [1.1, 2.9, 5.0, 7.1, 8.9], 2.5, 8.0)
+    assert (fit.slope, fit.intercept, fit.df) == (pytest.approx(1.98), pytest.approx(1.04), 3)
+    assert fit.residual_sd == pytest.approx(0.10954451150103299)
+    assert fit.expected == pytest.approx(5.99) and fit.excess == pytest.approx(2.01)
+    assert fit.t == pytest.approx(16.578200586730716)
+    assert fit.p_value == pytest.approx(0.00023887404369404876, rel=1e-9)
+    on_the_line = predicted_above([0, 1, 2, 3, 4], [1.1, 2.9, 5.0, 7.1, 8.9], 2.5, 5.99)
+    assert on_the_line.p_value == pytest.approx(0.5)
+    # Every x the same: no slope to fit, the mean of the others (k - 1 degrees of freedom).
+    flat = predicted_above([1, 1, 1], [1.0, 2.0, 3.0], 1, 2.0)
+    assert (flat.slope, flat.df, flat.expected, flat.p_value) == (0.0, 2, 2.0, 0.5)
+    with pytest.raises(NotEnoughData):
+        predicted_above([0, 1], [0, 1], 2, 2)
+
+
+STRENGTHS = (0.6, 0.9, 1.2, 1.5, 1.8)
+
+
+def test_family_differential_finds_the_child_that_kept_what_its_siblings_lost():
     rng = np.random.default_rng(9)
-    parent, (contaminated, *siblings) = _family(rng)
-    # It learnt the items as much as fine-tuning cost the others: no gain over its parent.
+    parent, (contaminated, *siblings) = _family(rng, strengths=(1.0, *STRENGTHS))
+    # It learnt the items as much as fine-tuning cost it: no gain over its parent.
     contaminated["benchmark"]["text_logprob"] = [
-        v + 0.3 for v in contaminated["benchmark"]["text_logprob"]
+        v + 0.4 for v in contaminated["benchmark"]["text_logprob"]
     ]
     against_parent = lineage_findings([contaminated], {"p": [parent]}, FAST)[0]
     assert not against_parent.fired
     relatives = {f"s{i}": [s] for i, s in enumerate(siblings)}
     (finding,) = family_findings([contaminated], relatives, FAST)
     assert finding.kind == "family_differential" and finding.fired
-    assert finding.evidence["difference"] == pytest.approx(0.3, abs=0.05)
-    assert finding.evidence["relatives_compared"] == 3
-    assert finding.evidence["p_items"] == pytest.approx(1 / 500)
-    assert finding.evidence["p_models"] < 0.01 and finding.p_value == pytest.approx(1 / 500)
+    assert finding.evidence["excess"] == pytest.approx(0.4, abs=0.1)
+    # A sibling trained harder loses 0.4 s on the benchmark's kind of text and 0.1 s elsewhere:
+    # the line is steep (noise in the gains flattens it a little).
+    assert 2.5 < finding.evidence["slope"] < 4.5
+    assert (finding.evidence["relatives_compared"], finding.evidence["degrees_of_freedom"]) == (
+        5,
+        3,
+    )
+    assert finding.p_value < 0.001
+    assert [t["name"] for t in finding.figure["data"]] == ["relatives", "expected", "this model"]
     # Each clean sibling against the others (and the contaminated one): nothing fires.
     for i, clean in enumerate(siblings):
         others = {k: v for k, v in relatives.items() if k != f"s{i}"}
@@ -342,30 +369,21 @@ def test_family_differential_finds_the_child_that_lost_less_than_its_siblings():
     assert family_findings([contaminated], dict(list(relatives.items())[:2]), FAST) == []
 
 
-def test_family_differential_reads_a_lightly_trained_sibling_against_the_family_spread():
-    # Siblings trained at different strengths: the lightest lost least on the benchmark items,
-    # so over items alone it stands out (p at its floor); over models it is one of a spread.
+def test_family_differential_reads_a_lightly_trained_sibling_on_the_family_line():
+    # The lightest sibling lost least on the benchmark items, so over items alone it stands out
+    # (p at its floor); on the line the others draw it sits where its light training puts it.
     rng = np.random.default_rng(11)
-    _, children = _family(rng, strengths=(0.3, 0.8, 1.0, 1.2, 1.5, 2.0, 1.0))
-    *clean, contaminated = children
-    light, *others = clean
+    _, (light, *others) = _family(rng, strengths=(0.3, *STRENGTHS))
     (finding,) = family_findings([light], {f"s{i}": [c] for i, c in enumerate(others)}, FAST)
     assert finding.evidence["p_items"] == pytest.approx(1 / 500)
-    assert finding.evidence["excess"] > 0.1
-    assert finding.evidence["p_models"] > 0.05 and not finding.fired
-    # A child trained like the middle sibling that also learnt the items: far outside the spread.
-    contaminated["benchmark"]["text_logprob"] = [
-        v + 0.8 for v in contaminated["benchmark"]["text_logprob"]
-    ]
-    (finding,) = family_findings([contaminated], {f"s{i}": [c] for i, c in enumerate(clean)}, FAST)
-    assert finding.fired and finding.evidence["p_models"] < 0.01
+    assert finding.p_value > 0.05 and not finding.fired
 
 
 def test_family_differential_falls_back_to_paired_perturbed_copies():
     rng = np.random.default_rng(10)
-    parent, children = _family(rng)
+    parent, children = _family(rng, strengths=(1.0, *STRENGTHS))
     for entry in (parent, *children):
-        entry["perturbed"]["text_logprob"] = entry["benchmark"]["text_logprob"][:]
+        entry["perturbed"]["text_logprob"] = [v + 0.05 for v in entry["sibling"]["text_logprob"]]
         del entry["sibling"]
     children[0]["benchmark"]["text_logprob"] = [
         v + 0.5 for v in children[0]["benchmark"]["text_logprob"]
@@ -374,7 +392,7 @@ def test_family_differential_falls_back_to_paired_perturbed_copies():
         [children[0]], {f"s{i}": [c] for i, c in enumerate(children[1:])}, FAST
     )
     assert finding.evidence["reference"] == "perturbed" and finding.evidence["paired"]
-    assert finding.evidence["difference"] == pytest.approx(0.5)
+    assert finding.evidence["excess"] == pytest.approx(0.5, abs=0.1)
     assert finding.fired
 
 
