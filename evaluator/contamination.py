@@ -11,10 +11,11 @@ stored scores; none of them flags anything, they are read by a maintainer:
 2. `lineage_differential`: the per-item gain in log-likelihood of question + gold answer from a
    declared parent to the child, on the benchmark items against the same gain on reference
    items. Permutation test (paired sign flips when the reference items are copies of the
-   benchmark items, label shuffles otherwise) and a standardised effect size. The same test
-   against the family (`family_findings`): the per-item median of the nearest relatives
-   (`nearest_relatives`) in place of the parent, for the child that barely moved from its parent
-   while its siblings all drifted the other way.
+   benchmark items, label shuffles otherwise) and a standardised effect size. Against the
+   family (`family_findings`): the model's gains over its nearest relatives' per-item medians
+   (`nearest_relatives`), tested by its height above the line the relatives' own gains draw
+   (`predicted_above`), for the child that barely moved from its parent while its siblings all
+   drifted the other way.
 3. `min_k_plus_plus`: the Min-K%++ membership score of one text (Zhang et al., ICLR 2025) from
    per-token log-probabilities and the mean and variance of the log-probabilities over the
    vocabulary at each position; child against parent with `lineage_differential`.
@@ -35,8 +36,8 @@ Array = np.ndarray[Any, Any]
 # ConStat needs a curve: fewer reference models than this and the test is not run.
 MIN_REFERENCE_MODELS = 5
 # The family differential compares with the median of this many relatives at least: with two,
-# one contaminated sibling would be half the baseline, and each relative's own difference needs
-# two others to be read against.
+# one contaminated sibling would be half the baseline, and a line through two points has no
+# residual to read a height against.
 MIN_RELATIVES = 3
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_PERMUTATIONS = 4000
@@ -412,7 +413,7 @@ KINDS = {
     "performance_vs_reference": "Scores above what its reference-set scores predict (ConStat)",
     "lineage_differential": "Gained more likelihood on the benchmark items than on reference items",
     "family_differential": "Gained more likelihood on the benchmark items than its nearest "
-    "relatives did, against reference items",
+    "relatives' line predicts from its gain on reference items",
     "min_k_pp": "Min-K%++ membership score rose more on the benchmark items than on reference ones",
     "score_jump": "One task jumped above every declared parent while the others did not move",
     "size_outlier": "A score far out of its size bucket",
@@ -653,13 +654,12 @@ def predicted_above(xs: Sequence[float], ys: Sequence[float], x: float, y: float
     return LineFit(expected, excess, slope, intercept, residual_sd, df, t, student_t_sf(t, df))
 
 
-def _family_difference(
-    mine: tuple[Array, Array], others: Sequence[tuple[Array, Array]]
-) -> tuple[Array, Array]:
-    """Per item, a model's values minus the median of `others`' (benchmark, reference)."""
-    median_b = np.median(np.array([o[0] for o in others]), axis=0)
-    median_r = np.median(np.array([o[1] for o in others]), axis=0)
-    return mine[0] - median_b, mine[1] - median_r
+def _family_medians(others: Sequence[tuple[Array, Array]]) -> tuple[Array, Array]:
+    """Per item, the median of `others`' (benchmark, reference) values."""
+    return (
+        np.median(np.array([o[0] for o in others]), axis=0),
+        np.median(np.array([o[1] for o in others]), axis=0),
+    )
 
 
 def family_findings(
@@ -700,16 +700,16 @@ def family_findings(
         }
         if len(matching) < max(3, thresholds.min_relatives) or min(m.size for m in mine) < 2:
             continue
-        bench_gain, ref_gain = _family_difference(mine, list(matching.values()))
+        medians = _family_medians(list(matching.values()))
+        bench_gain, ref_gain = mine[0] - medians[0], mine[1] - medians[1]
         paired = ref_name == "perturbed"
         items = lineage_differential(
             bench_gain, ref_gain, paired=paired, n_permutations=thresholds.permutations
         )
         # Each relative's mean gains against the same per-item medians: one point per model.
         points = []
-        for values in matching.values():
-            b, r = _family_difference(values, list(matching.values()))
-            points.append((float(r.mean()), float(b.mean())))
+        for b, r in matching.values():
+            points.append((float((r - medians[1]).mean()), float((b - medians[0]).mean())))
         fit = predicted_above(
             [p[0] for p in points],
             [p[1] for p in points],
