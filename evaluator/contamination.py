@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from evaluator.graph import reachable
+
 Array = np.ndarray[Any, Any]
 
 # ConStat needs a curve: fewer reference models than this and the test is not run.
@@ -258,7 +260,7 @@ def nearest_relatives(
     for child, parents in parents_of.items():
         for parent in parents:
             children_of.setdefault(parent, []).append(child)
-    own_descendants = _reachable(model, children_of)
+    own_descendants = reachable(model, children_of)
     level = set(parents_of.get(model, ()))
     ancestors: set[Any] = set()
     allowed = set(candidates)
@@ -269,7 +271,7 @@ def nearest_relatives(
         excluded = ancestors | own_descendants | {model}
         family: set[Any] = set()
         for ancestor in level:
-            family |= _reachable(ancestor, children_of)
+            family |= reachable(ancestor, children_of)
         new = sorted((family - excluded - seen) & allowed, key=str)
         found += new
         seen.update(new)
@@ -277,17 +279,6 @@ def nearest_relatives(
             return found[:limit]
         level = {p for a in level for p in parents_of.get(a, ())} - ancestors
     return []
-
-
-def _reachable(start: Any, edges: Mapping[Any, Sequence[Any]]) -> set[Any]:
-    seen: set[Any] = set()
-    stack = list(edges.get(start, ()))
-    while stack:
-        node = stack.pop()
-        if node not in seen:
-            seen.add(node)
-            stack.extend(edges.get(node, ()))
-    return seen
 
 
 # --- 3. Min-K%++ ---------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from evaluator.fingerprint import iter_sketches
+from evaluator.graph import reachable
 
 SAME_WEIGHTS = "same_weights"
 DERIVED_FROM = "derived_from"
@@ -463,17 +464,6 @@ def _repeated_share(target: Sketch, other: Sketch, names: Sequence[str]) -> floa
     return same / max(1, total)
 
 
-def _ancestors(model: str, parents_of: Mapping[str, Sequence[str]]) -> set[str]:
-    seen: set[str] = set()
-    stack = list(parents_of.get(model, ()))
-    while stack:
-        parent = stack.pop()
-        if parent not in seen:
-            seen.add(parent)
-            stack.extend(parents_of.get(parent, ()))
-    return seen
-
-
 def _closest_deltas(
     target: Sketch, pool: Sequence[Sketch], base: Sketch, names: Sequence[str]
 ) -> list[str]:
@@ -510,7 +500,7 @@ def find_sparse_merge(
     screen = _screen_names(names, SPARSE_SCREENS[-1])
     shared: dict[str, int] = {}
     for fit in singles[:SPARSE_LEADERS]:
-        for ancestor in _ancestors(fit.chosen[0], parents_of or {}):
+        for ancestor in reachable(fit.chosen[0], parents_of or {}):
             if ancestor in by_id:
                 shared[ancestor] = shared.get(ancestor, 0) + 1
     ordered = sorted(shared, key=lambda a: -shared[a])[:SPARSE_BASES]

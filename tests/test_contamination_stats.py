@@ -21,6 +21,7 @@ from evaluator.contamination import (
     performance_vs_reference,
     roc_auc,
 )
+from evaluator.graph import reachable
 
 
 def test_monotone_curve_matches_quantiles_and_anchors_at_chance_and_one():
@@ -423,3 +424,12 @@ def test_nearest_relatives_are_siblings_first_then_cousins_never_ancestors_or_de
     assert nearest_relatives("a1", parents_of, ["a2", "b"], minimum=2) == ["a2", "b"]
     assert nearest_relatives("root", parents_of, everyone, minimum=1) == []
     assert nearest_relatives("a1", parents_of, ["a2"], minimum=2) == []
+
+
+def test_reachable_walks_a_diamond_once_and_stops_on_a_cycle():
+    parents_of = {"merge": ["left", "right"], "left": ["base"], "right": ["base"], "base": []}
+    assert reachable("merge", parents_of) == {"left", "right", "base"}
+    assert reachable("base", parents_of) == set()
+    # A declared cycle (a card naming its own descendant) must not loop; the start is reached
+    # again through the cycle, so it is in the answer.
+    assert reachable("a", {"a": ["b"], "b": ["a"]}) == {"a", "b"}
