@@ -804,36 +804,18 @@ def _curve_figure(
     peers: Sequence[tuple[Sequence[float], Sequence[float]]],
     fit: ReferenceFit,
 ) -> dict[str, Any]:
-    """A small Plotly figure: the population, the fitted curve and the model."""
-    xs = [round(float(np.mean(p[1])), 4) for p in peers]
-    ys = [round(float(np.mean(p[0])), 4) for p in peers]
-    return {
-        "data": [
-            {"type": "scatter", "mode": "markers", "name": "other models", "x": xs, "y": ys},
-            {
-                "type": "scatter",
-                "mode": "lines",
-                "name": "expected",
-                "x": [round(x, 4) for x, _ in fit.curve],
-                "y": [round(y, 4) for _, y in fit.curve],
-            },
-            {
-                "type": "scatter",
-                "mode": "markers",
-                "name": "this model",
-                "x": [round(fit.reference, 4)],
-                "y": [round(fit.observed, 4)],
-                "marker": {"size": 12, "color": "#c0392b"},
-            },
-        ],
-        "layout": {
-            "title": {"text": f"{task}: benchmark against {ref_name} score"},
-            "xaxis": {"title": {"text": f"{ref_name} accuracy"}},
-            "yaxis": {"title": {"text": "benchmark accuracy"}},
-            "height": 280,
-            "margin": {"l": 50, "r": 10, "t": 40, "b": 40},
-        },
-    }
+    """The population, the fitted curve and the model."""
+    return _against_others_figure(
+        f"{task}: benchmark against {ref_name} score",
+        (f"{ref_name} accuracy", "benchmark accuracy"),
+        (
+            "other models",
+            [float(np.mean(p[1])) for p in peers],
+            [float(np.mean(p[0])) for p in peers],
+        ),
+        ([x for x, _ in fit.curve], [y for _, y in fit.curve]),
+        (fit.reference, fit.observed),
+    )
 
 
 def _family_figure(
@@ -843,37 +825,57 @@ def _family_figure(
     items: Differential,
     measure: str,
 ) -> dict[str, Any]:
+    """The relatives, the line through them and the model."""
     xs = [p[0] for p in points] + [items.reference_gain]
     ends = [min(xs), max(xs)]
+    return _against_others_figure(
+        f"{task}: {measure} against the family's median",
+        ("gain on the reference items", "gain on the benchmark items"),
+        ("relatives", [p[0] for p in points], [p[1] for p in points]),
+        (ends, [fit.intercept + fit.slope * v for v in ends]),
+        (items.reference_gain, items.benchmark_gain),
+    )
+
+
+def _against_others_figure(
+    title: str,
+    axes: tuple[str, str],
+    others: tuple[str, Sequence[float], Sequence[float]],
+    expected: tuple[Sequence[float], Sequence[float]],
+    model: tuple[float, float],
+) -> dict[str, Any]:
+    """A small Plotly figure: the others as points, what they predict as a line, the model in
+    red above or on it (ConStat's curve and the family's line)."""
+    name, xs, ys = others
     return {
         "data": [
             {
                 "type": "scatter",
                 "mode": "markers",
-                "name": "relatives",
-                "x": [round(p[0], 4) for p in points],
-                "y": [round(p[1], 4) for p in points],
+                "name": name,
+                "x": [round(v, 4) for v in xs],
+                "y": [round(v, 4) for v in ys],
             },
             {
                 "type": "scatter",
                 "mode": "lines",
                 "name": "expected",
-                "x": [round(v, 4) for v in ends],
-                "y": [round(fit.intercept + fit.slope * v, 4) for v in ends],
+                "x": [round(v, 4) for v in expected[0]],
+                "y": [round(v, 4) for v in expected[1]],
             },
             {
                 "type": "scatter",
                 "mode": "markers",
                 "name": "this model",
-                "x": [round(items.reference_gain, 4)],
-                "y": [round(items.benchmark_gain, 4)],
-                "marker": {"color": "#c0392b", "size": 10},
+                "x": [round(model[0], 4)],
+                "y": [round(model[1], 4)],
+                "marker": {"size": 12, "color": "#c0392b"},
             },
         ],
         "layout": {
-            "title": {"text": f"{task}: {measure} against the family's median"},
-            "xaxis": {"title": {"text": "gain on the reference items"}},
-            "yaxis": {"title": {"text": "gain on the benchmark items"}},
+            "title": {"text": title},
+            "xaxis": {"title": {"text": axes[0]}},
+            "yaxis": {"title": {"text": axes[1]}},
             "height": 280,
             "margin": {"l": 50, "r": 10, "t": 40, "b": 40},
         },
