@@ -89,28 +89,24 @@ def mark_started(run_id: int, attempt: int, worker_hostname: str) -> bool:
     """A worker began the attempt. A re-delivery (the first worker died) starts it afresh; a
     run reaped as worker_lost comes back to life when its message shows up after all."""
     now = timezone.now()
-    with transaction.atomic():
-        claimed = (
-            EvaluationRun.objects.filter(pk=run_id, attempt=attempt)
-            .filter(
-                Q(state__in=[RunState.QUEUED, RunState.RUNNING])
-                | Q(state=RunState.FAILED, failure_code="worker_lost")
-            )
-            .update(
-                state=RunState.RUNNING,
-                worker=worker_hostname[:200],
-                started_at=now,
-                heartbeat_at=now,
-                progress_done=0,
-                progress_total=0,
-                failure_code="",
-                failure_reason="",
-                log_tail="",
-            )
-        )
-        if claimed:
-            _mirror_submission(run_id, None, RunState.RUNNING)
-    return bool(claimed)
+    startable = EvaluationRun.objects.filter(pk=run_id, attempt=attempt).filter(
+        Q(state__in=[RunState.QUEUED, RunState.RUNNING])
+        | Q(state=RunState.FAILED, failure_code="worker_lost")
+    )
+    return _move(
+        startable,
+        run_id,
+        None,
+        RunState.RUNNING,
+        worker=worker_hostname[:200],
+        started_at=now,
+        heartbeat_at=now,
+        progress_done=0,
+        progress_total=0,
+        failure_code="",
+        failure_reason="",
+        log_tail="",
+    )
 
 
 # A report that could not be recorded because the database or the artifact store is down for a
@@ -143,23 +139,34 @@ def record_progress(run_id: int, attempt: int, done: int, total: int) -> bool:
 def record_failure(run_id: int, attempt: int, code: str, message: str, log_tail: str) -> bool:
     """The attempt failed. Never overrides a finished run: a duplicate delivery that failed
     does not undo the one that succeeded."""
-    reason = _reason_text(code, message)
-    # One commit with the submission's state: a reader never sees the run failed and its
-    # submission still running (a polling client did, between two autocommits).
+    return _move(
+        _unfinished(run_id, attempt),
+        run_id,
+        None,
+        RunState.FAILED,
+        failure_code=code[:40],
+        failure_reason=_reason_text(code, message),
+        log_tail=log_tail[-20_000:],
+        finished_at=timezone.now(),
+    )
+
+
+def _unfinished(run_id: int, attempt: int) -> QuerySet[EvaluationRun]:
+    """The attempt's run unless it finished: no later report undoes a finished run."""
+    return EvaluationRun.objects.filter(pk=run_id, attempt=attempt).exclude(state=RunState.FINISHED)
+
+
+def _move(
+    run: QuerySet[EvaluationRun], run_id: int, submission_id: int | None, state: str, **fields: Any
+) -> bool:
+    """Move the run `run` matches to `state` (with `fields`) if its conditions still hold, the
+    row count saying whether this caller won, and its submission's state with it in one commit:
+    a reader never sees the run failed and its submission still running (a polling client did,
+    between two autocommits)."""
     with transaction.atomic():
-        claimed = (
-            EvaluationRun.objects.filter(pk=run_id, attempt=attempt)
-            .exclude(state=RunState.FINISHED)
-            .update(
-                state=RunState.FAILED,
-                failure_code=code[:40],
-                failure_reason=reason,
-                log_tail=log_tail[-20_000:],
-                finished_at=timezone.now(),
-            )
-        )
+        claimed = run.update(state=state, **fields)
         if claimed:
-            _mirror_submission(run_id, None, RunState.FAILED)
+            _mirror_submission(run_id, submission_id, state)
     return bool(claimed)
 
 
@@ -201,21 +208,17 @@ def ingest_result(run_id: int, attempt: int, payload: Any) -> Ingested:
         return Ingested(REJECTED)
 
     with transaction.atomic():
-        claimed = (
-            EvaluationRun.objects.filter(pk=run_id, attempt=attempt)
-            .exclude(state=RunState.FINISHED)
-            .update(
-                state=RunState.FINISHED,
-                payload=payload,
-                artifact_path=artifact_name,
-                artifact_sha256=result.artifact.sha256,
-                **_energy_fields(result.energy),
-                finished_at=timezone.now(),
-                progress_done=Greatest(F("progress_done"), F("progress_total")),
-                failure_code="",
-                failure_reason="",
-                log_tail="",
-            )
+        claimed = _unfinished(run_id, attempt).update(
+            state=RunState.FINISHED,
+            payload=payload,
+            artifact_path=artifact_name,
+            artifact_sha256=result.artifact.sha256,
+            **_energy_fields(result.energy),
+            finished_at=timezone.now(),
+            progress_done=Greatest(F("progress_done"), F("progress_total")),
+            failure_code="",
+            failure_reason="",
+            log_tail="",
         )
         if not claimed:
             return Ingested(DUPLICATE)
@@ -481,22 +484,25 @@ def _reap_silent_runs(now: datetime) -> tuple[list[int], list[int]]:
             if code == "worker_lost"
             else f"Still running after the hard limit of {int(time_limit.total_seconds())} s."
         )
-        with transaction.atomic():
-            claimed = (
-                EvaluationRun.objects.filter(pk=run.pk, attempt=run.attempt, state=RunState.RUNNING)
-                .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True))
-                .update(
-                    state=RunState.FAILED,
-                    failure_code=code,
-                    failure_reason=_reason_text(code, message),
-                    finished_at=now,
-                )
-            )
-            if claimed:
-                _mirror_submission(run.pk, run.submission_id, RunState.FAILED)
-        if claimed:
+        if _move(
+            _still_silent(run.pk, run.attempt, cutoff),
+            run.pk,
+            run.submission_id,
+            RunState.FAILED,
+            failure_code=code,
+            failure_reason=_reason_text(code, message),
+            finished_at=now,
+        ):
             reaped.append(run.pk)
     return reaped, retried
+
+
+def _still_silent(run_id: int, attempt: int, cutoff: datetime) -> QuerySet[EvaluationRun]:
+    """The attempt's run if it is still running with no heartbeat since `cutoff`: a report that
+    arrived since the reaper looked wins over the reaper."""
+    return EvaluationRun.objects.filter(pk=run_id, attempt=attempt, state=RunState.RUNNING).filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True)
+    )
 
 
 def _retry_lost_run(
@@ -509,13 +515,7 @@ def _retry_lost_run(
         f"queued again automatically as attempt {attempt + 1}."
     )
     with transaction.atomic():
-        claimed = (
-            EvaluationRun.objects.filter(pk=run_id, attempt=attempt, state=RunState.RUNNING)
-            .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True))
-            .update(
-                **next_attempt(now, log_tail=note),
-            )
-        )
+        claimed = _still_silent(run_id, attempt, cutoff).update(**next_attempt(now, log_tail=note))
         if claimed:
             _mirror_submission(run_id, submission_id, RunState.QUEUED)
             queue = EvaluationRun.objects.values_list("queue", flat=True).get(pk=run_id)
